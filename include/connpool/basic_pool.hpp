@@ -1,0 +1,164 @@
+#ifndef CONNPOOL_BASIC_POOL_HPP
+#define CONNPOOL_BASIC_POOL_HPP
+
+#include <memory>
+#include <system_error>
+#include <thread>
+#include <type_traits>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/async_result.hpp>
+#include <asio/basic_stream_socket.hpp>
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+
+#include "connpool/detail/pool_state.hpp"
+#include "connpool/error.hpp"
+#include "connpool/pool_options.hpp"
+
+namespace connpool {
+
+/// A pool of stream connections per endpoint, which checks every idle connection before it hands
+/// it out, closes idle connections as soon as their peer closes or resets them, and bounds every
+/// wait.
+///
+/// Thread safety: every member function may be called concurrently from any thread. A lease is
+/// used by one thread at a time.
+///
+/// Background work (the idle watch, idle_timeout/max_lifetime retirement, asynchronous connects
+/// and timeouts) runs on the pool's executor: on the pool's own thread for a default-constructed
+/// pool, else on the executor or execution context you passed, which you run.
+template <class Protocol, class Executor = asio::any_io_executor>
+class basic_pool {
+ public:
+  using protocol_type = Protocol;
+  using executor_type = Executor;
+  using endpoint_type = typename Protocol::endpoint;
+  using socket_type = asio::basic_stream_socket<Protocol, Executor>;
+
+  class lease;
+
+  /// A pool with its own io_context, run by one thread the pool owns and joins on destruction.
+  /// Meant for thread-per-request services: acquire() and synchronous I/O on leases need nothing
+  /// else. Throws std::system_error(error::invalid_options) for bad options.
+  explicit basic_pool(pool_options options = {});
+
+  /// A pool whose background work and sockets run on `ex`; you run its execution context.
+  explicit basic_pool(const Executor& ex, pool_options options = {});
+
+  /// A pool whose background work and sockets run on `ctx`; you run `ctx`.
+  template <class ExecutionContext,
+            class = std::enable_if_t<std::is_convertible_v<ExecutionContext&, asio::execution_context&>>>
+  explicit basic_pool(ExecutionContext& ctx, pool_options options = {})
+      : basic_pool(Executor(ctx.get_executor()), std::move(options)) {}
+
+  /// Closes the pool (see close()). Leases may outlive the pool: they close their connection when
+  /// released or destroyed.
+  ~basic_pool();
+
+  basic_pool(const basic_pool&) = delete;
+  basic_pool& operator=(const basic_pool&) = delete;
+
+  /// Get a connection to `ep`: the most recently released healthy idle one, else a new one.
+  /// Waits, in FIFO order, while the limits are reached. Bounded by options().acquire_timeout.
+  /// Throws std::system_error: error::pool_closed, error::acquire_timeout, error::connect_timeout,
+  /// or the connect's own error (connection refused, EMFILE, ...).
+  lease acquire(const endpoint_type& ep);
+
+  /// As acquire(ep), reporting errors in `ec` instead of throwing; returns an empty lease on error.
+  lease acquire(const endpoint_type& ep, std::error_code& ec);
+
+  /// Asynchronous acquire. Completion signature: void(std::error_code, lease). The completion runs
+  /// on the handler's associated executor, else on the pool's executor; never inside this call.
+  /// Errors as for acquire(). Bounded by acquire_timeout; close() completes it with pool_closed.
+  template <class Token>
+  auto async_acquire(const endpoint_type& ep, Token&& token);
+
+  /// As above, with the default completion token of the executor, where it has one.
+  template <class E = Executor,
+            class = std::enable_if_t<!std::is_void_v<asio::default_completion_token_t<E>>>>
+  auto async_acquire(const endpoint_type& ep) {
+    return async_acquire(ep, asio::default_completion_token_t<E>());
+  }
+
+  /// Totals across endpoints.
+  pool_stats stats() const;
+  /// One endpoint (all zero for an endpoint the pool never saw).
+  pool_stats stats(const endpoint_type& ep) const;
+
+  /// Close idle connections (retire_close), fail waiting acquires and every later acquire with
+  /// error::pool_closed. Leased connections close when they come back. Idempotent.
+  void close();
+
+  /// The executor the pool's background work runs on.
+  executor_type get_executor() const;
+
+  const pool_options& options() const noexcept;
+
+ private:
+  using state_type = detail::pool_state<Protocol, Executor>;
+  struct initiate_acquire;
+  template <class Handler>
+  struct completion_impl;
+
+  basic_pool(std::unique_ptr<asio::io_context> own, pool_options options);
+
+  std::shared_ptr<state_type> state_;
+  std::unique_ptr<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::thread thread_;
+};
+
+/// The right to use one connection until release(), discard() or destruction. Move-only.
+template <class Protocol, class Executor>
+class basic_pool<Protocol, Executor>::lease {
+ public:
+  /// An empty lease (what a failed acquire returns).
+  lease() noexcept = default;
+  lease(lease&& other) noexcept;
+  lease& operator=(lease&& other) noexcept;
+  lease(const lease&) = delete;
+  lease& operator=(const lease&) = delete;
+
+  /// If neither release() nor discard() was called: the connection is closed and never reused,
+  /// because its protocol state is unknown. Counted as discarded.
+  ~lease();
+
+  /// The connected socket. Precondition: the lease is not empty (else std::logic_error).
+  socket_type& socket();
+  socket_type* operator->() { return &socket(); }
+
+  /// True while the lease holds a connection.
+  explicit operator bool() const noexcept { return conn_ != nullptr; }
+
+  /// True if the connection was taken from idle rather than freshly connected. A request on a
+  /// reused connection can still meet a peer that closed just after the check: idempotent requests
+  /// may retry once on a fresh connection.
+  bool reused() const noexcept { return reused_; }
+
+  /// The endpoint this connection was made to.
+  endpoint_type endpoint() const;
+
+  /// The exchange is complete: hand the connection back for reuse. The pool checks it once more;
+  /// one with unread bytes or a FIN is closed instead. Synchronous: on return the connection is
+  /// idle or closed, and the lease is empty. No effect on an empty lease.
+  void release() noexcept;
+
+  /// Close the connection now and never reuse it. No effect on an empty lease.
+  void discard(close_mode mode = close_mode::graceful) noexcept;
+
+ private:
+  friend class basic_pool;
+  using connection = typename state_type::connection;
+  lease(std::shared_ptr<state_type> s, connection* c, bool reused) noexcept
+      : state_(std::move(s)), conn_(c), reused_(reused) {}
+
+  std::shared_ptr<state_type> state_;
+  connection* conn_ = nullptr;
+  bool reused_ = false;
+};
+
+}  // namespace connpool
+
+#include "connpool/impl/basic_pool.hpp"
+
+#endif

@@ -1,0 +1,23 @@
+#ifndef CONNPOOL_CONNPOOL_HPP
+#define CONNPOOL_CONNPOOL_HPP
+
+/// connpool: a TCP (and Unix stream) connection pool with lifecycle guarantees, on standalone Asio.
+
+#include <asio/ip/tcp.hpp>
+#include <asio/local/stream_protocol.hpp>
+
+#include "connpool/basic_pool.hpp"
+#include "connpool/error.hpp"
+#include "connpool/pool_options.hpp"
+
+namespace connpool {
+
+/// A pool of TCP connections.
+using tcp_pool = basic_pool<asio::ip::tcp>;
+
+/// A pool of Unix stream socket connections.
+using local_pool = basic_pool<asio::local::stream_protocol>;
+
+}  // namespace connpool
+
+#endif

@@ -1,0 +1,771 @@
+#ifndef CONNPOOL_DETAIL_POOL_STATE_HPP
+#define CONNPOOL_DETAIL_POOL_STATE_HPP
+
+// The pool's engine. All bookkeeping sits behind one mutex; no I/O is done while it is held,
+// except the rare probe that classifies a connection the idle watch reported.
+//
+// A connection is, at any time, in exactly one of: connecting (owned by the acquire that opens it),
+// leased (owned by a lease), idle (on its endpoint's idle list). The registry maps every connected
+// connection's id to it, so an idle-watch event that arrives late finds nothing rather than a
+// reused pointer. Every connection leaves through close_now()/retire(), which close its socket once.
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <asio/basic_stream_socket.hpp>
+#include <asio/basic_waitable_timer.hpp>
+#include <asio/bind_executor.hpp>
+#include <asio/dispatch.hpp>
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+#include <asio/post.hpp>
+#include <asio/posix/basic_stream_descriptor.hpp>
+#include <asio/strand.hpp>
+
+#include "connpool/detail/socket_ops.hpp"
+#include "connpool/error.hpp"
+#include "connpool/pool_options.hpp"
+
+namespace connpool::detail {
+
+using clock = std::chrono::steady_clock;
+
+/// Why a connection is closed; each maps to one pool_stats counter.
+enum class close_reason {
+  discarded, peer_closed, peer_reset, unexpected_data, idle_timeout, max_lifetime, surplus, pool_closed
+};
+
+inline close_reason reason_of(probe_result r) noexcept {
+  switch (r) {
+    case probe_result::peer_closed: return close_reason::peer_closed;
+    case probe_result::unexpected_data: return close_reason::unexpected_data;
+    default: return close_reason::peer_reset;
+  }
+}
+
+inline void count(pool_stats& s, close_reason r) noexcept {
+  switch (r) {
+    case close_reason::discarded: ++s.discarded; break;
+    case close_reason::peer_closed: ++s.peer_closed; break;
+    case close_reason::peer_reset: ++s.peer_reset; break;
+    case close_reason::unexpected_data: ++s.unexpected_data; break;
+    case close_reason::idle_timeout: ++s.idle_timeout; break;
+    case close_reason::max_lifetime: ++s.max_lifetime; break;
+    case close_reason::surplus: ++s.surplus; break;
+    case close_reason::pool_closed: ++s.pool_closed; break;
+  }
+}
+
+template <class Protocol, class Executor>
+class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Executor>> {
+ public:
+  using endpoint_type = typename Protocol::endpoint;
+  using socket_type = asio::basic_stream_socket<Protocol, Executor>;
+  using timer_type = asio::basic_waitable_timer<clock, asio::wait_traits<clock>, Executor>;
+
+  struct endpoint_entry;
+
+  struct connection {
+    connection(const Executor& ex, endpoint_entry* e) : socket(ex), ep(e) {}
+    socket_type socket;
+    endpoint_entry* ep;
+    std::uint64_t id = 0;
+    clock::time_point expires = clock::time_point::max();  // jittered max_lifetime
+    clock::time_point idle_since{};
+    connection* prev = nullptr;  // idle list links
+    connection* next = nullptr;
+    bool idle = false;
+    bool peer_event = false;  // the watch saw FIN/RST while it was leased
+  };
+
+  struct endpoint_entry {
+    explicit endpoint_entry(const endpoint_type& e) : endpoint(e) {}
+    endpoint_type endpoint;
+    connection* lru = nullptr;  // idle list: lru ... mru
+    connection* mru = nullptr;
+    std::size_t idle = 0, leased = 0, connecting = 0, waiting = 0;
+    std::size_t idle_taken = 0, probe_failed = 0;  // reused = idle_taken - probe_failed
+    pool_stats counters;
+    std::size_t open() const noexcept { return idle + leased + connecting; }
+  };
+
+  /// What an acquire was given: an idle connection to probe, or a slot to connect in.
+  struct grant {
+    connection* conn = nullptr;
+    bool slot = false;
+    std::error_code ec;
+    explicit operator bool() const noexcept { return conn || slot || ec; }
+  };
+
+  /// A queued acquire. granted() runs under the lock and must not block.
+  struct waiter {
+    explicit waiter(endpoint_entry* e) : ep(e) {}
+    virtual ~waiter() = default;
+    virtual void granted(grant g) = 0;
+    endpoint_entry* ep;
+    typename std::list<waiter*>::iterator pos;
+    bool queued = false;
+  };
+
+  /// Type-erased async completion: (error, leased connection or null, reused).
+  struct completion {
+    virtual ~completion() = default;
+    virtual void complete(std::shared_ptr<pool_state> s, std::error_code ec, connection* c, bool reused) = 0;
+  };
+
+  using graveyard = std::vector<std::pair<std::unique_ptr<connection>, close_mode>>;
+
+  pool_state(std::unique_ptr<asio::io_context> own, const Executor& ex, const Executor& socket_ex,
+             const pool_options& o)
+      : own_ctx_(std::move(own)),
+        ex_(ex),
+        socket_ex_(socket_ex),
+        opts_(o),
+        timer_(ex),
+        watch_desc_(ex),
+        rng_(std::random_device{}()) {
+    if (watch_supported && watch_.native_handle() >= 0) {
+      std::error_code ec;
+      watch_desc_.assign(watch_.native_handle(), ec);
+      watching_ = !ec;
+    }
+  }
+
+  ~pool_state() {
+    // The epoll descriptor belongs to watch_; the asio wrapper must not close it a second time.
+    if (watch_desc_.is_open()) watch_desc_.release();
+  }
+
+  /// Start the idle watch. Called once the state is owned by a shared_ptr.
+  void start() {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (watching_) arm_watch();
+  }
+
+  const Executor& executor() const noexcept { return ex_; }
+  asio::io_context* owned_context() const noexcept { return own_ctx_.get(); }
+  const pool_options& options() const noexcept { return opts_; }
+
+  // ---------------------------------------------------------------- synchronous acquire
+
+  /// On success returns a leased connection and sets `reused`.
+  connection* acquire(const endpoint_type& ep, bool& reused, std::error_code& ec) {
+    const clock::time_point deadline = deadline_from(opts_.acquire_timeout);
+    graveyard dead;
+    grant g;
+    endpoint_entry* e;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      if (closed_) {
+        ec = error::pool_closed;
+        return nullptr;
+      }
+      e = &entry(ep);
+      if (waiters_.empty()) g = try_grant(*e, dead);
+      if (!g) {
+        sync_waiter w(e);
+        enqueue(w);
+        dispatch(dead);
+        while (!w.done) {
+          if (!dead.empty()) {  // close evicted connections without holding the lock
+            lk.unlock();
+            bury(dead);
+            lk.lock();
+            continue;
+          }
+          if (w.cv.wait_until(lk, deadline) == std::cv_status::timeout && !w.done) {
+            dequeue(w);
+            ++e->counters.acquire_timeouts;
+            ++totals_.acquire_timeouts;
+            ec = error::acquire_timeout;
+            return nullptr;
+          }
+        }
+        g = w.result;
+      }
+    }
+    bury(dead);
+    return finish(*e, g, deadline, reused, ec);
+  }
+
+  // ---------------------------------------------------------------- asynchronous acquire
+
+  void async_acquire(const endpoint_type& ep, std::unique_ptr<completion> handler) {
+    auto op = std::make_shared<async_op>(this->shared_from_this(), std::move(handler));
+    graveyard dead;
+    grant g;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (closed_) {
+        g.ec = error::pool_closed;
+      } else {
+        op->ep = &entry(ep);
+        op->deadline = deadline_from(opts_.acquire_timeout);
+        if (waiters_.empty()) g = try_grant(*op->ep, dead);
+        if (!g) {
+          enqueue(*op);
+          op->keep_alive = op;
+          if (op->deadline != clock::time_point::max()) {
+            op->timer.expires_at(op->deadline);
+            op->timer.async_wait([w = std::weak_ptr<async_op>(op)](std::error_code tec) {
+              if (auto o = w.lock(); o && !tec) o->state->on_wait_timeout(*o);
+            });
+          }
+          dispatch(dead);
+        }
+      }
+    }
+    bury(dead);
+    if (g) op->proceed(g);
+  }
+
+  // ---------------------------------------------------------------- returning connections
+
+  /// Exchange complete: probe and keep for reuse, or close.
+  void release(connection* c) noexcept {
+    const probe_result r = probe(c->socket.native_handle());
+    const clock::time_point now = clock::now();
+    graveyard dead;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      endpoint_entry& e = *c->ep;
+      --e.leased;
+      ++e.counters.released;
+      ++totals_.released;
+      if (closed_) {
+        retire(c, close_reason::pool_closed, opts_.retire_close, dead);
+      } else if (r != probe_result::healthy) {
+        retire(c, reason_of(r), close_mode::graceful, dead);
+      } else if (c->peer_event) {
+        retire(c, close_reason::peer_closed, close_mode::graceful, dead);
+      } else if (c->expires <= now) {
+        retire(c, close_reason::max_lifetime, opts_.retire_close, dead);
+      } else {
+        c->idle_since = now;
+        push_idle(e, c);
+        if (opts_.max_idle_per_endpoint && e.idle > opts_.max_idle_per_endpoint) {
+          connection* old = e.lru;
+          unlink_idle(e, old);
+          retire(old, close_reason::surplus, opts_.retire_close, dead);
+        }
+        arm_timer(std::min(retire_at(*c), c->expires));
+      }
+      if (!waiters_.empty()) dispatch(dead);
+    }
+    bury(dead);
+  }
+
+  /// Close a leased connection: discard() or a lease destroyed without release().
+  void discard(connection* c, close_mode mode) noexcept {
+    graveyard dead;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      --c->ep->leased;
+      retire(c, close_reason::discarded, mode, dead);
+      if (!waiters_.empty()) dispatch(dead);
+    }
+    bury(dead);
+  }
+
+  // ---------------------------------------------------------------- shutdown and stats
+
+  void close() noexcept {
+    graveyard dead;
+    std::vector<waiter*> failed;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (closed_) return;
+      closed_ = true;
+      for (auto& [key, e] : endpoints_) {
+        while (connection* c = e.lru) {
+          unlink_idle(e, c);
+          retire(c, close_reason::pool_closed, opts_.retire_close, dead);
+        }
+      }
+      while (!waiters_.empty()) {
+        waiter* w = waiters_.front();
+        dequeue(*w);
+        grant g;
+        g.ec = error::pool_closed;
+        w->granted(g);
+      }
+      std::error_code ignored;
+      timer_.cancel();
+      if (watch_desc_.is_open()) watch_desc_.cancel(ignored);
+    }
+    bury(dead);
+  }
+
+  bool closed() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return closed_;
+  }
+
+  pool_stats stats() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    pool_stats s = totals_;
+    s.idle = s.leased = s.connecting = s.waiting = 0;
+    s.reused = 0;
+    for (auto& [key, e] : endpoints_) add_gauges(s, e);
+    return s;
+  }
+
+  pool_stats stats(const endpoint_type& ep) const {
+    std::lock_guard<std::mutex> lk(mu_);
+    pool_stats s;
+    auto it = endpoints_.find(ep);
+    if (it != endpoints_.end()) {
+      s = it->second.counters;
+      add_gauges(s, it->second);
+    }
+    return s;
+  }
+
+ private:
+  // ---------------------------------------------------------------- waiters
+
+  struct sync_waiter final : waiter {
+    using waiter::waiter;
+    void granted(grant g) override {
+      result = g;
+      done = true;
+      cv.notify_one();
+    }
+    std::condition_variable cv;
+    grant result;
+    bool done = false;
+  };
+
+  struct async_op final : waiter, std::enable_shared_from_this<async_op> {
+    async_op(std::shared_ptr<pool_state> s, std::unique_ptr<completion> h)
+        : waiter(nullptr), state(std::move(s)), handler(std::move(h)), timer(state->ex_) {}
+
+    // Under the lock: hand the grant to the pool's executor to probe or connect there.
+    void granted(grant g) override {
+      timer.cancel();
+      asio::post(state->ex_, [self = std::move(keep_alive), g]() { self->proceed(g); });
+    }
+
+    // Not under the lock.
+    void proceed(grant g) {
+      bool reused = false;
+      while (g.conn) {
+        const probe_result r = probe(g.conn->socket.native_handle());
+        if (r == probe_result::healthy) {
+          reused = true;
+          break;
+        }
+        g = state->replace_dead(*this->ep, g.conn, r);
+      }
+      if (g.slot) return state->async_connect(this->shared_from_this());
+      finish(g.ec, g.conn, reused);
+    }
+
+    void finish(std::error_code ec, connection* c, bool reused) {
+      auto h = std::move(handler);
+      if (h) h->complete(state, ec, c, reused);
+    }
+
+    std::shared_ptr<pool_state> state;
+    std::unique_ptr<completion> handler;
+    timer_type timer;
+    clock::time_point deadline = clock::time_point::max();
+    std::shared_ptr<async_op> keep_alive;  // while queued: the queue holds raw pointers
+  };
+
+  void enqueue(waiter& w) {
+    w.pos = waiters_.insert(waiters_.end(), &w);
+    w.queued = true;
+    ++w.ep->waiting;
+  }
+
+  void dequeue(waiter& w) {
+    waiters_.erase(w.pos);
+    w.queued = false;
+    --w.ep->waiting;
+  }
+
+  /// Give freed slots and idle connections to waiters, oldest first. A waiter whose endpoint is
+  /// at its limit does not hold up one whose endpoint is not.
+  void dispatch(graveyard& dead) {
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      waiter* w = *it;
+      ++it;
+      grant g = try_grant(*w->ep, dead);
+      if (!g) continue;
+      dequeue(*w);
+      w->granted(g);
+    }
+  }
+
+  void on_wait_timeout(async_op& op) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!op.queued) return;  // granted meanwhile: the grant wins
+      dequeue(op);
+      ++op.ep->counters.acquire_timeouts;
+      ++totals_.acquire_timeouts;
+    }
+    auto self = std::move(op.keep_alive);
+    op.finish(error::acquire_timeout, nullptr, false);
+  }
+
+  // ---------------------------------------------------------------- grants
+
+  grant try_grant(endpoint_entry& e, graveyard& dead) {
+    grant g;
+    if (connection* c = e.mru) {
+      unlink_idle(e, c);
+      ++e.leased;
+      ++e.idle_taken;
+      g.conn = c;
+      return g;
+    }
+    if (opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint) return g;
+    if (opts_.max_total && open_total_ >= opts_.max_total) {
+      connection* victim = lru_idle_elsewhere(e);
+      if (!victim) return g;
+      unlink_idle(*victim->ep, victim);
+      retire(victim, close_reason::surplus, opts_.retire_close, dead);
+    }
+    ++e.connecting;
+    ++open_total_;
+    g.slot = true;
+    return g;
+  }
+
+  connection* lru_idle_elsewhere(const endpoint_entry& except) {
+    connection* best = nullptr;
+    for (auto& [key, e] : endpoints_)
+      if (&e != &except && e.lru && (!best || e.lru->idle_since < best->idle_since)) best = e.lru;
+    return best;
+  }
+
+  /// A handed-out idle connection failed its probe: close it, and use its place for the next
+  /// idle connection of the endpoint, or for a new one.
+  grant replace_dead(endpoint_entry& e, connection* c, probe_result r) {
+    graveyard dead;
+    grant g;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      ++e.probe_failed;
+      --e.leased;
+      retire(c, reason_of(r), close_mode::graceful, dead);
+      if (closed_) {
+        g.ec = error::pool_closed;
+      } else {
+        g = try_grant(e, dead);  // the place just freed guarantees a grant
+      }
+      if (!waiters_.empty()) dispatch(dead);
+    }
+    bury(dead);
+    return g;
+  }
+
+  connection* finish(endpoint_entry& e, grant g, clock::time_point deadline, bool& reused,
+                     std::error_code& ec) {
+    while (g.conn) {
+      const probe_result r = probe(g.conn->socket.native_handle());
+      if (r == probe_result::healthy) {
+        reused = true;
+        return g.conn;
+      }
+      g = replace_dead(e, g.conn, r);
+    }
+    if (g.ec) {
+      ec = g.ec;
+      return nullptr;
+    }
+    // A slot: connect synchronously on this thread.
+    auto c = std::make_unique<connection>(socket_ex_, &e);
+    const clock::time_point connect_deadline = std::min(deadline_from(opts_.connect_timeout), deadline);
+    ec = connect_sync(*c, connect_deadline);
+    if (ec == std::errc::timed_out)
+      ec = connect_deadline == deadline && deadline != deadline_from(opts_.connect_timeout)
+               ? make_error_code(error::acquire_timeout)
+               : make_error_code(error::connect_timeout);
+    reused = false;
+    return connected(e, std::move(c), ec);
+  }
+
+  std::error_code connect_sync(connection& c, clock::time_point deadline) {
+    std::error_code ec;
+    const endpoint_type& ep = c.ep->endpoint;
+    c.socket.open(ep.protocol(), ec);
+    if (!ec) ec = apply_socket_options(c.socket, opts_);
+    if (!ec) c.socket.non_blocking(true, ec);
+    if (!ec) ec = connect_with_deadline(c.socket.native_handle(), ep.data(), static_cast<socklen_t>(ep.size()), deadline);
+    if (!ec) c.socket.non_blocking(false, ec);
+    return ec;
+  }
+
+  /// Book a finished connection attempt. Takes ownership of `c`; returns it leased, or null.
+  connection* connected(endpoint_entry& e, std::unique_ptr<connection> c, std::error_code& ec) {
+    // Asio reports system errors in its own category; callers compare with std::errc.
+    if (ec.category() == asio::error::get_system_category()) ec.assign(ec.value(), std::system_category());
+    graveyard dead;
+    connection* out = nullptr;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      --e.connecting;
+      if (!ec && closed_) ec = error::pool_closed;
+      if (ec) {
+        --open_total_;
+        ++e.counters.connect_failed;
+        ++totals_.connect_failed;
+        dead.emplace_back(std::move(c), close_mode::abortive);
+      } else {
+        c->id = ++next_id_;
+        if (opts_.max_lifetime.count() > 0) c->expires = clock::now() + jittered_lifetime();
+        ++e.leased;
+        ++e.counters.created;
+        ++totals_.created;
+        if (watching_) watch_.add(c->socket.native_handle(), c->id);
+        out = c.get();
+        registry_.emplace(c->id, std::move(c));
+      }
+      if (ec && !waiters_.empty()) dispatch(dead);
+    }
+    bury(dead);
+    return out;
+  }
+
+  void async_connect(std::shared_ptr<async_op> opp) {
+    auto self = this->shared_from_this();
+    async_op& op = *opp;
+    auto c = std::make_shared<std::unique_ptr<connection>>(std::make_unique<connection>(socket_ex_, op.ep));
+    connection& conn = **c;
+    const clock::time_point connect_deadline = std::min(deadline_from(opts_.connect_timeout), op.deadline);
+    const bool acquire_bound =
+        op.deadline != clock::time_point::max() && op.deadline < deadline_from(opts_.connect_timeout);
+    std::error_code ec;
+    conn.socket.open(op.ep->endpoint.protocol(), ec);
+    if (!ec) ec = apply_socket_options(conn.socket, opts_);
+    if (ec) {
+      connection* out = connected(*op.ep, std::move(*c), ec);
+      return op.finish(ec, out, false);
+    }
+    struct race {
+      explicit race(const Executor& ex) : strand(ex), timer(ex) {}
+      asio::strand<Executor> strand;
+      timer_type timer;
+      bool timed_out = false;
+    };
+    auto rc = std::make_shared<race>(ex_);
+    if (connect_deadline != clock::time_point::max()) {
+      rc->timer.expires_at(connect_deadline);
+      rc->timer.async_wait(asio::bind_executor(rc->strand, [rc, c](std::error_code tec) {
+        if (tec) return;
+        rc->timed_out = true;
+        std::error_code ignored;
+        (*c)->socket.cancel(ignored);
+      }));
+    }
+    conn.socket.async_connect(
+        op.ep->endpoint,
+        asio::bind_executor(rc->strand, [self, rc, c, opp, acquire_bound](std::error_code cec) {
+          rc->timer.cancel();
+          if (rc->timed_out)
+            cec = acquire_bound ? make_error_code(error::acquire_timeout) : make_error_code(error::connect_timeout);
+          connection* out = self->connected(*opp->ep, std::move(*c), cec);
+          opp->finish(cec, out, false);
+        }));
+  }
+
+  // ---------------------------------------------------------------- idle list and retiring
+
+  void push_idle(endpoint_entry& e, connection* c) {
+    c->idle = true;
+    c->prev = e.mru;
+    c->next = nullptr;
+    (e.mru ? e.mru->next : e.lru) = c;
+    e.mru = c;
+    ++e.idle;
+  }
+
+  void unlink_idle(endpoint_entry& e, connection* c) {
+    (c->prev ? c->prev->next : e.lru) = c->next;
+    (c->next ? c->next->prev : e.mru) = c->prev;
+    c->prev = c->next = nullptr;
+    c->idle = false;
+    --e.idle;
+  }
+
+  /// Under the lock: take `c` (not idle, not counted as leased) out of the books; its socket is
+  /// closed by bury() once the lock is released.
+  void retire(connection* c, close_reason why, close_mode mode, graveyard& dead) {
+    endpoint_entry& e = *c->ep;
+    count(e.counters, why);
+    count(totals_, why);
+    --open_total_;
+    auto it = registry_.find(c->id);
+    const bool peer_gone = why == close_reason::peer_closed || why == close_reason::peer_reset;
+    if (peer_gone) mode = close_mode::graceful;
+    dead.emplace_back(std::move(it->second), mode);
+    registry_.erase(it);
+  }
+
+  static void bury(graveyard& dead) noexcept {
+    for (auto& [c, mode] : dead) close_socket(c->socket, mode, false);
+    dead.clear();
+  }
+
+  clock::time_point retire_at(const connection& c) const {
+    return opts_.idle_timeout.count() > 0 ? c.idle_since + opts_.idle_timeout : clock::time_point::max();
+  }
+
+  clock::duration jittered_lifetime() {
+    const auto full = std::chrono::duration_cast<clock::duration>(opts_.max_lifetime);
+    std::uniform_int_distribution<long long> d(0, full.count() / 10);
+    return full - clock::duration(d(rng_));
+  }
+
+  /// Under the lock. Timers fire a little late, never early, so that connections retiring close
+  /// together are handled in one pass.
+  void arm_timer(clock::time_point when) {
+    if (when == clock::time_point::max() || closed_) return;
+    if (timer_armed_ && timer_at_ <= when) return;
+    auto slack = std::chrono::duration_cast<clock::duration>(
+        std::min(opts_.idle_timeout.count() > 0 ? opts_.idle_timeout : opts_.max_lifetime,
+                 opts_.max_lifetime.count() > 0 ? opts_.max_lifetime : opts_.idle_timeout) /
+        32);
+    slack = std::min<clock::duration>(slack, std::chrono::seconds(1));
+    timer_at_ = when;
+    timer_armed_ = true;
+    timer_.expires_at(when + slack);
+    timer_.async_wait([w = this->weak_from_this()](std::error_code ec) {
+      if (ec == asio::error::operation_aborted) return;
+      if (auto s = w.lock()) s->on_timer();
+    });
+  }
+
+  void on_timer() {
+    graveyard dead;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      timer_armed_ = false;
+      if (closed_) return;
+      const clock::time_point now = clock::now();
+      clock::time_point next = clock::time_point::max();
+      for (auto& [key, e] : endpoints_) {
+        for (connection* c = e.lru; c;) {
+          connection* n = c->next;
+          if (retire_at(*c) <= now) {
+            unlink_idle(e, c);
+            retire(c, close_reason::idle_timeout, opts_.retire_close, dead);
+          } else if (c->expires <= now) {
+            unlink_idle(e, c);
+            retire(c, close_reason::max_lifetime, opts_.retire_close, dead);
+          } else {
+            next = std::min({next, retire_at(*c), c->expires});
+          }
+          c = n;
+        }
+      }
+      arm_timer(next);
+      if (!waiters_.empty()) dispatch(dead);
+    }
+    bury(dead);
+  }
+
+  // ---------------------------------------------------------------- idle watch
+
+  /// Under the lock. Arm first, then drain: an event that lands between our last drain and the
+  /// re-arm is still in the epoll set, so the drain after arming sees it.
+  void arm_watch() {
+    watch_desc_.async_wait(asio::posix::descriptor_base::wait_read,
+                           [w = this->weak_from_this()](std::error_code ec) {
+                             if (ec == asio::error::operation_aborted) return;
+                             if (auto s = w.lock()) s->on_watch();
+                           });
+  }
+
+  void on_watch() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (closed_) return;
+      arm_watch();
+    }
+    std::uint64_t ids[64];
+    int n;
+    do {
+      n = watch_.poll(ids, 64);
+      graveyard dead;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        for (int i = 0; i < n; ++i) {
+          auto it = registry_.find(ids[i]);
+          if (it == registry_.end()) continue;  // closed since
+          connection* c = it->second.get();
+          if (!c->idle) {
+            c->peer_event = true;  // release() will not keep it
+            continue;
+          }
+          const probe_result r = probe(c->socket.native_handle());
+          if (r == probe_result::healthy) continue;
+          unlink_idle(*c->ep, c);
+          retire(c, reason_of(r), close_mode::graceful, dead);
+        }
+        if (!dead.empty() && !waiters_.empty()) dispatch(dead);
+      }
+      bury(dead);
+    } while (n == 64);
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  endpoint_entry& entry(const endpoint_type& ep) {
+    auto it = endpoints_.find(ep);
+    if (it == endpoints_.end()) it = endpoints_.emplace(ep, endpoint_entry(ep)).first;
+    return it->second;
+  }
+
+  static clock::time_point deadline_from(std::chrono::milliseconds d) {
+    return d.count() > 0 ? clock::now() + d : clock::time_point::max();
+  }
+
+  static void add_gauges(pool_stats& s, const endpoint_entry& e) {
+    s.idle += e.idle;
+    s.leased += e.leased;
+    s.connecting += e.connecting;
+    s.waiting += e.waiting;
+    s.reused += e.idle_taken - e.probe_failed;
+  }
+
+  std::unique_ptr<asio::io_context> own_ctx_;  // first: destroyed last, after every I/O object
+  Executor ex_;
+  Executor socket_ex_;
+  const pool_options opts_;
+
+  mutable std::mutex mu_;
+  bool closed_ = false;
+  std::map<endpoint_type, endpoint_entry> endpoints_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<connection>> registry_;
+  std::list<waiter*> waiters_;
+  std::size_t open_total_ = 0;
+  std::uint64_t next_id_ = 0;
+  pool_stats totals_;
+
+  timer_type timer_;
+  clock::time_point timer_at_{};
+  bool timer_armed_ = false;
+
+  watch_set watch_;
+  asio::posix::basic_stream_descriptor<Executor> watch_desc_;
+  bool watching_ = false;
+  std::minstd_rand rng_;
+};
+
+}  // namespace connpool::detail
+
+#endif

@@ -1,0 +1,182 @@
+#ifndef CONNPOOL_DETAIL_SOCKET_OPS_HPP
+#define CONNPOOL_DETAIL_SOCKET_OPS_HPP
+
+// The one seam between connpool and the operating system. Everything Linux-only lives here, behind
+// `watch_supported`; other POSIX systems compile the rest and keep the probe before every hand-out.
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <system_error>
+#include <type_traits>
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/epoll.h>
+#endif
+
+#include <asio/ip/tcp.hpp>
+#include <asio/socket_base.hpp>
+
+#include "connpool/pool_options.hpp"
+
+namespace connpool::detail {
+
+/// What a non-blocking look at an idle connection found.
+enum class probe_result { healthy, peer_closed, peer_reset, unexpected_data };
+
+/// One syscall: recv(1, MSG_PEEK | MSG_DONTWAIT). Healthy means exactly "would block".
+/// A pending socket error is consumed by the peek, which is fine: the connection is closed anyway.
+inline probe_result probe(int fd) noexcept {
+  char byte;
+  for (;;) {
+    ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return probe_result::unexpected_data;
+    if (n == 0) return probe_result::peer_closed;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return probe_result::healthy;
+    return probe_result::peer_reset;
+  }
+}
+
+/// Apply the pool's TCP options to an open, unconnected socket. Unix sockets get none.
+template <class Socket>
+std::error_code apply_socket_options(Socket& s, const pool_options& o) {
+  std::error_code ec;
+  using protocol = typename Socket::protocol_type;
+  if constexpr (std::is_same_v<protocol, asio::ip::tcp>) {
+    const int fd = s.native_handle();
+    auto set = [&](int level, int name, int value) {
+      if (!ec && ::setsockopt(fd, level, name, &value, sizeof value) != 0)
+        ec.assign(errno, std::system_category());
+    };
+    if (o.tcp_nodelay) set(IPPROTO_TCP, TCP_NODELAY, 1);
+    if (o.keepalive_idle.count() > 0) {
+      set(SOL_SOCKET, SO_KEEPALIVE, 1);
+#if defined(TCP_KEEPIDLE)
+      set(IPPROTO_TCP, TCP_KEEPIDLE, static_cast<int>(o.keepalive_idle.count()));
+#endif
+#if defined(TCP_KEEPINTVL)
+      if (o.keepalive_interval.count() > 0)
+        set(IPPROTO_TCP, TCP_KEEPINTVL, static_cast<int>(o.keepalive_interval.count()));
+#endif
+#if defined(TCP_KEEPCNT)
+      if (o.keepalive_count > 0) set(IPPROTO_TCP, TCP_KEEPCNT, static_cast<int>(o.keepalive_count));
+#endif
+    }
+#if defined(TCP_USER_TIMEOUT)
+    if (o.user_timeout.count() > 0)
+      set(IPPROTO_TCP, TCP_USER_TIMEOUT, static_cast<int>(o.user_timeout.count()));
+#endif
+  } else {
+    (void)s;
+    (void)o;
+  }
+  return ec;
+}
+
+/// Close a socket once. `peer_gone`: the peer already closed or reset it, so no FIN or RST of ours
+/// matters and none is forced. Errors are ignored: the descriptor is released either way.
+template <class Socket>
+void close_socket(Socket& s, close_mode mode, bool peer_gone) noexcept {
+  if (!s.is_open()) return;
+  std::error_code ignored;
+  if (!peer_gone) {
+    if (mode == close_mode::abortive) {
+      s.set_option(asio::socket_base::linger(true, 0), ignored);
+    } else {
+      s.shutdown(asio::socket_base::shutdown_send, ignored);
+    }
+  }
+  s.close(ignored);
+}
+
+/// Connect a non-blocking socket, waiting until it is connected or `deadline` passes. Returns the
+/// connect's own error, or std::errc::timed_out. (Asio's synchronous connect waits without limit
+/// even on a non-blocking socket.)
+inline std::error_code connect_with_deadline(int fd, const sockaddr* addr, socklen_t len,
+                                             std::chrono::steady_clock::time_point deadline) {
+  if (::connect(fd, addr, len) == 0) return {};
+  if (errno != EINPROGRESS && errno != EINTR) return {errno, std::system_category()};
+  for (;;) {
+    int timeout_ms = -1;
+    if (deadline != std::chrono::steady_clock::time_point::max()) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return std::make_error_code(std::errc::timed_out);
+      timeout_ms = left.count() > 1000000 ? 1000000 : static_cast<int>(left.count());
+    }
+    pollfd p{fd, POLLOUT, 0};
+    int n = ::poll(&p, 1, timeout_ms);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return {errno, std::system_category()};
+    }
+    if (n == 0) continue;  // re-check the deadline
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return {errno, std::system_category()};
+    if (err != 0) return {err, std::system_category()};
+    return {};
+  }
+}
+
+#if defined(__linux__)
+inline constexpr bool watch_supported = true;
+
+/// An epoll set of idle-watch registrations. Sockets are added once, when connected, with
+/// EPOLLRDHUP | EPOLLET and nothing else: a response arriving on a leased connection wakes no one,
+/// while a FIN fires EPOLLRDHUP and a RST fires EPOLLHUP/EPOLLERR (always reported). Closing the
+/// socket removes it from the set.
+class watch_set {
+ public:
+  watch_set() noexcept : fd_(::epoll_create1(EPOLL_CLOEXEC)) {}
+  ~watch_set() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  watch_set(const watch_set&) = delete;
+  watch_set& operator=(const watch_set&) = delete;
+
+  int native_handle() const noexcept { return fd_; }
+  bool add(int fd, std::uint64_t id) noexcept {
+    if (fd_ < 0) return false;
+    epoll_event ev{};
+    ev.events = EPOLLRDHUP | EPOLLET;
+    ev.data.u64 = id;
+    return ::epoll_ctl(fd_, EPOLL_CTL_ADD, fd, &ev) == 0;
+  }
+  /// Non-blocking: up to `max` ids of sockets that saw a FIN, RST or error. Returns the count.
+  int poll(std::uint64_t* ids, int max) noexcept {
+    if (fd_ < 0) return 0;
+    epoll_event evs[64];
+    if (max > 64) max = 64;
+    int n;
+    do {
+      n = ::epoll_wait(fd_, evs, max, 0);
+    } while (n < 0 && errno == EINTR);
+    for (int i = 0; i < n; ++i) ids[i] = evs[i].data.u64;
+    return n < 0 ? 0 : n;
+  }
+
+ private:
+  int fd_;
+};
+#else
+inline constexpr bool watch_supported = false;
+
+/// Elsewhere no idle watch: the probe before hand-out and on release still guards every lease.
+class watch_set {
+ public:
+  int native_handle() const noexcept { return -1; }
+  bool add(int, std::uint64_t) noexcept { return false; }
+  int poll(std::uint64_t*, int) noexcept { return 0; }
+};
+#endif
+
+}  // namespace connpool::detail
+
+#endif

@@ -1,0 +1,183 @@
+#ifndef CONNPOOL_DIAG_HPP
+#define CONNPOOL_DIAG_HPP
+
+/// Socket census: the process's own TCP sockets by state, and the kernel's sockets that no
+/// descriptor owns any more (TIME_WAIT, orphaned FIN_WAIT/LAST_ACK) towards an endpoint.
+/// For tests, benchmarks and health endpoints. Linux only; elsewhere every call reports
+/// std::errc::function_not_supported instead of a count it cannot know.
+
+#include <array>
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <system_error>
+
+#include <asio/ip/tcp.hpp>
+
+#if defined(__linux__)
+#include <cstdio>
+#include <cstring>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#endif
+
+namespace connpool::diag {
+
+/// TCP states, numbered as the Linux kernel numbers them.
+enum class tcp_state {
+  established = 1, syn_sent, syn_recv, fin_wait1, fin_wait2, time_wait, close, close_wait, last_ack, listen, closing
+};
+
+/// A short name ("ESTABLISHED", "CLOSE_WAIT", ...).
+inline const char* to_string(tcp_state s) noexcept {
+  static const char* const names[] = {"?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
+                                      "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING"};
+  const int i = static_cast<int>(s);
+  return i >= 1 && i <= 11 ? names[i] : names[0];
+}
+
+/// The process's descriptors and its TCP sockets by state.
+struct socket_census {
+  std::size_t descriptors = 0;  ///< every open descriptor of the process
+  std::size_t tcp_sockets = 0;  ///< TCP sockets among them (after the remote filter, if any)
+  std::array<std::size_t, 12> states{};  ///< indexed by tcp_state
+
+  std::size_t operator[](tcp_state s) const noexcept { return states[static_cast<std::size_t>(s)]; }
+};
+
+/// Walk /proc/self/fd; count TCP sockets by TCP_INFO state. With `remote`, only sockets whose peer
+/// address is `remote` (port 0 matches any port).
+socket_census census(const std::optional<asio::ip::tcp::endpoint>& remote, std::error_code& ec);
+
+inline socket_census census(std::error_code& ec) { return census(std::nullopt, ec); }
+
+/// Sockets in `state` towards `remote` (port 0: any port) in the kernel's table
+/// (/proc/self/net/tcp and tcp6), owned by no descriptor: TIME_WAIT, and orphans after close().
+/// Counts the process's network namespace, not only this process.
+std::size_t kernel_sockets(tcp_state state, const asio::ip::tcp::endpoint& remote, std::error_code& ec);
+
+// ------------------------------------------------------------------------------------------
+
+#if defined(__linux__)
+namespace detail {
+inline bool same_peer(const sockaddr_storage& ss, const asio::ip::tcp::endpoint& want) {
+  asio::ip::tcp::endpoint ep;
+  if (ss.ss_family == AF_INET) {
+    std::memcpy(ep.data(), &ss, sizeof(sockaddr_in));
+  } else if (ss.ss_family == AF_INET6) {
+    std::memcpy(ep.data(), &ss, sizeof(sockaddr_in6));
+  } else {
+    return false;
+  }
+  return ep.address() == want.address() && (want.port() == 0 || ep.port() == want.port());
+}
+
+// /proc/net/tcp prints addresses as the raw 32-bit words in host order, in hex.
+inline bool parse_proc_addr(const char* hex, bool v6, asio::ip::tcp::endpoint& out) {
+  const char* colon = std::strchr(hex, ':');
+  if (!colon) return false;
+  unsigned port = 0;
+  if (std::sscanf(colon + 1, "%x", &port) != 1) return false;
+  if (!v6) {
+    unsigned word = 0;
+    if (std::sscanf(hex, "%8x", &word) != 1) return false;
+    asio::ip::address_v4::bytes_type b;
+    std::memcpy(b.data(), &word, 4);
+    out = asio::ip::tcp::endpoint(asio::ip::address_v4(b), static_cast<unsigned short>(port));
+  } else {
+    asio::ip::address_v6::bytes_type b;
+    for (int i = 0; i < 4; ++i) {
+      unsigned word = 0;
+      char part[9] = {};
+      std::memcpy(part, hex + 8 * i, 8);
+      if (std::sscanf(part, "%8x", &word) != 1) return false;
+      std::memcpy(b.data() + 4 * i, &word, 4);
+    }
+    asio::ip::address_v6 a(b);
+    out = asio::ip::tcp::endpoint(a.is_v4_mapped() ? asio::ip::address(asio::ip::make_address_v4(asio::ip::v4_mapped, a))
+                                                   : asio::ip::address(a),
+                                  static_cast<unsigned short>(port));
+  }
+  return true;
+}
+}  // namespace detail
+
+inline socket_census census(const std::optional<asio::ip::tcp::endpoint>& remote, std::error_code& ec) {
+  ec.clear();
+  socket_census c;
+  DIR* d = ::opendir("/proc/self/fd");
+  if (!d) {
+    ec.assign(errno, std::system_category());
+    return c;
+  }
+  const int self = ::dirfd(d);
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    const int fd = std::atoi(e->d_name);
+    if (fd == self) continue;
+    ++c.descriptors;
+    int proto = 0;
+    socklen_t len = sizeof proto;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) != 0 || proto != IPPROTO_TCP) continue;
+    if (remote) {
+      sockaddr_storage ss{};
+      socklen_t sl = sizeof ss;
+      if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &sl) != 0 || !detail::same_peer(ss, *remote)) continue;
+    }
+    tcp_info info{};
+    len = sizeof info;
+    if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) continue;
+    ++c.tcp_sockets;
+    if (info.tcpi_state < c.states.size()) ++c.states[info.tcpi_state];
+  }
+  ::closedir(d);
+  return c;
+}
+
+inline std::size_t kernel_sockets(tcp_state state, const asio::ip::tcp::endpoint& remote, std::error_code& ec) {
+  ec.clear();
+  std::size_t n = 0;
+  bool any = false;
+  for (const char* path : {"/proc/self/net/tcp", "/proc/self/net/tcp6"}) {
+    std::FILE* f = std::fopen(path, "r");
+    if (!f) continue;
+    any = true;
+    const bool v6 = std::strstr(path, "tcp6") != nullptr;
+    char line[512];
+    if (!std::fgets(line, sizeof line, f)) {  // header
+      std::fclose(f);
+      continue;
+    }
+    while (std::fgets(line, sizeof line, f)) {
+      char local[64], rem[64];
+      unsigned st = 0;
+      unsigned long inode = 0;
+      // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+      if (std::sscanf(line, "%*s %63s %63s %x %*s %*s %*s %*s %*s %lu", local, rem, &st, &inode) != 4) continue;
+      if (st != static_cast<unsigned>(state) || inode != 0) continue;
+      asio::ip::tcp::endpoint peer;
+      if (!detail::parse_proc_addr(rem, v6, peer)) continue;
+      if (peer.address() == remote.address() && (remote.port() == 0 || peer.port() == remote.port())) ++n;
+    }
+    std::fclose(f);
+  }
+  if (!any) ec = std::make_error_code(std::errc::function_not_supported);
+  return n;
+}
+#else
+inline socket_census census(const std::optional<asio::ip::tcp::endpoint>&, std::error_code& ec) {
+  ec = std::make_error_code(std::errc::function_not_supported);
+  return {};
+}
+inline std::size_t kernel_sockets(tcp_state, const asio::ip::tcp::endpoint&, std::error_code& ec) {
+  ec = std::make_error_code(std::errc::function_not_supported);
+  return 0;
+}
+#endif
+
+}  // namespace connpool::diag
+
+#endif

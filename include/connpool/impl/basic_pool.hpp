@@ -1,0 +1,181 @@
+#ifndef CONNPOOL_IMPL_BASIC_POOL_HPP
+#define CONNPOOL_IMPL_BASIC_POOL_HPP
+
+#include <stdexcept>
+
+#include <asio/associated_executor.hpp>
+#include <asio/post.hpp>
+
+namespace connpool {
+
+namespace detail {
+inline pool_options checked(pool_options o) {
+  if (auto ec = o.validate()) throw std::system_error(ec);
+  return o;
+}
+}  // namespace detail
+
+template <class Protocol, class Executor>
+basic_pool<Protocol, Executor>::basic_pool(pool_options options)
+    : basic_pool(std::make_unique<asio::io_context>(1), std::move(options)) {}
+
+template <class Protocol, class Executor>
+basic_pool<Protocol, Executor>::basic_pool(std::unique_ptr<asio::io_context> own, pool_options options) {
+  asio::io_context& ctx = *own;
+  const Executor ex(ctx.get_executor());
+  state_ = std::make_shared<state_type>(std::move(own), ex, ex, detail::checked(std::move(options)));
+  state_->start();
+  work_ = std::make_unique<asio::executor_work_guard<asio::io_context::executor_type>>(ctx.get_executor());
+  thread_ = std::thread([&ctx] { ctx.run(); });
+}
+
+template <class Protocol, class Executor>
+basic_pool<Protocol, Executor>::basic_pool(const Executor& ex, pool_options options)
+    : state_(std::make_shared<state_type>(nullptr, ex, ex, detail::checked(std::move(options)))) {
+  state_->start();
+}
+
+template <class Protocol, class Executor>
+basic_pool<Protocol, Executor>::~basic_pool() {
+  state_->close();
+  if (!thread_.joinable()) return;
+  // Let the handlers close() queued (failed acquires, cancelled timers) run, then stop.
+  asio::io_context* ctx = state_->owned_context();
+  work_.reset();
+  asio::post(*ctx, [ctx] { ctx->stop(); });
+  if (thread_.get_id() == std::this_thread::get_id())
+    thread_.detach();  // destroyed from one of its own handlers
+  else
+    thread_.join();
+}
+
+template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const endpoint_type& ep) {
+  std::error_code ec;
+  lease l = acquire(ep, ec);
+  if (ec) throw std::system_error(ec, "connpool acquire");
+  return l;
+}
+
+template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const endpoint_type& ep,
+                                                                                   std::error_code& ec) {
+  ec.clear();
+  bool reused = false;
+  auto* c = state_->acquire(ep, reused, ec);
+  if (!c) return lease();
+  return lease(state_, c, reused);
+}
+
+template <class Protocol, class Executor>
+template <class Handler>
+struct basic_pool<Protocol, Executor>::completion_impl final : state_type::completion {
+  using work_executor = asio::associated_executor_t<Handler, Executor>;
+
+  completion_impl(Handler&& h, const Executor& pool_ex)
+      : handler(std::move(h)), work(asio::make_work_guard(asio::get_associated_executor(handler, pool_ex))) {}
+
+  void complete(std::shared_ptr<state_type> s, std::error_code ec, typename state_type::connection* c,
+                bool reused) override {
+    lease l = c ? lease(s, c, reused) : lease();
+    auto ex = work.get_executor();
+    asio::post(ex, [h = std::move(handler), ec, l = std::move(l)]() mutable { h(ec, std::move(l)); });
+    work.reset();
+  }
+
+  Handler handler;
+  asio::executor_work_guard<work_executor> work;
+};
+
+template <class Protocol, class Executor>
+struct basic_pool<Protocol, Executor>::initiate_acquire {
+  std::shared_ptr<state_type> state;
+  template <class Handler>
+  void operator()(Handler&& h, const endpoint_type& ep) const {
+    using H = std::decay_t<Handler>;
+    state->async_acquire(ep, std::make_unique<completion_impl<H>>(H(std::forward<Handler>(h)), state->executor()));
+  }
+};
+
+template <class Protocol, class Executor>
+template <class Token>
+auto basic_pool<Protocol, Executor>::async_acquire(const endpoint_type& ep, Token&& token) {
+  return asio::async_initiate<Token, void(std::error_code, lease)>(initiate_acquire{state_}, token, ep);
+}
+
+template <class Protocol, class Executor>
+pool_stats basic_pool<Protocol, Executor>::stats() const {
+  return state_->stats();
+}
+
+template <class Protocol, class Executor>
+pool_stats basic_pool<Protocol, Executor>::stats(const endpoint_type& ep) const {
+  return state_->stats(ep);
+}
+
+template <class Protocol, class Executor>
+void basic_pool<Protocol, Executor>::close() {
+  state_->close();
+}
+
+template <class Protocol, class Executor>
+Executor basic_pool<Protocol, Executor>::get_executor() const {
+  return state_->executor();
+}
+
+template <class Protocol, class Executor>
+const pool_options& basic_pool<Protocol, Executor>::options() const noexcept {
+  return state_->options();
+}
+
+// ------------------------------------------------------------------------------------------ lease
+
+template <class Protocol, class Executor>
+basic_pool<Protocol, Executor>::lease::lease(lease&& o) noexcept
+    : state_(std::move(o.state_)), conn_(std::exchange(o.conn_, nullptr)), reused_(o.reused_) {}
+
+template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::lease& basic_pool<Protocol, Executor>::lease::operator=(lease&& o) noexcept {
+  if (this != &o) {
+    discard();
+    state_ = std::move(o.state_);
+    conn_ = std::exchange(o.conn_, nullptr);
+    reused_ = o.reused_;
+  }
+  return *this;
+}
+
+template <class Protocol, class Executor>
+basic_pool<Protocol, Executor>::lease::~lease() {
+  discard();
+}
+
+template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::socket_type& basic_pool<Protocol, Executor>::lease::socket() {
+  if (!conn_) throw std::logic_error("connpool: socket() on an empty lease");
+  return conn_->socket;
+}
+
+template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::endpoint_type basic_pool<Protocol, Executor>::lease::endpoint() const {
+  if (!conn_) throw std::logic_error("connpool: endpoint() on an empty lease");
+  return conn_->ep->endpoint;
+}
+
+template <class Protocol, class Executor>
+void basic_pool<Protocol, Executor>::lease::release() noexcept {
+  if (!conn_) return;
+  state_->release(std::exchange(conn_, nullptr));
+  state_.reset();
+}
+
+template <class Protocol, class Executor>
+void basic_pool<Protocol, Executor>::lease::discard(close_mode mode) noexcept {
+  if (!conn_) return;
+  state_->discard(std::exchange(conn_, nullptr), mode);
+  state_.reset();
+}
+
+}  // namespace connpool
+
+#endif

@@ -1,0 +1,80 @@
+#ifndef CONNPOOL_POOL_OPTIONS_HPP
+#define CONNPOOL_POOL_OPTIONS_HPP
+
+#include <chrono>
+#include <cstddef>
+#include <system_error>
+
+#include "connpool/error.hpp"
+
+namespace connpool {
+
+/// How a connection is closed.
+enum class close_mode {
+  graceful,  ///< FIN: shutdown(send), then close. The side that closes first keeps TIME_WAIT for 60 s.
+  abortive,  ///< RST: SO_LINGER {1,0}, then close. No TIME_WAIT anywhere; unsent data is dropped.
+};
+
+/// Pool configuration. For limits and durations, 0 means "none" / "never".
+struct pool_options {
+  std::size_t max_per_endpoint = 64;        ///< idle + leased + connecting, per endpoint
+  std::size_t max_idle_per_endpoint = 64;   ///< idle connections beyond this are closed (surplus)
+  std::size_t max_total = 0;                ///< idle + leased + connecting, across endpoints
+  std::chrono::milliseconds connect_timeout{3000};
+  std::chrono::milliseconds acquire_timeout{5000};  ///< bounds the whole acquire, connecting included
+  std::chrono::milliseconds idle_timeout{60000};    ///< an idle connection older than this is closed
+  std::chrono::milliseconds max_lifetime{0};        ///< jittered: each connection gets 90-100% of it
+  close_mode retire_close = close_mode::graceful;   ///< how the pool closes connections it retires itself
+
+  // Socket options, applied to TCP sockets before connecting.
+  bool tcp_nodelay = true;
+  std::chrono::seconds keepalive_idle{0};      ///< SO_KEEPALIVE + TCP_KEEPIDLE; 0 leaves keepalive off
+  std::chrono::seconds keepalive_interval{0};  ///< TCP_KEEPINTVL; 0 keeps the kernel's value
+  unsigned keepalive_count = 0;                ///< TCP_KEEPCNT; 0 keeps the kernel's value
+  std::chrono::milliseconds user_timeout{0};   ///< TCP_USER_TIMEOUT (Linux); 0 keeps the kernel's value
+
+  /// error::invalid_options if a value is out of range (negative durations, a max_idle of a
+  /// pool that allows no connection at all), else a default error_code.
+  std::error_code validate() const noexcept {
+    using std::chrono::milliseconds;
+    if (connect_timeout < milliseconds::zero() || acquire_timeout < milliseconds::zero() ||
+        idle_timeout < milliseconds::zero() || max_lifetime < milliseconds::zero() ||
+        keepalive_idle < std::chrono::seconds::zero() ||
+        keepalive_interval < std::chrono::seconds::zero() || user_timeout < milliseconds::zero())
+      return error::invalid_options;
+    return {};
+  }
+};
+
+/// A snapshot of the pool's gauges and counters (totals, or one endpoint).
+struct pool_stats {
+  // Gauges: the state right now.
+  std::size_t idle = 0;        ///< connections waiting in the pool
+  std::size_t leased = 0;      ///< connections handed out
+  std::size_t connecting = 0;  ///< connections being opened
+  std::size_t waiting = 0;     ///< acquires waiting for a free slot or connection
+
+  // Counters since the pool was made.
+  std::size_t created = 0;           ///< connections opened successfully
+  std::size_t reused = 0;            ///< acquires served from idle
+  std::size_t released = 0;          ///< release() calls
+  std::size_t discarded = 0;         ///< discard() calls and leases destroyed unreleased
+  std::size_t connect_failed = 0;    ///< connection attempts that failed (timeouts included)
+  std::size_t acquire_timeouts = 0;  ///< acquires that failed with error::acquire_timeout
+
+  // Connections the pool closed, by reason.
+  std::size_t peer_closed = 0;      ///< the peer had sent FIN
+  std::size_t peer_reset = 0;       ///< the peer reset it, or another socket error was pending
+  std::size_t unexpected_data = 0;  ///< bytes arrived on an idle connection (protocol desync)
+  std::size_t idle_timeout = 0;     ///< idle longer than idle_timeout
+  std::size_t max_lifetime = 0;     ///< older than its (jittered) max_lifetime
+  std::size_t surplus = 0;          ///< over max_idle_per_endpoint, or evicted to make room under max_total
+  std::size_t pool_closed = 0;      ///< closed by close(), or returned after it
+
+  /// Connections currently open (idle + leased), plus those being opened.
+  std::size_t open() const noexcept { return idle + leased + connecting; }
+};
+
+}  // namespace connpool
+
+#endif

@@ -1,0 +1,581 @@
+// Behaviour of basic_pool on real loopback sockets: reuse, checks, watch, limits, connect,
+// retiring, leases, shutdown, errors.
+#include <doctest/doctest.h>
+
+#include <sys/socket.h>
+
+#include <thread>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using connpool::tcp_pool;
+using connpool::diag::tcp_state;
+using test::eventually;
+
+namespace {
+
+connpool::pool_options quick() {
+  connpool::pool_options o;
+  o.acquire_timeout = 2000ms;
+  o.connect_timeout = 2000ms;
+  return o;
+}
+
+unsigned short local_port(tcp_pool::lease& l) { return l.socket().local_endpoint().port(); }
+
+/// Every test starts and ends with the same descriptors and no CLOSE_WAIT towards its server.
+struct fd_guard {
+  std::size_t before = test::descriptors();
+  ~fd_guard() { CHECK(eventually([&] { return test::descriptors() == before; })); }
+};
+
+}  // namespace
+
+TEST_CASE("errors: category, messages, std::error_code support") {
+  std::error_code ec = connpool::error::acquire_timeout;
+  CHECK(std::string(ec.category().name()) == "connpool");
+  CHECK(ec.message() == "timed out waiting to acquire a connection");
+  CHECK(ec == connpool::error::acquire_timeout);
+  CHECK(ec != connpool::error::connect_timeout);
+  CHECK(connpool::make_error_code(connpool::error::pool_closed).message() == "connection pool is closed");
+  CHECK(connpool::error_category().message(999) == "unknown connpool error");
+}
+
+TEST_CASE("options: bad values are rejected with invalid_options") {
+  connpool::pool_options o;
+  o.idle_timeout = -1ms;
+  try {
+    tcp_pool pool(o);
+    FAIL("constructor accepted a negative idle_timeout");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == connpool::error::invalid_options);
+  }
+}
+
+TEST_CASE("reuse: the most recently released idle connection is handed out first") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  tcp_pool pool(quick());
+  auto a = pool.acquire(server.endpoint());
+  auto b = pool.acquire(server.endpoint());
+  CHECK_FALSE(a.reused());
+  CHECK(test::roundtrip(a, "ping") == "ping");
+  const auto pa = local_port(a), pb = local_port(b);
+  a.release();
+  b.release();
+  CHECK_FALSE(a);
+  CHECK(pool.stats().idle == 2);
+  auto c = pool.acquire(server.endpoint());
+  CHECK(c.reused());
+  CHECK(local_port(c) == pb);
+  auto d = pool.acquire(server.endpoint());
+  CHECK(local_port(d) == pa);
+  CHECK(test::roundtrip(d, "again") == "again");
+  c.release();
+  d.release();
+  auto s = pool.stats();
+  CHECK(s.created == 2);
+  CHECK(s.reused == 2);
+  CHECK(s.released == 4);
+  CHECK(server.counts().accepted == 2);
+}
+
+// A pool on an io_context nobody runs has no idle watch and no timers: only the probe at hand-out
+// can catch a dead idle connection. That isolates the probe.
+TEST_CASE("probe before hand-out: EOF, reset and stray bytes are never handed out") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  asio::io_context unrun;
+  tcp_pool pool(unrun, quick());
+  auto ep = server.endpoint();
+
+  SUBCASE("peer closed") {
+    pool.acquire(ep).release();
+    REQUIRE(server.wait_accepted(1));
+    server.close_all();
+    REQUIRE(eventually([&] { return test::client_sockets(ep, tcp_state::close_wait) == 1; }));
+    auto l = pool.acquire(ep);
+    CHECK_FALSE(l.reused());
+    CHECK(test::roundtrip(l, "x") == "x");
+    CHECK(pool.stats().peer_closed == 1);
+    l.release();
+  }
+  SUBCASE("peer reset") {
+    pool.acquire(ep).release();
+    REQUIRE(server.wait_accepted(1));
+    std::error_code ec;
+    const auto closed_before = connpool::diag::census(ec)[tcp_state::close];
+    server.reset_all();
+    // A reset socket has no peer any more, so it cannot be filtered by endpoint.
+    REQUIRE(eventually([&] { return connpool::diag::census(ec)[tcp_state::close] == closed_before + 1; }));
+    auto l = pool.acquire(ep);
+    CHECK_FALSE(l.reused());
+    CHECK(pool.stats().peer_reset == 1);
+    l.release();
+  }
+  SUBCASE("stray bytes") {
+    pool.acquire(ep).release();
+    REQUIRE(server.wait_accepted(1));
+    server.send_all("junk");
+    auto l = pool.acquire(ep);
+    // The bytes may still be in flight on a slow machine; then the first probe passes. Retry.
+    for (int i = 0; i < 200 && l.reused() && pool.stats().unexpected_data == 0; ++i) {
+      l.release();
+      std::this_thread::sleep_for(1ms);
+      l = pool.acquire(ep);
+    }
+    CHECK_FALSE(l.reused());
+    CHECK(pool.stats().unexpected_data == 1);
+    l.release();
+  }
+  SUBCASE("all idle dead: each one tried, then a new connection") {
+    std::vector<tcp_pool::lease> ls;
+    for (int i = 0; i < 3; ++i) ls.push_back(pool.acquire(ep));
+    for (auto& l : ls) l.release();
+    REQUIRE(server.wait_accepted(3));
+    server.close_all();
+    REQUIRE(eventually([&] { return test::client_sockets(ep, tcp_state::close_wait) == 3; }));
+    auto l = pool.acquire(ep);
+    CHECK_FALSE(l.reused());
+    auto s = pool.stats();
+    CHECK(s.peer_closed == 3);
+    CHECK(s.idle == 0);
+    CHECK(s.leased == 1);
+    CHECK(test::client_sockets(ep, tcp_state::close_wait) == 0);
+    l.release();
+  }
+  CHECK(test::client_sockets(ep, tcp_state::close_wait) == 0);
+}
+
+TEST_CASE("check on release: unread bytes or a FIN are not put back") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  asio::io_context unrun;
+  tcp_pool pool(unrun, quick());
+  auto ep = server.endpoint();
+
+  SUBCASE("unread response") {
+    auto l = pool.acquire(ep);
+    asio::write(l.socket(), asio::buffer("hello", 5));
+    char c;
+    l.socket().receive(asio::buffer(&c, 1), asio::socket_base::message_peek);  // response arrived, unread
+    l.release();
+    auto s = pool.stats();
+    CHECK(s.unexpected_data == 1);
+    CHECK(s.idle == 0);
+  }
+  SUBCASE("FIN while leased") {
+    auto l = pool.acquire(ep);
+    REQUIRE(server.wait_accepted(1));
+    server.close_all();
+    REQUIRE(eventually([&] { return test::client_sockets(ep, tcp_state::close_wait) == 1; }));
+    l.release();
+    CHECK(pool.stats().peer_closed == 1);
+    CHECK(pool.stats().idle == 0);
+  }
+  CHECK(test::client_sockets(ep, tcp_state::close_wait) == 0);
+}
+
+TEST_CASE("idle watch: FIN or RST on an idle connection closes it without any acquire") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  tcp_pool pool(quick());
+  auto ep = server.endpoint();
+  std::vector<tcp_pool::lease> ls;
+  for (int i = 0; i < 5; ++i) ls.push_back(pool.acquire(ep));
+  for (auto& l : ls) l.release();
+  REQUIRE(pool.stats().idle == 5);
+  REQUIRE(server.wait_accepted(5));
+
+  SUBCASE("FIN") {
+    server.close_all();
+    CHECK(eventually([&] { return pool.stats().idle == 0; }));
+    CHECK(pool.stats().peer_closed == 5);
+  }
+  SUBCASE("RST") {
+    server.reset_all();
+    CHECK(eventually([&] { return pool.stats().idle == 0; }));
+    CHECK(pool.stats().peer_reset == 5);
+  }
+  CHECK(test::client_sockets(ep, tcp_state::close_wait) == 0);
+  CHECK(test::client_sockets(ep, tcp_state::established) == 0);
+  // The pool still works afterwards.
+  auto l = pool.acquire(ep);
+  CHECK(test::roundtrip(l, "after") == "after");
+  l.release();
+}
+
+TEST_CASE("idle watch: a FIN during a lease is not lost when the lease is released") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  tcp_pool pool(quick());
+  auto ep = server.endpoint();
+  auto l = pool.acquire(ep);
+  REQUIRE(server.wait_accepted(1));
+  server.close_all();
+  REQUIRE(eventually([&] { return test::client_sockets(ep, tcp_state::close_wait) == 1; }));
+  l.release();
+  CHECK(pool.stats().idle == 0);
+  CHECK(pool.stats().peer_closed == 1);
+  CHECK(test::client_sockets(ep, tcp_state::close_wait) == 0);
+}
+
+TEST_CASE("limits: acquire waits at max_per_endpoint and gets the released connection") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = quick();
+  o.max_per_endpoint = 1;
+  tcp_pool pool(o);
+  auto ep = server.endpoint();
+  auto first = pool.acquire(ep);
+  const auto port = local_port(first);
+  std::promise<unsigned short> got;
+  std::thread t([&] {
+    auto l = pool.acquire(ep);
+    got.set_value(local_port(l));
+    l.release();
+  });
+  REQUIRE(eventually([&] { return pool.stats().waiting == 1; }));
+  first.release();
+  auto f = got.get_future();
+  REQUIRE(f.wait_for(2s) == std::future_status::ready);
+  CHECK(f.get() == port);
+  t.join();
+  CHECK(server.counts().accepted == 1);
+}
+
+TEST_CASE("limits: waiters are served first come, first served") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = quick();
+  o.max_per_endpoint = 1;
+  tcp_pool pool(o);
+  auto ep = server.endpoint();
+  auto held = pool.acquire(ep);
+  std::mutex m;
+  std::vector<int> order;
+  std::vector<std::thread> ts;
+  for (int i = 0; i < 4; ++i) {
+    ts.emplace_back([&, i] {
+      auto l = pool.acquire(ep);
+      {
+        std::lock_guard<std::mutex> lk(m);
+        order.push_back(i);
+      }
+      l.release();
+    });
+    REQUIRE(eventually([&] { return pool.stats().waiting == static_cast<std::size_t>(i + 1); }));
+  }
+  held.release();
+  for (auto& t : ts) t.join();
+  CHECK(order == std::vector<int>{0, 1, 2, 3});
+}
+
+TEST_CASE("limits: acquire_timeout bounds the wait") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = quick();
+  o.max_per_endpoint = 1;
+  o.acquire_timeout = 100ms;
+  tcp_pool pool(o);
+  auto held = pool.acquire(server.endpoint());
+  std::error_code ec;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto l = pool.acquire(server.endpoint(), ec);
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  CHECK(ec == connpool::error::acquire_timeout);
+  CHECK_FALSE(l);
+  CHECK(waited >= 100ms);
+  CHECK(waited < 2s);
+  CHECK(pool.stats().acquire_timeouts == 1);
+  CHECK(pool.stats().waiting == 0);
+  CHECK_THROWS_AS(pool.acquire(server.endpoint()), std::system_error);
+}
+
+TEST_CASE("limits: max_total evicts the least recently used idle connection of another endpoint") {
+  fd_guard fds;
+  test::echo_server a(test::loopback()), b(test::loopback()), c(test::loopback());
+  auto o = quick();
+  o.max_total = 2;
+  tcp_pool pool(o);
+  pool.acquire(a.endpoint()).release();
+  pool.acquire(b.endpoint()).release();
+  auto l = pool.acquire(c.endpoint());  // room is made by closing a's (older) idle connection
+  CHECK(pool.stats().surplus == 1);
+  CHECK(pool.stats(a.endpoint()).idle == 0);
+  CHECK(pool.stats(b.endpoint()).idle == 1);
+  CHECK(pool.stats().open() == 2);
+  l.release();
+}
+
+TEST_CASE("limits: max_idle_per_endpoint closes the surplus") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = quick();
+  o.max_idle_per_endpoint = 1;
+  tcp_pool pool(o);
+  auto x = pool.acquire(server.endpoint());
+  auto y = pool.acquire(server.endpoint());
+  x.release();
+  y.release();
+  CHECK(pool.stats().idle == 1);
+  CHECK(pool.stats().surplus == 1);
+}
+
+TEST_CASE("connect: refused reaches the caller and frees the slot") {
+  fd_guard fds;
+  asio::ip::tcp::endpoint dead;
+  {
+    test::echo_server gone(test::loopback());
+    dead = gone.endpoint();
+  }
+  auto o = quick();
+  o.max_per_endpoint = 1;
+  tcp_pool pool(o);
+  for (int i = 0; i < 3; ++i) {  // a leaked slot would turn the 2nd attempt into acquire_timeout
+    std::error_code ec;
+    auto l = pool.acquire(dead, ec);
+    CHECK(ec == std::errc::connection_refused);
+    CHECK_FALSE(l);
+  }
+  auto s = pool.stats();
+  CHECK(s.connect_failed == 3);
+  CHECK(s.open() == 0);
+}
+
+namespace {
+/// A listener whose accept queue is full: further connects stay in SYN_SENT (loopback, no root).
+struct full_backlog {
+  asio::io_context io;
+  asio::ip::tcp::acceptor acc{io};
+  std::vector<asio::ip::tcp::socket> fillers;
+  full_backlog() {
+    acc.open(asio::ip::tcp::v4());
+    acc.bind(test::loopback());
+    acc.listen(0);
+    // Fill the queue: connects that complete without accept. Stop once one does not.
+    for (int i = 0; i < 8; ++i) {
+      fillers.emplace_back(io);
+      auto& s = fillers.back();
+      s.open(asio::ip::tcp::v4());
+      s.non_blocking(true);
+      auto target = acc.local_endpoint();
+      (void)::connect(s.native_handle(), target.data(), static_cast<socklen_t>(target.size()));
+      pollfd p{s.native_handle(), POLLOUT, 0};
+      if (::poll(&p, 1, 200) == 0) break;  // this one is stuck in SYN_SENT: queue full
+    }
+  }
+};
+}  // namespace
+
+TEST_CASE("connect: connect_timeout and acquire_timeout bound a connect that never completes") {
+  fd_guard fds;
+  full_backlog fb;
+  const auto ep = fb.acc.local_endpoint();
+  SUBCASE("connect_timeout") {
+    auto o = quick();
+    o.connect_timeout = 150ms;
+    tcp_pool pool(o);
+    std::error_code ec;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto l = pool.acquire(ep, ec);
+    CHECK(ec == connpool::error::connect_timeout);
+    CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+    CHECK(pool.stats().connect_failed == 1);
+    CHECK(pool.stats().open() == 0);
+  }
+  SUBCASE("acquire_timeout shorter than connect_timeout") {
+    auto o = quick();
+    o.connect_timeout = 5000ms;
+    o.acquire_timeout = 150ms;
+    tcp_pool pool(o);
+    std::error_code ec;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto l = pool.acquire(ep, ec);
+    CHECK(ec == connpool::error::acquire_timeout);
+    CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+  }
+}
+
+TEST_CASE("connect: socket options are applied") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = quick();
+  o.keepalive_idle = 7s;
+  o.keepalive_interval = 3s;
+  o.keepalive_count = 4;
+  o.user_timeout = 1500ms;
+  tcp_pool pool(o);
+  auto l = pool.acquire(server.endpoint());
+  asio::ip::tcp::no_delay nd;
+  l.socket().get_option(nd);
+  CHECK(nd.value());
+  asio::socket_base::keep_alive ka;
+  l.socket().get_option(ka);
+  CHECK(ka.value());
+  int v = 0;
+  socklen_t len = sizeof v;
+  ::getsockopt(l.socket().native_handle(), IPPROTO_TCP, TCP_KEEPIDLE, &v, &len);
+  CHECK(v == 7);
+  ::getsockopt(l.socket().native_handle(), IPPROTO_TCP, TCP_KEEPCNT, &v, &len);
+  CHECK(v == 4);
+  ::getsockopt(l.socket().native_handle(), IPPROTO_TCP, TCP_USER_TIMEOUT, &v, &len);
+  CHECK(v == 1500);
+  l.release();
+}
+
+TEST_CASE("retiring: idle_timeout closes idle connections without any acquire") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = quick();
+  o.idle_timeout = 100ms;
+  tcp_pool pool(o);
+  pool.acquire(server.endpoint()).release();
+  CHECK(pool.stats().idle == 1);
+  CHECK(eventually([&] { return pool.stats().idle_timeout == 1; }));
+  CHECK(pool.stats().idle == 0);
+  CHECK(eventually([&] { return server.counts().eof == 1; }));  // graceful: the server saw FIN
+}
+
+TEST_CASE("retiring: max_lifetime, closed with RST when retire_close is abortive") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = quick();
+  o.max_lifetime = 150ms;
+  o.retire_close = connpool::close_mode::abortive;
+  tcp_pool pool(o);
+  std::vector<tcp_pool::lease> ls;
+  for (int i = 0; i < 4; ++i) ls.push_back(pool.acquire(server.endpoint()));
+  for (auto& l : ls) l.release();
+  CHECK(eventually([&] { return pool.stats().max_lifetime == 4; }));
+  CHECK(eventually([&] { return server.counts().reset == 4; }));
+  std::error_code ec;
+  CHECK(connpool::diag::kernel_sockets(tcp_state::time_wait, server.endpoint(), ec) == 0);
+}
+
+TEST_CASE("retiring: a connection past max_lifetime is closed when released") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = quick();
+  o.max_lifetime = 50ms;
+  asio::io_context unrun;  // no timer: only release() can retire it
+  tcp_pool pool(unrun, o);
+  auto l = pool.acquire(server.endpoint());
+  std::this_thread::sleep_for(60ms);  // the lifetime is what is under test
+  l.release();
+  CHECK(pool.stats().max_lifetime == 1);
+  CHECK(pool.stats().idle == 0);
+}
+
+TEST_CASE("leases: discard and unreleased leases close the connection and count as discarded") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  tcp_pool pool(quick());
+  auto ep = server.endpoint();
+  {
+    auto l = pool.acquire(ep);
+    CHECK(test::roundtrip(l, "a") == "a");
+  }
+  auto l2 = pool.acquire(ep);
+  l2.discard(connpool::close_mode::abortive);
+  CHECK_FALSE(l2);
+  l2.release();  // no effect on an empty lease
+  auto s = pool.stats();
+  CHECK(s.discarded == 2);
+  CHECK(s.reused == 0);
+  CHECK(s.open() == 0);
+  CHECK(eventually([&] { return server.counts().eof == 1 && server.counts().reset == 1; }));
+  CHECK_THROWS_AS(l2.socket(), std::logic_error);
+}
+
+TEST_CASE("leases: moves transfer ownership") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  tcp_pool pool(quick());
+  auto a = pool.acquire(server.endpoint());
+  tcp_pool::lease b = std::move(a);
+  CHECK_FALSE(a);
+  CHECK(b);
+  tcp_pool::lease c;
+  c = std::move(b);
+  CHECK(test::roundtrip(c, "m") == "m");
+  c.release();
+  CHECK(pool.stats().idle == 1);
+  static_assert(std::is_nothrow_move_constructible_v<tcp_pool::lease>);
+  static_assert(std::is_nothrow_move_assignable_v<tcp_pool::lease>);
+  static_assert(!std::is_copy_constructible_v<tcp_pool::lease>);
+}
+
+TEST_CASE("shutdown: close() closes idle, fails waiters and later acquires; leases outlive the pool") {
+  fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = quick();
+  o.max_per_endpoint = 2;
+  o.acquire_timeout = 0ms;  // waits for ever: only close() can end it
+  tcp_pool::lease survivor;
+  {
+    tcp_pool pool(o);
+    auto ep = server.endpoint();
+    pool.acquire(ep).release();
+    survivor = pool.acquire(ep);
+    auto second = pool.acquire(ep);
+    std::promise<std::error_code> waited;
+    std::thread t([&] {
+      std::error_code ec;
+      pool.acquire(ep, ec);
+      waited.set_value(ec);
+    });
+    REQUIRE(eventually([&] { return pool.stats().waiting == 1; }));
+    second.release();  // back to idle? no: the waiter takes it
+    REQUIRE(eventually([&] { return pool.stats().waiting == 0; }));
+    t.join();
+    CHECK(waited.get_future().get() == std::error_code());
+    pool.acquire(ep).release();
+    std::thread t2;
+    std::promise<std::error_code> failed;
+    auto x = pool.acquire(ep);
+    t2 = std::thread([&] {
+      std::error_code ec;
+      pool.acquire(ep, ec);
+      failed.set_value(ec);
+    });
+    REQUIRE(eventually([&] { return pool.stats().waiting == 1; }));
+    pool.close();
+    auto f = failed.get_future();
+    REQUIRE(f.wait_for(2s) == std::future_status::ready);
+    CHECK(f.get() == connpool::error::pool_closed);
+    t2.join();
+    std::error_code ec;
+    pool.acquire(ep, ec);
+    CHECK(ec == connpool::error::pool_closed);
+    x.release();
+    CHECK(pool.stats().pool_closed >= 1);
+    CHECK(pool.stats().idle == 0);
+  }
+  REQUIRE(survivor);
+  CHECK(test::roundtrip(survivor, "still") == "still");
+  survivor.release();  // pool gone: closed, not kept
+  CHECK(eventually([&] { return server.counts().live == 0; }));
+}
+
+TEST_CASE("local_pool: Unix stream sockets") {
+  fd_guard fds;
+  const std::string path = "/tmp/connpool-test-" + std::to_string(::getpid()) + ".sock";
+  ::unlink(path.c_str());
+  {
+    test::basic_echo_server<asio::local::stream_protocol> server{asio::local::stream_protocol::endpoint(path)};
+    connpool::local_pool pool(quick());
+    auto l = pool.acquire(server.endpoint());
+    CHECK(test::roundtrip(l, "unix") == "unix");
+    l.release();
+    auto again = pool.acquire(server.endpoint());
+    CHECK(again.reused());
+    again.release();
+    REQUIRE(server.wait_accepted(1));
+    server.close_all();
+    CHECK(eventually([&] { return pool.stats().idle == 0 && pool.stats().peer_closed == 1; }));
+  }
+  ::unlink(path.c_str());
+}
