@@ -10,6 +10,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <random>
 #include <string>
 #include <thread>
 
@@ -101,8 +103,17 @@ class basic_echo_server {
       for (auto& [id, s] : sessions_) asio::write(s->socket, asio::buffer(bytes));
     });
   }
-  /// Close each connection (FIN) after it has echoed this many messages; 0: never.
+  /// Close each connection (FIN) after it has echoed between 1 and `n` messages, at random;
+  /// 0: never. The time of each such close is kept by the client's port (closed_at()).
   void close_after(std::size_t n) { close_after_ = n; }
+
+  /// When the server closed (close_after) the connection from client port `port`, if it did.
+  std::optional<std::chrono::steady_clock::time_point> closed_at(unsigned short port) {
+    std::lock_guard<std::mutex> lk(closed_mu_);
+    auto it = closed_at_.find(port);
+    if (it == closed_at_.end()) return std::nullopt;
+    return it->second;
+  }
   /// Stop accepting; pending connects are refused once the listener is closed.
   void stop_listening() {
     run([this] {
@@ -126,6 +137,7 @@ class basic_echo_server {
     socket_type socket;
     char buf[4096];
     std::size_t echoed = 0;
+    std::size_t close_at = 0;
   };
 
   void run(std::function<void()> f) {
@@ -142,6 +154,11 @@ class basic_echo_server {
       if (ec) return;
       auto ss = std::make_shared<session>(std::move(s));
       const auto id = next_id_++;
+      if constexpr (std::is_same_v<Protocol, asio::ip::tcp>) {
+        std::error_code ignored;
+        std::lock_guard<std::mutex> lk(closed_mu_);
+        closed_at_.erase(ss->socket.remote_endpoint(ignored).port());  // the port is in use again
+      }
       sessions_[id] = ss;
       ++counts_.accepted;
       read(id, ss);
@@ -154,12 +171,21 @@ class basic_echo_server {
       if (ec) return end(id, s, ec);
       asio::async_write(s->socket, asio::buffer(s->buf, n), [this, id, s](std::error_code wec, std::size_t) {
         if (wec) return end(id, s, wec);
-        if (close_after_ && ++s->echoed >= close_after_) {
-          std::error_code ignored;
-          s->socket.shutdown(asio::socket_base::shutdown_both, ignored);
-          s->socket.close(ignored);
-          sessions_.erase(id);
-          return;
+        if (const std::size_t limit = close_after_) {
+          if (s->close_at == 0) s->close_at = 1 + rng_() % limit;
+          if (++s->echoed >= s->close_at) {
+            std::error_code ignored;
+            unsigned short port = 0;
+            if constexpr (std::is_same_v<Protocol, asio::ip::tcp>) port = s->socket.remote_endpoint(ignored).port();
+            s->socket.shutdown(asio::socket_base::shutdown_both, ignored);
+            s->socket.close(ignored);
+            {
+              std::lock_guard<std::mutex> lk(closed_mu_);
+              closed_at_[port] = std::chrono::steady_clock::now();
+            }
+            sessions_.erase(id);
+            return;
+          }
         }
         read(id, s);
       });
@@ -183,6 +209,9 @@ class basic_echo_server {
   std::uint64_t next_id_ = 0;
   server_counts counts_;
   std::atomic<std::size_t> close_after_{0};
+  std::minstd_rand rng_{42};
+  std::mutex closed_mu_;
+  std::map<unsigned short, std::chrono::steady_clock::time_point> closed_at_;
   std::thread thread_;
 };
 

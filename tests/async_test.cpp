@@ -1,0 +1,220 @@
+// async_acquire with callbacks, std::future and C++20 coroutines; waiting, timeouts, close().
+#include <doctest/doctest.h>
+
+#include <future>
+#include <optional>
+
+#include "support.hpp"
+
+#if defined(__cpp_impl_coroutine) && defined(ASIO_HAS_CO_AWAIT)
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/use_awaitable.hpp>
+#define CONNPOOL_TEST_COROUTINES 1
+#endif
+
+using namespace std::chrono_literals;
+using connpool::tcp_pool;
+using test::eventually;
+
+namespace {
+struct result {
+  std::error_code ec;
+  tcp_pool::lease lease;
+  bool done = false;
+};
+
+/// Run `io` until `r.done`, for at most `limit`.
+bool run_until(asio::io_context& io, const result& r, std::chrono::milliseconds limit = 3000ms) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  io.restart();
+  while (!r.done && std::chrono::steady_clock::now() < end) io.run_one_for(10ms);
+  return r.done;
+}
+
+auto into(result& r) {
+  return [&r](std::error_code ec, tcp_pool::lease l) {
+    r.ec = ec;
+    r.lease = std::move(l);
+    r.done = true;
+  };
+}
+}  // namespace
+
+TEST_CASE("async: callback on a user io_context, fresh then reused") {
+  const auto fds = test::descriptors();
+  {
+    test::echo_server server(test::loopback());
+    asio::io_context io;
+    tcp_pool pool(io);
+    result r;
+    pool.async_acquire(server.endpoint(), into(r));
+    CHECK_FALSE(r.done);  // never completes inside the initiating call
+    REQUIRE(run_until(io, r));
+    REQUIRE_FALSE(r.ec);
+    CHECK_FALSE(r.lease.reused());
+    CHECK(test::roundtrip(r.lease, "hi") == "hi");
+    r.lease.release();
+    result r2;
+    pool.async_acquire(server.endpoint(), into(r2));
+    REQUIRE(run_until(io, r2));
+    CHECK(r2.lease.reused());
+    r2.lease.release();
+    CHECK(pool.stats().created == 1);
+  }
+  CHECK(eventually([&] { return test::descriptors() == fds; }));
+}
+
+TEST_CASE("async: use_future on the default pool") {
+  test::echo_server server(test::loopback());
+  tcp_pool pool;
+  auto f = pool.async_acquire(server.endpoint(), asio::use_future);
+  REQUIRE(f.wait_for(3s) == std::future_status::ready);
+  auto l = f.get();
+  CHECK(test::roundtrip(l, "future") == "future");
+  l.release();
+  std::error_code ec;
+  asio::ip::tcp::endpoint dead;
+  {
+    test::echo_server gone(test::loopback());
+    dead = gone.endpoint();
+  }
+  auto f2 = pool.async_acquire(dead, asio::use_future);
+  REQUIRE(f2.wait_for(3s) == std::future_status::ready);
+  try {
+    f2.get();
+    FAIL("connect to a closed port succeeded");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == std::errc::connection_refused);
+  }
+}
+
+TEST_CASE("async: a waiter gets the released connection; acquire_timeout; close() fails waiters") {
+  test::echo_server server(test::loopback());
+  asio::io_context io;
+  auto o = connpool::pool_options{};
+  o.max_per_endpoint = 1;
+  o.acquire_timeout = 200ms;
+  tcp_pool pool(io, o);
+  result first;
+  pool.async_acquire(server.endpoint(), into(first));
+  REQUIRE(run_until(io, first));
+  REQUIRE_FALSE(first.ec);
+
+  SUBCASE("released to the waiter") {
+    result second;
+    pool.async_acquire(server.endpoint(), into(second));
+    CHECK(pool.stats().waiting == 1);
+    first.lease.release();
+    REQUIRE(run_until(io, second));
+    CHECK_FALSE(second.ec);
+    CHECK(second.lease.reused());
+  }
+  SUBCASE("times out") {
+    result second;
+    const auto t0 = std::chrono::steady_clock::now();
+    pool.async_acquire(server.endpoint(), into(second));
+    REQUIRE(run_until(io, second));
+    CHECK(second.ec == connpool::error::acquire_timeout);
+    CHECK(std::chrono::steady_clock::now() - t0 >= 200ms);
+    CHECK(pool.stats().waiting == 0);
+    CHECK(pool.stats().acquire_timeouts == 1);
+  }
+  SUBCASE("pool closed") {
+    result second;
+    pool.async_acquire(server.endpoint(), into(second));
+    pool.close();
+    REQUIRE(run_until(io, second));
+    CHECK(second.ec == connpool::error::pool_closed);
+    result third;
+    pool.async_acquire(server.endpoint(), into(third));
+    REQUIRE(run_until(io, third));
+    CHECK(third.ec == connpool::error::pool_closed);
+  }
+}
+
+TEST_CASE("async: completion runs on the handler's associated executor") {
+  test::echo_server server(test::loopback());
+  asio::io_context pool_io, handler_io;
+  tcp_pool pool(pool_io);
+  result r;
+  std::thread::id ran_on;
+  pool.async_acquire(server.endpoint(), asio::bind_executor(handler_io, [&](std::error_code ec, tcp_pool::lease l) {
+                       ran_on = std::this_thread::get_id();
+                       r.ec = ec;
+                       r.lease = std::move(l);
+                       r.done = true;
+                     }));
+  // The pool's context alone never runs the handler.
+  pool_io.run_for(100ms);
+  CHECK_FALSE(r.done);
+  REQUIRE(run_until(handler_io, r));
+  CHECK(ran_on == std::this_thread::get_id());
+  CHECK_FALSE(r.ec);
+  r.lease.release();
+}
+
+TEST_CASE("async: connect timeout") {
+  asio::io_context io;
+  asio::ip::tcp::acceptor acc(io);
+  acc.open(asio::ip::tcp::v4());
+  acc.bind(test::loopback());
+  acc.listen(0);
+  std::vector<asio::ip::tcp::socket> fillers;
+  for (int i = 0; i < 8; ++i) {
+    fillers.emplace_back(io);
+    auto& s = fillers.back();
+    s.open(asio::ip::tcp::v4());
+    s.non_blocking(true);
+    auto target = acc.local_endpoint();
+    (void)::connect(s.native_handle(), target.data(), static_cast<socklen_t>(target.size()));
+    pollfd p{s.native_handle(), POLLOUT, 0};
+    if (::poll(&p, 1, 200) == 0) break;
+  }
+  connpool::pool_options o;
+  o.connect_timeout = 150ms;
+  tcp_pool pool(io, o);
+  result r;
+  pool.async_acquire(acc.local_endpoint(), into(r));
+  REQUIRE(run_until(io, r));
+  CHECK(r.ec == connpool::error::connect_timeout);
+  CHECK(pool.stats().open() == 0);
+  CHECK(pool.stats().connect_failed == 1);
+}
+
+#ifdef CONNPOOL_TEST_COROUTINES
+TEST_CASE("async: 200 coroutines on one thread share 8 connections") {
+  const auto fds = test::descriptors();
+  {
+    test::echo_server server(test::loopback());
+    asio::io_context io(1);
+    connpool::pool_options o;
+    o.max_per_endpoint = 8;
+    tcp_pool pool(io, o);
+    int ok = 0, failed = 0;
+    auto ep = server.endpoint();
+    for (int i = 0; i < 200; ++i) {
+      asio::co_spawn(
+          io,
+          [&, i]() -> asio::awaitable<void> {
+            auto l = co_await pool.async_acquire(ep, asio::use_awaitable);
+            const std::string msg = "m" + std::to_string(i);
+            co_await asio::async_write(l.socket(), asio::buffer(msg), asio::use_awaitable);
+            std::string back(msg.size(), '\0');
+            co_await asio::async_read(l.socket(), asio::buffer(back), asio::use_awaitable);
+            if (back == msg) ++ok; else ++failed;
+            l.release();
+          },
+          [&](std::exception_ptr e) { if (e) ++failed; });
+    }
+    io.run_for(10s);
+    CHECK(ok == 200);
+    CHECK(failed == 0);
+    auto s = pool.stats();
+    CHECK(s.created <= 8);
+    CHECK(s.idle == s.created);
+    CHECK(s.waiting == 0);
+  }
+  CHECK(eventually([&] { return test::descriptors() == fds; }));
+}
+#endif

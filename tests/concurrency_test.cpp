@@ -1,0 +1,85 @@
+// Several threads acquire and release against a server that closes connections at random.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using connpool::tcp_pool;
+using connpool::diag::tcp_state;
+using test::eventually;
+
+TEST_CASE("concurrency: no dead hand-out, no leak, no CLOSE_WAIT, every acquire within its deadline") {
+  const auto fds_before = test::descriptors();
+  {
+    test::echo_server server(test::loopback());
+    server.close_after(6);  // each connection is closed by the server after 1..6 exchanges
+    const auto ep = server.endpoint();
+    connpool::pool_options o;
+    o.max_per_endpoint = 4;  // fewer slots than threads: waiting is exercised too
+    o.acquire_timeout = 2000ms;
+    constexpr int threads = 6, per_thread = 300;
+    std::atomic<int> ok{0}, raced{0}, dead_handouts{0}, acquire_failures{0};
+    std::atomic<long long> slowest_acquire_us{0};
+    {
+      tcp_pool pool(o);
+      std::vector<std::thread> ts;
+      for (int t = 0; t < threads; ++t) {
+        ts.emplace_back([&, t] {
+          for (int i = 0; i < per_thread; ++i) {
+            const auto start = std::chrono::steady_clock::now();
+            std::error_code ec;
+            auto l = pool.acquire(ep, ec);
+            const auto took = std::chrono::duration_cast<std::chrono::microseconds>(
+                std::chrono::steady_clock::now() - start);
+            long long prev = slowest_acquire_us.load();
+            while (took.count() > prev && !slowest_acquire_us.compare_exchange_weak(prev, took.count())) {
+            }
+            if (ec) {
+              ++acquire_failures;
+              continue;
+            }
+            const unsigned short port = l.socket().local_endpoint().port();
+            std::error_code io_ec;
+            const std::string msg = "t" + std::to_string(t) + "-" + std::to_string(i);
+            asio::write(l.socket(), asio::buffer(msg), io_ec);
+            std::string back(msg.size(), '\0');
+            if (!io_ec) asio::read(l.socket(), asio::buffer(back), io_ec);
+            if (!io_ec && back == msg) {
+              ++ok;
+              l.release();
+              continue;
+            }
+            // Failed exchange: legitimate only if the server closed after this acquire began.
+            auto closed = server.closed_at(port);
+            if (l.reused() && closed && *closed < start)
+              ++dead_handouts;
+            else
+              ++raced;
+            l.discard();
+          }
+        });
+      }
+      for (auto& t : ts) t.join();
+      auto s = pool.stats();
+      MESSAGE("ok=" << ok.load() << " raced=" << raced.load() << " dead=" << dead_handouts.load() << " acquire_failures=" << acquire_failures.load() << " created=" << s.created << " reused=" << s.reused
+                    << " peer_closed=" << s.peer_closed << " peer_reset=" << s.peer_reset
+                    << " slowest acquire us=" << slowest_acquire_us.load());
+      CHECK(dead_handouts == 0);
+      CHECK(acquire_failures == 0);
+      CHECK(ok + raced == threads * per_thread);
+      CHECK(slowest_acquire_us < 2000 * 1000 + 500 * 1000);
+      CHECK(s.leased == 0);
+      CHECK(s.waiting == 0);
+      CHECK(s.connecting == 0);
+      // Every connection the server closed is gone from the pool, without an acquire.
+      CHECK(eventually([&] { return test::client_sockets(ep, tcp_state::close_wait) == 0; }));
+      CHECK(s.created == s.idle + s.discarded + s.peer_closed + s.peer_reset + s.unexpected_data + s.surplus +
+                             s.idle_timeout + s.max_lifetime + s.pool_closed);
+    }
+  }
+  CHECK(eventually([&] { return test::descriptors() == fds_before; }));
+}
