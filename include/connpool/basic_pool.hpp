@@ -41,6 +41,11 @@ class basic_pool {
   /// A pool with its own io_context, run by one thread the pool owns and joins on destruction.
   /// Meant for thread-per-request services: acquire() and synchronous I/O on leases need nothing
   /// else. Throws std::system_error(error::invalid_options) for bad options.
+  ///
+  /// The sockets of such a pool live on a second io_context that no thread runs, so that a
+  /// response arriving on a leased socket does not wake the pool's thread (Asio registers every
+  /// socket with its context's reactor). Use them with synchronous reads and writes; for
+  /// asynchronous I/O on leases, construct the pool with the executor that runs your I/O.
   explicit basic_pool(pool_options options = {});
 
   /// A pool whose background work and sockets run on `ex`; you run its execution context.

@@ -125,11 +125,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   using graveyard = std::vector<std::pair<std::unique_ptr<connection>, close_mode>>;
 
-  pool_state(std::unique_ptr<asio::io_context> own, const Executor& ex, const Executor& socket_ex,
+  /// `own`: the context a default-constructed pool runs on its thread (else null). `own_io`: the
+  /// context its sockets live on, which nobody runs (else null; sockets then use `ex`).
+  pool_state(std::unique_ptr<asio::io_context> own, std::unique_ptr<asio::io_context> own_io, const Executor& ex,
              const pool_options& o)
       : own_ctx_(std::move(own)),
+        own_io_(std::move(own_io)),
         ex_(ex),
-        socket_ex_(socket_ex),
+        socket_ex_(own_io_ ? Executor(own_io_->get_executor()) : ex),
         opts_(o),
         timer_(ex),
         watch_desc_(ex),
@@ -540,46 +543,71 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return out;
   }
 
+  /// Connect on the pool's executor (the only one known to run), racing a timer. A pool whose
+  /// sockets live on a separate, unrun context (the default-constructed pool) dials on a socket of
+  /// the pool's executor and then moves the descriptor over: two epoll_ctl calls per new connection.
   void async_connect(std::shared_ptr<async_op> opp) {
     auto self = this->shared_from_this();
     async_op& op = *opp;
-    auto c = std::make_shared<std::unique_ptr<connection>>(std::make_unique<connection>(socket_ex_, op.ep));
-    connection& conn = **c;
     const clock::time_point connect_deadline = std::min(deadline_from(opts_.connect_timeout), op.deadline);
     const bool acquire_bound =
         op.deadline != clock::time_point::max() && op.deadline < deadline_from(opts_.connect_timeout);
-    std::error_code ec;
-    conn.socket.open(op.ep->endpoint.protocol(), ec);
-    if (!ec) ec = apply_socket_options(conn.socket, opts_);
-    if (ec) {
-      connection* out = connected(*op.ep, std::move(*c), ec);
-      return op.finish(ec, out, false);
-    }
     struct race {
-      explicit race(const Executor& ex) : strand(ex), timer(ex) {}
+      race(const Executor& ex, std::unique_ptr<connection> c) : strand(ex), timer(ex), dial(ex), conn(std::move(c)) {}
       asio::strand<Executor> strand;
       timer_type timer;
+      socket_type dial;
+      std::unique_ptr<connection> conn;
       bool timed_out = false;
+      bool done = false;  // the connect completed: the timer must not touch the socket any more
     };
-    auto rc = std::make_shared<race>(ex_);
+    auto rc = std::make_shared<race>(ex_, std::make_unique<connection>(socket_ex_, op.ep));
+    socket_type& dial = own_io_ ? rc->dial : rc->conn->socket;
+    std::error_code ec;
+    dial.open(op.ep->endpoint.protocol(), ec);
+    if (!ec) ec = apply_socket_options(dial, opts_);
+    if (ec) {
+      if (own_io_) close_socket(rc->dial, close_mode::abortive, false);
+      connection* out = connected(*op.ep, std::move(rc->conn), ec);
+      return op.finish(ec, out, false);
+    }
     if (connect_deadline != clock::time_point::max()) {
       rc->timer.expires_at(connect_deadline);
-      rc->timer.async_wait(asio::bind_executor(rc->strand, [rc, c](std::error_code tec) {
-        if (tec) return;
+      rc->timer.async_wait(asio::bind_executor(rc->strand, [rc, &dial](std::error_code tec) {
+        if (tec || rc->done) return;
         rc->timed_out = true;
         std::error_code ignored;
-        (*c)->socket.cancel(ignored);
+        dial.cancel(ignored);
       }));
     }
-    conn.socket.async_connect(
+    dial.async_connect(
         op.ep->endpoint,
-        asio::bind_executor(rc->strand, [self, rc, c, opp, acquire_bound](std::error_code cec) {
+        asio::bind_executor(rc->strand, [self, rc, opp, acquire_bound](std::error_code cec) {
+          rc->done = true;
           rc->timer.cancel();
           if (rc->timed_out)
             cec = acquire_bound ? make_error_code(error::acquire_timeout) : make_error_code(error::connect_timeout);
-          connection* out = self->connected(*opp->ep, std::move(*c), cec);
+          if (self->own_io_) {
+            if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, opp->ep->endpoint.protocol());
+            if (rc->dial.is_open()) close_socket(rc->dial, close_mode::abortive, false);
+          }
+          connection* out = self->connected(*opp->ep, std::move(rc->conn), cec);
           opp->finish(cec, out, false);
         }));
+  }
+
+  /// Move a connected descriptor from `from` (pool executor) to `to` (socket context), blocking.
+  static std::error_code move_descriptor(socket_type& from, socket_type& to, const Protocol& protocol) {
+    std::error_code ec;
+    const auto fd = from.release(ec);
+    if (ec) return ec;
+    to.assign(protocol, fd, ec);
+    if (ec) {
+      ::close(fd);  // never adopted by `to`: ours to close, once
+      return ec;
+    }
+    to.non_blocking(false, ec);
+    return ec;
   }
 
   // ---------------------------------------------------------------- idle list and retiring
@@ -742,7 +770,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     s.reused += e.idle_taken - e.probe_failed;
   }
 
-  std::unique_ptr<asio::io_context> own_ctx_;  // first: destroyed last, after every I/O object
+  // First: destroyed last, after every I/O object.
+  std::unique_ptr<asio::io_context> own_ctx_;
+  std::unique_ptr<asio::io_context> own_io_;
   Executor ex_;
   Executor socket_ex_;
   const pool_options opts_;

@@ -23,7 +23,8 @@ template <class Protocol, class Executor>
 basic_pool<Protocol, Executor>::basic_pool(std::unique_ptr<asio::io_context> own, pool_options options) {
   asio::io_context& ctx = *own;
   const Executor ex(ctx.get_executor());
-  state_ = std::make_shared<state_type>(std::move(own), ex, ex, detail::checked(std::move(options)));
+  state_ = std::make_shared<state_type>(std::move(own), std::make_unique<asio::io_context>(1), ex,
+                                        detail::checked(std::move(options)));
   state_->start();
   work_ = std::make_unique<asio::executor_work_guard<asio::io_context::executor_type>>(ctx.get_executor());
   thread_ = std::thread([&ctx] { ctx.run(); });
@@ -31,7 +32,7 @@ basic_pool<Protocol, Executor>::basic_pool(std::unique_ptr<asio::io_context> own
 
 template <class Protocol, class Executor>
 basic_pool<Protocol, Executor>::basic_pool(const Executor& ex, pool_options options)
-    : state_(std::make_shared<state_type>(nullptr, ex, ex, detail::checked(std::move(options)))) {
+    : state_(std::make_shared<state_type>(nullptr, nullptr, ex, detail::checked(std::move(options)))) {
   state_->start();
 }
 
