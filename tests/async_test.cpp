@@ -67,26 +67,34 @@ TEST_CASE("async: callback on a user io_context, fresh then reused") {
 
 TEST_CASE("async: use_future on the default pool") {
   test::echo_server server(test::loopback());
-  tcp_pool pool;
-  auto f = pool.async_acquire(server.endpoint(), asio::use_future);
-  REQUIRE(f.wait_for(3s) == std::future_status::ready);
-  auto l = f.get();
-  CHECK(test::roundtrip(l, "future") == "future");
-  l.release();
-  std::error_code ec;
-  asio::ip::tcp::endpoint dead;
+  const std::size_t fds_before = test::descriptors();
   {
-    test::echo_server gone(test::loopback());
-    dead = gone.endpoint();
+    tcp_pool pool;
+    auto f = pool.async_acquire(server.endpoint(), asio::use_future);
+    REQUIRE(f.wait_for(3s) == std::future_status::ready);
+    auto l = f.get();
+    // Dialled on the pool's thread, then moved to the unrun socket context: the pool's thread
+    // must not be woken by this socket's traffic.
+    CHECK(l.socket().get_executor() != pool.get_executor());
+    CHECK(test::roundtrip(l, "future") == "future");
+    l.release();
+    std::error_code ec;
+    asio::ip::tcp::endpoint dead;
+    {
+      test::echo_server gone(test::loopback());
+      dead = gone.endpoint();
+    }
+    auto f2 = pool.async_acquire(dead, asio::use_future);
+    REQUIRE(f2.wait_for(3s) == std::future_status::ready);
+    try {
+      f2.get();
+      FAIL("connect to a closed port succeeded");
+    } catch (const std::system_error& e) {
+      CHECK(e.code() == std::errc::connection_refused);
+    }
+    CHECK(pool.stats().idle == 1);
   }
-  auto f2 = pool.async_acquire(dead, asio::use_future);
-  REQUIRE(f2.wait_for(3s) == std::future_status::ready);
-  try {
-    f2.get();
-    FAIL("connect to a closed port succeeded");
-  } catch (const std::system_error& e) {
-    CHECK(e.code() == std::errc::connection_refused);
-  }
+  CHECK(eventually([&] { return test::descriptors() == fds_before; }));
 }
 
 TEST_CASE("async: a waiter gets the released connection; acquire_timeout; close() fails waiters") {
@@ -139,7 +147,8 @@ TEST_CASE("async: completion runs on the handler's associated executor") {
   tcp_pool pool(pool_io);
   result r;
   std::thread::id ran_on;
-  pool.async_acquire(server.endpoint(), asio::bind_executor(handler_io, [&](std::error_code ec, tcp_pool::lease l) {
+  pool.async_acquire(server.endpoint(),
+                     asio::bind_executor(handler_io, [&](std::error_code ec, tcp_pool::lease l) {
                        ran_on = std::this_thread::get_id();
                        r.ec = ec;
                        r.lease = std::move(l);
@@ -202,10 +211,15 @@ TEST_CASE("async: 200 coroutines on one thread share 8 connections") {
             co_await asio::async_write(l.socket(), asio::buffer(msg), asio::use_awaitable);
             std::string back(msg.size(), '\0');
             co_await asio::async_read(l.socket(), asio::buffer(back), asio::use_awaitable);
-            if (back == msg) ++ok; else ++failed;
+            if (back == msg)
+              ++ok;
+            else
+              ++failed;
             l.release();
           },
-          [&](std::exception_ptr e) { if (e) ++failed; });
+          [&](std::exception_ptr e) {
+            if (e) ++failed;
+          });
     }
     io.run_for(10s);
     CHECK(ok == 200);

@@ -1,0 +1,61 @@
+// An asynchronous client: coroutines on one io_context share a pool that runs on that context.
+//   async_client HOST PORT       talks to a line echo server, e.g. `socat TCP-LISTEN:7000,fork EXEC:cat`
+#include <connpool/connpool.hpp>
+
+#include <asio/read.hpp>
+#include <asio/write.hpp>
+
+#include <cstdio>
+#include <string>
+
+#if defined(__cpp_impl_coroutine) && defined(ASIO_HAS_CO_AWAIT)
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/use_awaitable.hpp>
+
+asio::awaitable<void> client(connpool::tcp_pool& pool, asio::ip::tcp::endpoint server, int id, int& running) {
+  struct done_guard {  // the last coroutine to finish closes the pool, so io.run() returns
+    connpool::tcp_pool& pool;
+    int& running;
+    ~done_guard() {
+      if (--running == 0) pool.close();
+    }
+  } guard{pool, running};
+  for (int i = 0; i < 100; ++i) {
+    try {
+      auto conn = co_await pool.async_acquire(server, asio::use_awaitable);
+      const std::string request = "hello " + std::to_string(id) + "\n";
+      std::string reply(request.size(), '\0');
+      co_await asio::async_write(conn.socket(), asio::buffer(request), asio::use_awaitable);
+      co_await asio::async_read(conn.socket(), asio::buffer(reply), asio::use_awaitable);
+      conn.release();
+      // On an exception the lease is destroyed unreleased: its connection is closed, never reused.
+    } catch (const std::system_error& e) {
+      std::fprintf(stderr, "client %d: %s\n", id, e.what());
+      co_return;
+    }
+  }
+}
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: %s HOST PORT\n", argv[0]);
+    return 2;
+  }
+  const asio::ip::tcp::endpoint server(asio::ip::make_address(argv[1]),
+                                       static_cast<unsigned short>(std::stoi(argv[2])));
+  asio::io_context io;
+  connpool::pool_options options;
+  options.max_per_endpoint = 4;  // 50 coroutines share four connections
+  connpool::tcp_pool pool(io, options);
+  int running = 50;
+  for (int id = 0; id < 50; ++id) asio::co_spawn(io, client(pool, server, id, running), asio::detached);
+  io.run();  // returns once the pool is closed and nothing else is pending
+  const connpool::pool_stats s = pool.stats();
+  std::printf("connections created %zu, reused %zu times\n", s.created, s.reused);
+}
+#else
+int main() {
+  std::puts("this compiler has no C++20 coroutines; see sync_client.cpp");
+}
+#endif
