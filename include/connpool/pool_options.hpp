@@ -22,7 +22,7 @@ struct pool_options {
   std::size_t max_total = 0;                ///< idle + leased + connecting, across endpoints
   std::chrono::milliseconds connect_timeout{3000};
   std::chrono::milliseconds acquire_timeout{5000};  ///< bounds the whole acquire, connecting included
-  std::chrono::milliseconds idle_timeout{60000};    ///< an idle connection older than this is closed
+  std::chrono::milliseconds idle_timeout{60000};    ///< a connection idle for longer is closed
   std::chrono::milliseconds max_lifetime{0};        ///< jittered: each connection gets 90-100% of it
   close_mode retire_close = close_mode::graceful;   ///< how the pool closes connections it retires itself
 
@@ -33,8 +33,8 @@ struct pool_options {
   unsigned keepalive_count = 0;                ///< TCP_KEEPCNT; 0 keeps the kernel's value
   std::chrono::milliseconds user_timeout{0};   ///< TCP_USER_TIMEOUT (Linux); 0 keeps the kernel's value
 
-  /// error::invalid_options if a value is out of range (negative durations, a max_idle of a
-  /// pool that allows no connection at all), else a default error_code.
+  /// error::invalid_options if a duration is negative, else a default error_code. The pool's
+  /// constructors throw std::system_error with it.
   std::error_code validate() const noexcept {
     using std::chrono::milliseconds;
     if (connect_timeout < milliseconds::zero() || acquire_timeout < milliseconds::zero() ||
