@@ -25,12 +25,6 @@ connpool::pool_options quick() {
 
 unsigned short local_port(tcp_pool::lease& l) { return l.socket().local_endpoint().port(); }
 
-/// Every test starts and ends with the same descriptors and no CLOSE_WAIT towards its server.
-struct fd_guard {
-  std::size_t before = test::descriptors();
-  ~fd_guard() { CHECK(eventually([&] { return test::descriptors() == before; })); }
-};
-
 }  // namespace
 
 TEST_CASE("errors: category, messages, std::error_code support") {
@@ -55,7 +49,7 @@ TEST_CASE("options: bad values are rejected with invalid_options") {
 }
 
 TEST_CASE("reuse: the most recently released idle connection is handed out first") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   tcp_pool pool(quick());
   auto a = pool.acquire(server.endpoint());
@@ -85,7 +79,7 @@ TEST_CASE("reuse: the most recently released idle connection is handed out first
 // A pool on an io_context nobody runs has no idle watch and no timers: only the probe at hand-out
 // can catch a dead idle connection. That isolates the probe.
 TEST_CASE("probe before hand-out: EOF, reset and stray bytes are never handed out") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   asio::io_context unrun;
   tcp_pool pool(unrun, quick());
@@ -150,7 +144,7 @@ TEST_CASE("probe before hand-out: EOF, reset and stray bytes are never handed ou
 }
 
 TEST_CASE("check on release: unread bytes or a FIN are not put back") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   asio::io_context unrun;
   tcp_pool pool(unrun, quick());
@@ -179,7 +173,7 @@ TEST_CASE("check on release: unread bytes or a FIN are not put back") {
 }
 
 TEST_CASE("idle watch: FIN or RST on an idle connection closes it without any acquire") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   tcp_pool pool(quick());
   auto ep = server.endpoint();
@@ -208,7 +202,7 @@ TEST_CASE("idle watch: FIN or RST on an idle connection closes it without any ac
 }
 
 TEST_CASE("idle watch: a FIN during a lease is not lost when the lease is released") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   tcp_pool pool(quick());
   auto ep = server.endpoint();
@@ -223,7 +217,7 @@ TEST_CASE("idle watch: a FIN during a lease is not lost when the lease is releas
 }
 
 TEST_CASE("limits: acquire waits at max_per_endpoint and gets the released connection") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   auto o = quick();
   o.max_per_endpoint = 1;
@@ -247,7 +241,7 @@ TEST_CASE("limits: acquire waits at max_per_endpoint and gets the released conne
 }
 
 TEST_CASE("limits: waiters are served first come, first served") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   auto o = quick();
   o.max_per_endpoint = 1;
@@ -274,7 +268,7 @@ TEST_CASE("limits: waiters are served first come, first served") {
 }
 
 TEST_CASE("limits: acquire_timeout bounds the wait") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   auto o = quick();
   o.max_per_endpoint = 1;
@@ -295,7 +289,7 @@ TEST_CASE("limits: acquire_timeout bounds the wait") {
 }
 
 TEST_CASE("limits: max_total evicts the least recently used idle connection of another endpoint") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server a(test::loopback()), b(test::loopback()), c(test::loopback());
   auto o = quick();
   o.max_total = 2;
@@ -311,7 +305,7 @@ TEST_CASE("limits: max_total evicts the least recently used idle connection of a
 }
 
 TEST_CASE("limits: max_idle_per_endpoint closes the surplus") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   auto o = quick();
   o.max_idle_per_endpoint = 1;
@@ -325,7 +319,7 @@ TEST_CASE("limits: max_idle_per_endpoint closes the surplus") {
 }
 
 TEST_CASE("connect: refused reaches the caller and frees the slot") {
-  fd_guard fds;
+  test::fd_guard fds;
   asio::ip::tcp::endpoint dead;
   {
     test::echo_server gone(test::loopback());
@@ -371,7 +365,7 @@ struct full_backlog {
 }  // namespace
 
 TEST_CASE("connect: connect_timeout and acquire_timeout bound a connect that never completes") {
-  fd_guard fds;
+  test::fd_guard fds;
   full_backlog fb;
   const auto ep = fb.acc.local_endpoint();
   SUBCASE("connect_timeout") {
@@ -400,7 +394,7 @@ TEST_CASE("connect: connect_timeout and acquire_timeout bound a connect that nev
 }
 
 TEST_CASE("connect: socket options are applied") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   auto o = quick();
   o.keepalive_idle = 7s;
@@ -427,7 +421,7 @@ TEST_CASE("connect: socket options are applied") {
 }
 
 TEST_CASE("retiring: idle_timeout closes idle connections without any acquire") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   auto o = quick();
   o.idle_timeout = 100ms;
@@ -440,7 +434,7 @@ TEST_CASE("retiring: idle_timeout closes idle connections without any acquire") 
 }
 
 TEST_CASE("retiring: max_lifetime, closed with RST when retire_close is abortive") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   auto o = quick();
   o.max_lifetime = 150ms;
@@ -456,7 +450,7 @@ TEST_CASE("retiring: max_lifetime, closed with RST when retire_close is abortive
 }
 
 TEST_CASE("retiring: a connection past max_lifetime is closed when released") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   auto o = quick();
   o.max_lifetime = 50ms;
@@ -470,7 +464,7 @@ TEST_CASE("retiring: a connection past max_lifetime is closed when released") {
 }
 
 TEST_CASE("leases: discard and unreleased leases close the connection and count as discarded") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   tcp_pool pool(quick());
   auto ep = server.endpoint();
@@ -491,7 +485,7 @@ TEST_CASE("leases: discard and unreleased leases close the connection and count 
 }
 
 TEST_CASE("leases: moves transfer ownership") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   tcp_pool pool(quick());
   auto a = pool.acquire(server.endpoint());
@@ -509,7 +503,7 @@ TEST_CASE("leases: moves transfer ownership") {
 }
 
 TEST_CASE("shutdown: close() closes idle, fails waiters and later acquires; leases outlive the pool") {
-  fd_guard fds;
+  test::fd_guard fds;
   test::echo_server server(test::loopback());
   auto o = quick();
   o.max_per_endpoint = 2;
@@ -561,7 +555,7 @@ TEST_CASE("shutdown: close() closes idle, fails waiters and later acquires; leas
 }
 
 TEST_CASE("local_pool: Unix stream sockets") {
-  fd_guard fds;
+  test::fd_guard fds;
   const std::string path = "/tmp/connpool-test-" + std::to_string(::getpid()) + ".sock";
   ::unlink(path.c_str());
   {

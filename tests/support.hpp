@@ -16,6 +16,7 @@
 #include <thread>
 
 #include <asio.hpp>
+#include <doctest/doctest.h>
 
 #include "connpool/connpool.hpp"
 #include "connpool/diag.hpp"
@@ -232,6 +233,12 @@ inline std::size_t descriptors() {
   std::error_code ec;
   return connpool::diag::census(ec).descriptors;
 }
+
+/// Every test starts and ends with the same descriptors: declare one first in a test case.
+struct fd_guard {
+  std::size_t before = descriptors();
+  ~fd_guard() { CHECK(eventually([&] { return descriptors() == before; })); }
+};
 
 inline std::size_t client_sockets(const asio::ip::tcp::endpoint& server, connpool::diag::tcp_state st) {
   std::error_code ec;

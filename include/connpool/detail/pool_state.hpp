@@ -137,6 +137,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         timer_(ex),
         watch_desc_(ex),
         rng_(std::random_device{}()) {
+    // Asio makes a context's reactor (three descriptors) with its first socket. Make it now, so
+    // that the first acquire under a descriptor shortage fails with EMFILE like any other.
+    { socket_type warm(socket_ex_); }
     if (watch_supported && watch_.native_handle() >= 0) {
       std::error_code ec;
       watch_desc_.assign(watch_.native_handle(), ec);
