@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <future>
 #include <map>
@@ -232,6 +233,18 @@ std::string roundtrip(Lease& l, const std::string& msg) {
 inline std::size_t descriptors() {
   std::error_code ec;
   return connpool::diag::census(ec).descriptors;
+}
+
+/// A scenario that cannot run here (no root, a tool missing) when `why` is not empty: it is
+/// skipped with the reason, or fails when CONNPOOL_REQUIRE_FAULTS is set (CI, which has them all).
+inline bool cannot_run(const std::string& why) {
+  if (why.empty()) return false;
+  if (std::getenv("CONNPOOL_REQUIRE_FAULTS")) {
+    FAIL_CHECK("required scenario cannot run: " << why);
+  } else {
+    MESSAGE("SKIPPED: " << why);
+  }
+  return true;
 }
 
 /// Every test starts and ends with the same descriptors: declare one first in a test case.

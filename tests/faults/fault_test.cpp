@@ -84,17 +84,6 @@ long long ms_since(clock_type::time_point t0) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t0).count();
 }
 
-/// Skip (or, under CONNPOOL_REQUIRE_FAULTS, fail) a scenario that cannot run here.
-bool cannot_run(const std::string& why) {
-  if (why.empty()) return false;
-  if (std::getenv("CONNPOOL_REQUIRE_FAULTS")) {
-    FAIL_CHECK("required fault scenario cannot run: " << why);
-  } else {
-    MESSAGE("SKIPPED: " << why);
-  }
-  return true;
-}
-
 std::string netns_unavailable(const test::scoped_netns& ns, bool need_nft) {
   if (!ns.why_not().empty()) return ns.why_not();
   if (need_nft && !test::scoped_netns::have_nft()) return "nft (Debian package nftables) is not installed";
@@ -388,7 +377,7 @@ TEST_CASE("faults: a peer that stops reading: the write fails by TCP_USER_TIMEOU
 TEST_CASE("faults (netns): SYNs dropped: acquire fails with connect_timeout by its deadline") {
   test::fd_guard fds;
   test::scoped_netns ns;
-  if (cannot_run(netns_unavailable(ns, true))) return;
+  if (test::cannot_run(netns_unavailable(ns, true))) return;
   REQUIRE(ns.nft("add rule inet t in tcp dport 7000 tcp flags syn drop"));
   const asio::ip::tcp::endpoint ep(asio::ip::make_address("127.0.0.1"), 7000);
   auto o = opts();
@@ -408,7 +397,7 @@ TEST_CASE("faults (netns): SYNs dropped: acquire fails with connect_timeout by i
 TEST_CASE("faults (netns): blackholed peer: keepalive closes idle connections, TCP_USER_TIMEOUT fails a lease") {
   test::fd_guard fds;
   test::scoped_netns ns;
-  if (cannot_run(netns_unavailable(ns, true))) return;
+  if (test::cannot_run(netns_unavailable(ns, true))) return;
   test::echo_server server(test::loopback());
   const auto ep = server.endpoint();
   auto o = opts();
@@ -449,7 +438,7 @@ TEST_CASE("faults (netns): blackholed peer: keepalive closes idle connections, T
 TEST_CASE("faults (netns): ephemeral ports exhausted: a clear error, no leak") {
   test::fd_guard fds;
   test::scoped_netns ns;
-  if (cannot_run(netns_unavailable(ns, false))) return;
+  if (test::cannot_run(netns_unavailable(ns, false))) return;
   test::echo_server server(test::loopback());  // bound before the range shrinks
   const auto ep = server.endpoint();
   REQUIRE(ns.sysctl("net/ipv4/ip_local_port_range", "40000 40009"));

@@ -1,0 +1,148 @@
+// Against a real server no one here wrote: redis-server on a loopback port with `timeout 1`, so
+// Redis closes every client connection idle for more than a second. Pooled PING/SET/GET across idle
+// gaps longer than that never fail because of a server-closed connection; the pool closes those
+// connections itself, without an acquire; no CLOSE_WAIT stays.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "../support.hpp"
+
+extern char** environ;
+
+using namespace std::chrono_literals;
+using connpool::tcp_pool;
+using connpool::diag::tcp_state;
+using test::eventually;
+
+namespace {
+
+std::string find_redis() {
+  for (const char* p : {"/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server"})
+    if (::access(p, X_OK) == 0) return p;
+  return {};
+}
+
+/// redis-server in a child process on 127.0.0.1:port, stopped (SIGKILL) and reaped on destruction.
+class redis_process {
+ public:
+  redis_process(const std::string& exe, unsigned short port) {
+    const std::string p = std::to_string(port);
+    std::vector<std::string> args{exe,        "--port",     p,    "--bind",  "127.0.0.1", "--timeout",
+                                  "1",        "--save",     "",   "--appendonly", "no",   "--daemonize",
+                                  "no",       "--logfile",  "",   "--loglevel",  "warning", "--protected-mode",
+                                  "no",       "--dir",      "/tmp"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    ::posix_spawn_file_actions_init(&fa);
+    ::posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    if (::posix_spawn(&pid_, exe.c_str(), &fa, nullptr, argv.data(), environ) != 0) pid_ = -1;
+    ::posix_spawn_file_actions_destroy(&fa);
+  }
+  ~redis_process() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+  }
+  redis_process(const redis_process&) = delete;
+  redis_process& operator=(const redis_process&) = delete;
+  bool started() const { return pid_ > 0; }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+unsigned short free_port() {
+  asio::io_context io;
+  asio::ip::tcp::acceptor a(io, test::loopback());
+  return a.local_endpoint().port();
+}
+
+/// One RESP command and its reply, as the reply's first line plus a bulk string's body if any.
+std::string command(tcp_pool::lease& l, const std::vector<std::string>& args, std::error_code& ec) {
+  std::string req = "*" + std::to_string(args.size()) + "\r\n";
+  for (auto& a : args) req += "$" + std::to_string(a.size()) + "\r\n" + a + "\r\n";
+  asio::write(l.socket(), asio::buffer(req), ec);
+  if (ec) return {};
+  std::string in;
+  const std::size_t line = asio::read_until(l.socket(), asio::dynamic_buffer(in), "\r\n", ec);
+  if (ec) return {};
+  std::string reply = in.substr(0, line - 2);
+  if (reply.size() > 1 && reply[0] == '$' && reply != "$-1") {
+    const std::size_t body = std::stoul(reply.substr(1)) + 2;
+    if (in.size() - line < body) asio::read(l.socket(), asio::dynamic_buffer(in), asio::transfer_exactly(body - (in.size() - line)), ec);
+    if (ec) return {};
+    reply = in.substr(line, body - 2);
+  }
+  return reply;
+}
+
+}  // namespace
+
+TEST_CASE("redis: pooled commands across idle gaps longer than the server's 1 s client timeout") {
+  const std::string exe = find_redis();
+  if (test::cannot_run(exe.empty() ? "redis-server (Debian package redis-server) is not installed" : "")) return;
+  test::fd_guard fds;
+  const unsigned short port = free_port();
+  redis_process redis(exe, port);
+  REQUIRE(redis.started());
+  const asio::ip::tcp::endpoint ep(asio::ip::make_address("127.0.0.1"), port);
+  connpool::pool_options o;
+  o.acquire_timeout = 2000ms;
+  o.connect_timeout = 1000ms;
+  tcp_pool pool(o);
+  // Wait (bounded) until Redis listens.
+  REQUIRE(eventually(
+      [&] {
+        std::error_code ec;
+        auto l = pool.acquire(ep, ec);
+        if (!ec) l.release();
+        return !ec;
+      },
+      5000ms));
+
+  std::size_t failures = 0;
+  for (int gap = 0; gap < 3; ++gap) {
+    CAPTURE(gap);
+    // A burst on four connections at once.
+    std::vector<tcp_pool::lease> ls;
+    for (int i = 0; i < 4; ++i) ls.push_back(pool.acquire(ep));
+    for (int i = 0; i < 4; ++i) {
+      std::error_code ec;
+      const std::string key = "k" + std::to_string(i), value = "v" + std::to_string(gap * 10 + i);
+      if (command(ls[i], {"PING"}, ec) != "+PONG" || ec) ++failures;
+      if (command(ls[i], {"SET", key, value}, ec) != "+OK" || ec) ++failures;
+      if (command(ls[i], {"GET", key}, ec) != value || ec) ++failures;
+    }
+    for (auto& l : ls) l.release();
+    REQUIRE(pool.stats().idle == 4);
+    const auto before = pool.stats();
+    // Idle gap: Redis closes the connections; the pool closes its end with no acquire.
+    CHECK(eventually([&] { return pool.stats().idle == 0; }, 5000ms));
+    const auto after = pool.stats();
+    CHECK(after.peer_closed - before.peer_closed == 4);
+    CHECK(after.reused == before.reused);
+    CHECK(after.created == before.created);
+    CHECK(test::client_sockets(ep, tcp_state::close_wait) == 0);
+  }
+  CHECK(failures == 0);
+  // A request right after a gap goes out on a fresh connection.
+  auto l = pool.acquire(ep);
+  CHECK_FALSE(l.reused());
+  std::error_code ec;
+  CHECK(command(l, {"GET", "k3"}, ec) == "v23");
+  CHECK_FALSE(ec);
+  l.release();
+  pool.close();
+  CHECK(pool.stats().pool_closed == 1);
+}
