@@ -1,26 +1,48 @@
 # Sourced by the other scripts: install what connpool's build needs, if missing (Debian/Ubuntu).
-# Usage: need_packages pkg...   (package names are Debian's)
-need_packages() {
-  local missing=()
+#   need_packages pkg...   required: install them, or fail saying what is missing
+#   want_packages pkg...   optional (tests that need them skip with the reason): install them if we can
+# Package names are Debian's.
+_missing_packages() {
+  local p
   for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || echo "$p"
   done
-  [ ${#missing[@]} -eq 0 ] && return 0
+}
+
+_install_packages() {
+  local sudo=""
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "connpool: missing packages: ${missing[*]}; install them (or their equivalents) and re-run." >&2
+    echo "connpool: no apt-get here; install these (or their equivalents): $*" >&2
     return 1
   fi
-  local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-      echo "connpool: missing packages: ${missing[*]}; run as root or install them: apt-get install ${missing[*]}" >&2
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      echo "connpool: not root and no password-less sudo; install them with: sudo apt-get install $*" >&2
       return 1
     fi
   fi
-  echo "connpool: installing ${missing[*]}" >&2
+  echo "connpool: installing $*" >&2
   $sudo apt-get update -qq >&2 || true
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2 || {
-    echo "connpool: could not install: ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+need_packages() {
+  local missing
+  missing=$(_missing_packages "$@")
+  [ -z "$missing" ] && return 0
+  # shellcheck disable=SC2086
+  _install_packages $missing || {
+    echo "connpool: missing required packages: $missing" >&2
     return 1
   }
+}
+
+want_packages() {
+  local missing
+  missing=$(_missing_packages "$@")
+  [ -z "$missing" ] && return 0
+  # shellcheck disable=SC2086
+  _install_packages $missing ||
+    echo "connpool: optional packages not installed: $missing (the tests that need them will say SKIPPED)" >&2
+  return 0
 }
