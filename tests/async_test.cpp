@@ -164,31 +164,64 @@ TEST_CASE("async: completion runs on the handler's associated executor") {
 }
 
 TEST_CASE("async: connect timeout") {
-  asio::io_context io;
-  asio::ip::tcp::acceptor acc(io);
-  acc.open(asio::ip::tcp::v4());
-  acc.bind(test::loopback());
-  acc.listen(0);
-  std::vector<asio::ip::tcp::socket> fillers;
-  for (int i = 0; i < 8; ++i) {
-    fillers.emplace_back(io);
-    auto& s = fillers.back();
-    s.open(asio::ip::tcp::v4());
-    s.non_blocking(true);
-    auto target = acc.local_endpoint();
-    (void)::connect(s.native_handle(), target.data(), static_cast<socklen_t>(target.size()));
-    pollfd p{s.native_handle(), POLLOUT, 0};
-    if (::poll(&p, 1, 200) == 0) break;
-  }
+  test::full_backlog fb;
   connpool::pool_options o;
   o.connect_timeout = 150ms;
-  tcp_pool pool(io, o);
+  tcp_pool pool(fb.io, o);
   result r;
-  pool.async_acquire(acc.local_endpoint(), into(r));
-  REQUIRE(run_until(io, r));
+  pool.async_acquire(fb.acc.local_endpoint(), into(r));
+  REQUIRE(run_until(fb.io, r));
   CHECK(r.ec == connpool::error::connect_timeout);
   CHECK(pool.stats().open() == 0);
   CHECK(pool.stats().connect_failed == 1);
+}
+
+TEST_CASE("async: destroying the default pool fails a queued acquire and a connect in flight with pool_closed") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  test::full_backlog fb;
+  std::optional<tcp_pool::lease> held;  // outlives the pool
+  std::future<tcp_pool::lease> queued, dialling;
+  {
+    connpool::pool_options o;
+    o.max_per_endpoint = 1;
+    o.connect_timeout = 20s;
+    o.acquire_timeout = 20s;
+    tcp_pool pool(o);
+    held = pool.acquire(server.endpoint());
+    queued = pool.async_acquire(server.endpoint(), asio::use_future);
+    dialling = pool.async_acquire(fb.acc.local_endpoint(), asio::use_future);
+    REQUIRE(eventually([&] {
+      auto s = pool.stats();
+      return s.waiting == 1 && s.connecting == 1;
+    }));
+  }
+  for (auto* f : {&queued, &dialling}) {
+    REQUIRE(f->wait_for(3s) == std::future_status::ready);
+    try {
+      f->get();
+      FAIL("acquire succeeded on a destroyed pool");
+    } catch (const std::system_error& e) {
+      CHECK(e.code() == connpool::error::pool_closed);
+    }
+  }
+  held.reset();
+}
+
+TEST_CASE("async: a default pool destroyed from its own completion handler") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto pool = std::make_unique<tcp_pool>();
+  std::promise<std::thread::id> done;
+  pool->async_acquire(server.endpoint(), [&](std::error_code ec, tcp_pool::lease l) {
+    if (!ec) l.release();
+    pool.reset();  // on the pool's own thread
+    done.set_value(std::this_thread::get_id());
+  });
+  auto f = done.get_future();
+  REQUIRE(f.wait_for(3s) == std::future_status::ready);
+  CHECK(f.get() != std::this_thread::get_id());
+  CHECK_FALSE(pool);
 }
 
 #ifdef CONNPOOL_TEST_COROUTINES

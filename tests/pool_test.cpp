@@ -339,34 +339,10 @@ TEST_CASE("connect: refused reaches the caller and frees the slot") {
   CHECK(s.open() == 0);
 }
 
-namespace {
-/// A listener whose accept queue is full: further connects stay in SYN_SENT (loopback, no root).
-struct full_backlog {
-  asio::io_context io;
-  asio::ip::tcp::acceptor acc{io};
-  std::vector<asio::ip::tcp::socket> fillers;
-  full_backlog() {
-    acc.open(asio::ip::tcp::v4());
-    acc.bind(test::loopback());
-    acc.listen(0);
-    // Fill the queue: connects that complete without accept. Stop once one does not.
-    for (int i = 0; i < 8; ++i) {
-      fillers.emplace_back(io);
-      auto& s = fillers.back();
-      s.open(asio::ip::tcp::v4());
-      s.non_blocking(true);
-      auto target = acc.local_endpoint();
-      (void)::connect(s.native_handle(), target.data(), static_cast<socklen_t>(target.size()));
-      pollfd p{s.native_handle(), POLLOUT, 0};
-      if (::poll(&p, 1, 200) == 0) break;  // this one is stuck in SYN_SENT: queue full
-    }
-  }
-};
-}  // namespace
 
 TEST_CASE("connect: connect_timeout and acquire_timeout bound a connect that never completes") {
   test::fd_guard fds;
-  full_backlog fb;
+  test::full_backlog fb;
   const auto ep = fb.acc.local_endpoint();
   SUBCASE("connect_timeout") {
     auto o = quick();
@@ -390,6 +366,8 @@ TEST_CASE("connect: connect_timeout and acquire_timeout bound a connect that nev
     auto l = pool.acquire(ep, ec);
     CHECK(ec == connpool::error::acquire_timeout);
     CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+    CHECK(pool.stats().acquire_timeouts == 1);
+    CHECK(pool.stats().connect_failed == 1);
   }
 }
 

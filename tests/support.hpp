@@ -3,6 +3,8 @@
 #ifndef CONNPOOL_TESTS_SUPPORT_HPP
 #define CONNPOOL_TESTS_SUPPORT_HPP
 
+#include <poll.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -220,6 +222,29 @@ class basic_echo_server {
 using echo_server = basic_echo_server<asio::ip::tcp>;
 
 inline asio::ip::tcp::endpoint loopback() { return {asio::ip::make_address("127.0.0.1"), 0}; }
+
+/// A listener whose accept queue is full: further connects stay in SYN_SENT (loopback, no root).
+struct full_backlog {
+  asio::io_context io;
+  asio::ip::tcp::acceptor acc{io};
+  std::vector<asio::ip::tcp::socket> fillers;
+  full_backlog() {
+    acc.open(asio::ip::tcp::v4());
+    acc.bind(loopback());
+    acc.listen(0);
+    // Fill the queue: connects that complete without accept. Stop once one does not.
+    for (int i = 0; i < 8; ++i) {
+      fillers.emplace_back(io);
+      auto& s = fillers.back();
+      s.open(asio::ip::tcp::v4());
+      s.non_blocking(true);
+      auto target = acc.local_endpoint();
+      (void)::connect(s.native_handle(), target.data(), static_cast<socklen_t>(target.size()));
+      pollfd p{s.native_handle(), POLLOUT, 0};
+      if (::poll(&p, 1, 200) == 0) break;  // this one is stuck in SYN_SENT: queue full
+    }
+  }
+};
 
 /// One request/response through a lease; returns the echo.
 template <class Lease>

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <list>
 #include <map>
 #include <memory>
@@ -39,6 +40,9 @@
 namespace connpool::detail {
 
 using clock = std::chrono::steady_clock;
+
+/// A time point not computed yet.
+inline constexpr clock::time_point unset = clock::time_point::min();
 
 /// Why a connection is closed; each maps to one pool_stats counter.
 enum class close_reason {
@@ -81,11 +85,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     endpoint_entry* ep;
     std::uint64_t id = 0;
     clock::time_point expires = clock::time_point::max();  // jittered max_lifetime
-    clock::time_point idle_since{};
+    clock::time_point idle_since{};  // coarse clock: for idle_timeout
+    std::uint64_t idle_order = 0;    // when it became idle, in release order: for LRU across endpoints
     connection* prev = nullptr;  // idle list links
     connection* next = nullptr;
     bool idle = false;
     bool peer_event = false;  // the watch saw FIN/RST while it was leased
+    bool peer_gone = false;   // retired because the peer closed or reset it: no FIN or RST of ours
   };
 
   struct endpoint_entry {
@@ -166,7 +172,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// On success returns a leased connection and sets `reused`.
   connection* acquire(const endpoint_type& ep, bool& reused, std::error_code& ec) {
-    const clock::time_point deadline = deadline_from(opts_.acquire_timeout);
+    // Read the clock only when the acquire has to wait or connect: an idle connection handed out
+    // at once needs no deadline.
+    clock::time_point deadline = unset;
     graveyard dead;
     grant g;
     endpoint_entry* e;
@@ -179,8 +187,16 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       e = &entry(ep);
       if (waiters_.empty()) g = try_grant(*e, dead);
       if (!g) {
+        deadline = deadline_from(opts_.acquire_timeout);
         sync_waiter w(e);
         enqueue(w);
+        struct leave_queue {  // if anything below throws, `w` must not stay queued
+          pool_state& s;
+          sync_waiter& w;
+          ~leave_queue() {
+            if (w.queued) s.dequeue(w);
+          }
+        } guard{*this, w};
         dispatch(dead);
         while (!w.done) {
           if (!dead.empty()) {  // close evicted connections without holding the lock
@@ -219,14 +235,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         op->deadline = deadline_from(opts_.acquire_timeout);
         if (waiters_.empty()) g = try_grant(*op->ep, dead);
         if (!g) {
-          enqueue(*op);
-          op->keep_alive = op;
-          if (op->deadline != clock::time_point::max()) {
+          if (op->deadline != clock::time_point::max()) {  // first: it is the step that may throw
             op->timer.expires_at(op->deadline);
             op->timer.async_wait([w = std::weak_ptr<async_op>(op)](std::error_code tec) {
               if (auto o = w.lock(); o && !tec) o->state->on_wait_timeout(*o);
             });
           }
+          enqueue(*op);
+          op->keep_alive = op;
           dispatch(dead);
         }
       }
@@ -240,7 +256,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// Exchange complete: probe and keep for reuse, or close.
   void release(connection* c) noexcept {
     const probe_result r = probe(c->socket.native_handle());
-    const clock::time_point now = clock::now();
+    const clock::time_point now = coarse_now();
     graveyard dead;
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -287,7 +303,6 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   void close() noexcept {
     graveyard dead;
-    std::vector<waiter*> failed;
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (closed_) return;
@@ -305,6 +320,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         g.ec = error::pool_closed;
         w->granted(g);
       }
+      cancel_dials();
       std::error_code ignored;
       timer_.cancel();
       if (watch_desc_.is_open()) watch_desc_.cancel(ignored);
@@ -453,7 +469,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   connection* lru_idle_elsewhere(const endpoint_entry& except) {
     connection* best = nullptr;
     for (auto& [key, e] : endpoints_)
-      if (&e != &except && e.lru && (!best || e.lru->idle_since < best->idle_since)) best = e.lru;
+      if (&e != &except && e.lru && (!best || e.lru->idle_order < best->idle_order)) best = e.lru;
     return best;
   }
 
@@ -478,6 +494,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return g;
   }
 
+  /// `deadline`: the acquire's, or `unset` if it has not been needed yet.
   connection* finish(endpoint_entry& e, grant g, clock::time_point deadline, bool& reused,
                      std::error_code& ec) {
     while (g.conn) {
@@ -492,44 +509,73 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       ec = g.ec;
       return nullptr;
     }
-    // A slot: connect synchronously on this thread.
-    auto c = std::make_unique<connection>(socket_ex_, &e);
-    const clock::time_point connect_deadline = std::min(deadline_from(opts_.connect_timeout), deadline);
-    ec = connect_sync(*c, connect_deadline);
-    if (ec == std::errc::timed_out)
-      ec = connect_deadline == deadline && deadline != deadline_from(opts_.connect_timeout)
-               ? make_error_code(error::acquire_timeout)
-               : make_error_code(error::connect_timeout);
+    // A slot: connect synchronously on this thread, by the nearer of the two deadlines.
     reused = false;
+    std::unique_ptr<connection> c = new_connection(e, ec);
+    if (!c) return connected(e, nullptr, ec);
+    if (deadline == unset) deadline = deadline_from(opts_.acquire_timeout);
+    const clock::time_point connect_by = deadline_from(opts_.connect_timeout);
+    bool deadline_passed = false;
+    ec = connect_sync(*c, std::min(connect_by, deadline), deadline_passed);
+    if (deadline_passed) ec = deadline < connect_by ? error::acquire_timeout : error::connect_timeout;
     return connected(e, std::move(c), ec);
   }
 
-  std::error_code connect_sync(connection& c, clock::time_point deadline) {
+  /// A connection object for a granted slot, or null with `ec` set (the caller then gives the slot
+  /// back through connected()).
+  std::unique_ptr<connection> new_connection(endpoint_entry& e, std::error_code& ec) noexcept {
+    try {
+      return std::make_unique<connection>(socket_ex_, &e);
+    } catch (const std::bad_alloc&) {
+      ec = std::make_error_code(std::errc::not_enough_memory);
+    } catch (const std::system_error& x) {
+      ec = x.code();
+    }
+    return nullptr;
+  }
+
+  std::error_code connect_sync(connection& c, clock::time_point deadline, bool& deadline_passed) {
     std::error_code ec;
     const endpoint_type& ep = c.ep->endpoint;
     c.socket.open(ep.protocol(), ec);
     if (!ec) ec = apply_socket_options(c.socket, opts_);
     if (!ec) c.socket.non_blocking(true, ec);
-    if (!ec) ec = connect_with_deadline(c.socket.native_handle(), ep.data(), static_cast<socklen_t>(ep.size()), deadline);
+    if (!ec)
+      ec = connect_with_deadline(c.socket.native_handle(), ep.data(), static_cast<socklen_t>(ep.size()), deadline,
+                                 deadline_passed);
     if (!ec) c.socket.non_blocking(false, ec);
     return ec;
   }
 
-  /// Book a finished connection attempt. Takes ownership of `c`; returns it leased, or null.
-  connection* connected(endpoint_entry& e, std::unique_ptr<connection> c, std::error_code& ec) {
+  /// Book a finished connection attempt and give its slot back or turn it into a lease. Takes
+  /// ownership of `c` (null if it could not even be made); returns it leased, or null.
+  connection* connected(endpoint_entry& e, std::unique_ptr<connection> c, std::error_code& ec,
+                        std::uint64_t dial_id = 0) {
     // Asio reports system errors in its own category; callers compare with std::errc.
     if (ec.category() == asio::error::get_system_category()) ec.assign(ec.value(), std::system_category());
     graveyard dead;
     connection* out = nullptr;
     {
       std::lock_guard<std::mutex> lk(mu_);
+      if (dial_id) dials_.erase(dial_id);
       --e.connecting;
-      if (!ec && closed_) ec = error::pool_closed;
-      if (ec) {
+      if (!ec && closed_) {  // connected, but the pool closed meanwhile: made, then retired
+        --open_total_;
+        ++e.counters.created;
+        ++totals_.created;
+        count(e.counters, close_reason::pool_closed);
+        count(totals_, close_reason::pool_closed);
+        dead.emplace_back(std::move(c), opts_.retire_close);
+        ec = error::pool_closed;
+      } else if (ec) {
         --open_total_;
         ++e.counters.connect_failed;
         ++totals_.connect_failed;
-        dead.emplace_back(std::move(c), close_mode::abortive);
+        if (ec == error::acquire_timeout) {
+          ++e.counters.acquire_timeouts;
+          ++totals_.acquire_timeouts;
+        }
+        if (c) dead.emplace_back(std::move(c), close_mode::abortive);
       } else {
         c->id = ++next_id_;
         if (opts_.max_lifetime.count() > 0) c->expires = clock::now() + jittered_lifetime();
@@ -546,35 +592,75 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return out;
   }
 
+  /// An asynchronous connect racing its deadline timer. Everything that touches `dial` or `timer`
+  /// runs on `strand`; close() cancels it there too.
+  struct dial_race {
+    dial_race(const Executor& ex, std::unique_ptr<connection> c)
+        : strand(ex), timer(ex), dial(ex), conn(std::move(c)) {}
+    asio::strand<Executor> strand;
+    timer_type timer;
+    socket_type dial;  // used when the connection's socket lives on another (unrun) context
+    std::unique_ptr<connection> conn;
+    std::uint64_t id = 0;
+    bool timed_out = false, cancelled = false, done = false;
+  };
+
   /// Connect on the pool's executor (the only one known to run), racing a timer. A pool whose
   /// sockets live on a separate, unrun context (the default-constructed pool) dials on a socket of
   /// the pool's executor and then moves the descriptor over: two epoll_ctl calls per new connection.
   void async_connect(std::shared_ptr<async_op> opp) {
-    auto self = this->shared_from_this();
     async_op& op = *opp;
-    const clock::time_point connect_deadline = std::min(deadline_from(opts_.connect_timeout), op.deadline);
-    const bool acquire_bound =
-        op.deadline != clock::time_point::max() && op.deadline < deadline_from(opts_.connect_timeout);
-    struct race {
-      race(const Executor& ex, std::unique_ptr<connection> c) : strand(ex), timer(ex), dial(ex), conn(std::move(c)) {}
-      asio::strand<Executor> strand;
-      timer_type timer;
-      socket_type dial;
-      std::unique_ptr<connection> conn;
-      bool timed_out = false;
-      bool done = false;  // the connect completed: the timer must not touch the socket any more
-    };
-    auto rc = std::make_shared<race>(ex_, std::make_unique<connection>(socket_ex_, op.ep));
-    socket_type& dial = own_io_ ? rc->dial : rc->conn->socket;
+    const clock::time_point connect_by = deadline_from(opts_.connect_timeout);
+    const clock::time_point connect_deadline = std::min(connect_by, op.deadline);
+    const bool acquire_bound = op.deadline < connect_by;
     std::error_code ec;
+    std::shared_ptr<dial_race> rc;
+    if (std::unique_ptr<connection> c = new_connection(*op.ep, ec)) {
+      try {
+        rc = std::make_shared<dial_race>(ex_, std::move(c));
+      } catch (const std::bad_alloc&) {
+        ec = std::make_error_code(std::errc::not_enough_memory);
+      }
+    }
+    if (!rc) {
+      connection* out = connected(*op.ep, nullptr, ec);
+      return op.finish(ec, out, false);
+    }
+    socket_type& dial = own_io_ ? rc->dial : rc->conn->socket;
     dial.open(op.ep->endpoint.protocol(), ec);
     if (!ec) ec = apply_socket_options(dial, opts_);
+    if (!ec) {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (closed_) {
+        ec = error::pool_closed;
+      } else {
+        rc->id = ++next_dial_id_;
+        dials_.emplace(rc->id, rc);
+      }
+    }
     if (ec) {
       if (own_io_) close_socket(rc->dial, close_mode::abortive, false);
       connection* out = connected(*op.ep, std::move(rc->conn), ec);
       return op.finish(ec, out, false);
     }
-    if (connect_deadline != clock::time_point::max()) {
+    // Start both on the strand, so that the timer cannot cancel a connect not yet started.
+    asio::dispatch(rc->strand, [self = this->shared_from_this(), rc, opp, &dial, connect_deadline, acquire_bound] {
+      dial.async_connect(opp->ep->endpoint,
+                         asio::bind_executor(rc->strand, [self, rc, opp, acquire_bound](std::error_code cec) {
+                           rc->done = true;
+                           rc->timer.cancel();
+                           if (rc->cancelled)
+                             cec = error::pool_closed;
+                           else if (rc->timed_out)
+                             cec = acquire_bound ? error::acquire_timeout : error::connect_timeout;
+                           if (self->own_io_) {
+                             if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, opp->ep->endpoint.protocol());
+                             if (rc->dial.is_open()) close_socket(rc->dial, close_mode::abortive, false);
+                           }
+                           connection* out = self->connected(*opp->ep, std::move(rc->conn), cec, rc->id);
+                           opp->finish(cec, out, false);
+                         }));
+      if (connect_deadline == clock::time_point::max()) return;
       rc->timer.expires_at(connect_deadline);
       rc->timer.async_wait(asio::bind_executor(rc->strand, [rc, &dial](std::error_code tec) {
         if (tec || rc->done) return;
@@ -582,21 +668,22 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         std::error_code ignored;
         dial.cancel(ignored);
       }));
-    }
-    dial.async_connect(
-        op.ep->endpoint,
-        asio::bind_executor(rc->strand, [self, rc, opp, acquire_bound](std::error_code cec) {
-          rc->done = true;
+    });
+  }
+
+  /// Under the lock (close()): cancel every connect in flight; each completes with pool_closed.
+  void cancel_dials() {
+    for (auto& [id, weak] : dials_) {
+      if (auto rc = weak.lock()) {
+        asio::post(rc->strand, [rc] {
+          if (rc->done) return;
+          rc->cancelled = true;
+          std::error_code ignored;
+          (rc->dial.is_open() ? rc->dial : rc->conn->socket).cancel(ignored);
           rc->timer.cancel();
-          if (rc->timed_out)
-            cec = acquire_bound ? make_error_code(error::acquire_timeout) : make_error_code(error::connect_timeout);
-          if (self->own_io_) {
-            if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, opp->ep->endpoint.protocol());
-            if (rc->dial.is_open()) close_socket(rc->dial, close_mode::abortive, false);
-          }
-          connection* out = self->connected(*opp->ep, std::move(rc->conn), cec);
-          opp->finish(cec, out, false);
-        }));
+        });
+      }
+    }
   }
 
   /// Move a connected descriptor from `from` (pool executor) to `to` (socket context), blocking.
@@ -617,6 +704,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   void push_idle(endpoint_entry& e, connection* c) {
     c->idle = true;
+    c->idle_order = ++idle_counter_;
     c->prev = e.mru;
     c->next = nullptr;
     (e.mru ? e.mru->next : e.lru) = c;
@@ -640,14 +728,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     count(totals_, why);
     --open_total_;
     auto it = registry_.find(c->id);
-    const bool peer_gone = why == close_reason::peer_closed || why == close_reason::peer_reset;
-    if (peer_gone) mode = close_mode::graceful;
+    c->peer_gone = why == close_reason::peer_closed || why == close_reason::peer_reset;
     dead.emplace_back(std::move(it->second), mode);
     registry_.erase(it);
   }
 
   static void bury(graveyard& dead) noexcept {
-    for (auto& [c, mode] : dead) close_socket(c->socket, mode, false);
+    for (auto& [c, mode] : dead) close_socket(c->socket, mode, c->peer_gone);
     dead.clear();
   }
 
@@ -755,10 +842,17 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   // ---------------------------------------------------------------- helpers
 
+  /// Under the lock. Services mostly talk to one or a few endpoints, so the last one found is
+  /// checked first, byte for byte (equal bytes are the same endpoint; anything else goes to the map,
+  /// whose nodes never move).
   endpoint_entry& entry(const endpoint_type& ep) {
+    if (last_ && last_->endpoint.size() == ep.size() &&
+        std::memcmp(last_->endpoint.data(), ep.data(), ep.size()) == 0)
+      return *last_;
     auto it = endpoints_.find(ep);
     if (it == endpoints_.end()) it = endpoints_.emplace(ep, endpoint_entry(ep)).first;
-    return it->second;
+    last_ = &it->second;
+    return *last_;
   }
 
   static clock::time_point deadline_from(std::chrono::milliseconds d) {
@@ -783,10 +877,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   mutable std::mutex mu_;
   bool closed_ = false;
   std::map<endpoint_type, endpoint_entry> endpoints_;
+  endpoint_entry* last_ = nullptr;  // the endpoint entry() found last
   std::unordered_map<std::uint64_t, std::unique_ptr<connection>> registry_;
   std::list<waiter*> waiters_;
   std::size_t open_total_ = 0;
   std::uint64_t next_id_ = 0;
+  std::uint64_t idle_counter_ = 0;
+  std::map<std::uint64_t, std::weak_ptr<dial_race>> dials_;  // async connects in flight
+  std::uint64_t next_dial_id_ = 0;
   pool_stats totals_;
 
   timer_type timer_;

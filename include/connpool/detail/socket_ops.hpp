@@ -15,6 +15,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #if defined(__linux__)
 #include <sys/epoll.h>
@@ -81,33 +82,53 @@ std::error_code apply_socket_options(Socket& s, const pool_options& o) {
 }
 
 /// Close a socket once. `peer_gone`: the peer already closed or reset it, so no FIN or RST of ours
-/// matters and none is forced. Errors are ignored: the descriptor is released either way.
+/// matters and none is forced. A graceful close first clears any SO_LINGER the user set on a
+/// lease, so that close() never blocks the thread that retires it. Errors are ignored: the
+/// descriptor is released either way.
 template <class Socket>
 void close_socket(Socket& s, close_mode mode, bool peer_gone) noexcept {
   if (!s.is_open()) return;
   std::error_code ignored;
-  if (!peer_gone) {
-    if (mode == close_mode::abortive) {
-      s.set_option(asio::socket_base::linger(true, 0), ignored);
-    } else {
-      s.shutdown(asio::socket_base::shutdown_send, ignored);
-    }
+  if (mode == close_mode::abortive && !peer_gone) {
+    s.set_option(asio::socket_base::linger(true, 0), ignored);
+  } else {
+    if (!peer_gone) s.shutdown(asio::socket_base::shutdown_send, ignored);
+    s.set_option(asio::socket_base::linger(false, 0), ignored);
   }
   s.close(ignored);
 }
 
+/// The time for idle bookkeeping (idle since, lifetime checks): CLOCK_MONOTONIC at the kernel's
+/// tick (a few ms), which costs a fifth of a precise read here (5 ns against 24 ns).
+inline std::chrono::steady_clock::time_point coarse_now() noexcept {
+#if defined(__linux__) && defined(CLOCK_MONOTONIC_COARSE)
+  // libstdc++ and libc++ both build steady_clock on CLOCK_MONOTONIC: the same timeline.
+  timespec ts;
+  if (::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0)
+    return std::chrono::steady_clock::time_point(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec)));
+#endif
+  return std::chrono::steady_clock::now();
+}
+
 /// Connect a non-blocking socket, waiting until it is connected or `deadline` passes. Returns the
-/// connect's own error, or std::errc::timed_out. (Asio's synchronous connect waits without limit
-/// even on a non-blocking socket.)
+/// connect's own error (the kernel's ETIMEDOUT included); if the deadline passed first, sets
+/// `deadline_passed` and returns std::errc::timed_out. (Asio's synchronous connect waits without
+/// limit even on a non-blocking socket.)
 inline std::error_code connect_with_deadline(int fd, const sockaddr* addr, socklen_t len,
-                                             std::chrono::steady_clock::time_point deadline) {
+                                             std::chrono::steady_clock::time_point deadline,
+                                             bool& deadline_passed) {
+  deadline_passed = false;
   if (::connect(fd, addr, len) == 0) return {};
   if (errno != EINPROGRESS && errno != EINTR) return {errno, std::system_category()};
   for (;;) {
     int timeout_ms = -1;
     if (deadline != std::chrono::steady_clock::time_point::max()) {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return std::make_error_code(std::errc::timed_out);
+      if (left.count() <= 0) {
+        deadline_passed = true;
+        return std::make_error_code(std::errc::timed_out);
+      }
       timeout_ms = left.count() > 1000000 ? 1000000 : static_cast<int>(left.count());
     }
     pollfd p{fd, POLLOUT, 0};

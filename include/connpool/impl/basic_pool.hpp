@@ -27,7 +27,9 @@ basic_pool<Protocol, Executor>::basic_pool(std::unique_ptr<asio::io_context> own
                                         detail::checked(std::move(options)));
   state_->start();
   work_ = std::make_unique<asio::executor_work_guard<asio::io_context::executor_type>>(ctx.get_executor());
-  thread_ = std::thread([&ctx] { ctx.run(); });
+  // The thread shares ownership of the state, so the context it runs outlives its run(), even when
+  // the pool is destroyed from one of its own handlers.
+  thread_ = std::thread([s = state_] { s->owned_context()->run(); });
 }
 
 template <class Protocol, class Executor>
@@ -40,12 +42,11 @@ template <class Protocol, class Executor>
 basic_pool<Protocol, Executor>::~basic_pool() {
   state_->close();
   if (!thread_.joinable()) return;
-  // Let the handlers close() queued (failed acquires, cancelled timers) run, then stop.
-  asio::io_context* ctx = state_->owned_context();
+  // close() cancelled the watch, the retire timer and every connect in flight, and failed every
+  // waiter; without the work guard, run() returns once those completions have been delivered.
   work_.reset();
-  asio::post(*ctx, [ctx] { ctx->stop(); });
   if (thread_.get_id() == std::this_thread::get_id())
-    thread_.detach();  // destroyed from one of its own handlers
+    thread_.detach();  // destroyed from one of its own handlers: the thread finishes on its own
   else
     thread_.join();
 }

@@ -1,0 +1,258 @@
+// Eviction at scale: N idle pooled connections (default 1000 and 10000), then the server closes all
+// of them. Measures how long the pool takes to close its ends (no CLOSE_WAIT left), per connection
+// and in all, the user-space memory per idle connection (RSS delta / N), and what N idle connections
+// cost while nothing happens (process CPU time and context switches over one second).
+//
+// The server is a child process with plain blocking sockets: it accepts N connections, waits for a
+// command, closes them all (FIN), and sends back the CLOCK_MONOTONIC time of each close.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "connpool/connpool.hpp"
+#include "connpool/diag.hpp"
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;  // CLOCK_MONOTONIC, shared with the child
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch()).count();
+}
+
+bool read_all(int fd, void* p, std::size_t n) {
+  auto* b = static_cast<char*>(p);
+  while (n > 0) {
+    const ssize_t r = ::read(fd, b, n);
+    if (r <= 0) return false;
+    b += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+bool write_all(int fd, const void* p, std::size_t n) {
+  auto* b = static_cast<const char*>(p);
+  while (n > 0) {
+    const ssize_t r = ::write(fd, b, n);
+    if (r <= 0) return false;
+    b += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+/// The closing server, forked before the client makes any connection.
+class closing_server {
+ public:
+  explicit closing_server(std::size_t n) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    ::setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(listener_, 4096) != 0 ||
+        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      std::perror("listen");
+      std::exit(1);
+    }
+    endpoint_ = asio::ip::tcp::endpoint(asio::ip::make_address_v4(ntohl(a.sin_addr.s_addr)), ntohs(a.sin_port));
+    int to_child[2], from_child[2];
+    if (::pipe2(to_child, O_CLOEXEC) != 0 || ::pipe2(from_child, O_CLOEXEC) != 0) std::exit(1);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      std::vector<int> conns;
+      while (conns.size() < n) {
+        const int c = ::accept(listener_, nullptr, nullptr);
+        if (c < 0) std::_Exit(3);
+        conns.push_back(c);
+      }
+      char cmd;
+      if (!read_all(to_child[0], &cmd, 1)) std::_Exit(0);
+      std::vector<std::int64_t> at(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        ::close(conns[i]);  // nothing unread: FIN
+        at[i] = now_ns();
+      }
+      write_all(from_child[1], at.data(), at.size() * sizeof at[0]);
+      std::_Exit(0);
+    }
+    ::close(to_child[0]);
+    ::close(from_child[1]);
+    ::close(listener_);
+    cmd_ = to_child[1];
+    result_ = from_child[0];
+  }
+  ~closing_server() {
+    ::close(cmd_);
+    ::close(result_);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+  }
+  const asio::ip::tcp::endpoint& endpoint() const { return endpoint_; }
+
+  /// Close every connection; the time of each close.
+  std::vector<std::int64_t> close_all(std::size_t n) {
+    write_all(cmd_, "c", 1);
+    std::vector<std::int64_t> at(n);
+    if (!read_all(result_, at.data(), n * sizeof at[0])) at.clear();
+    return at;
+  }
+
+ private:
+  int listener_ = -1, cmd_ = -1, result_ = -1;
+  pid_t pid_ = -1;
+  asio::ip::tcp::endpoint endpoint_;
+};
+
+long rss_kib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  return -1;
+}
+
+double cpu_ms() {
+  rusage r{};
+  ::getrusage(RUSAGE_SELF, &r);
+  return (r.ru_utime.tv_sec + r.ru_stime.tv_sec) * 1e3 + (r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e3;
+}
+
+long switches() {
+  rusage r{};
+  ::getrusage(RUSAGE_SELF, &r);
+  return r.ru_nvcsw + r.ru_nivcsw;
+}
+
+double pct(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * v.size()))];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::size_t> sizes{1000, 10000};
+  std::string json;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--sizes" && i + 1 < argc) {
+      sizes.clear();
+      for (std::string s = argv[++i]; !s.empty();) {
+        const auto comma = s.find(',');
+        sizes.push_back(std::stoul(s.substr(0, comma)));
+        s = comma == std::string::npos ? "" : s.substr(comma + 1);
+      }
+    } else if (a == "--json" && i + 1 < argc) {
+      json = argv[++i];
+    } else {
+      std::printf("usage: %s [--sizes 1000,10000] [--json out.json]\n", argv[0]);
+      return a == "--help" ? 0 : 2;
+    }
+  }
+  rlimit rl{};
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = rl.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &rl);
+  std::printf("connpool eviction benchmark: N idle connections, then the server closes them all\n"
+              "machine: %u cores; descriptor limit %llu\n\n",
+              std::thread::hardware_concurrency(), static_cast<unsigned long long>(rl.rlim_cur));
+  std::printf("  %7s %12s %12s %14s %16s %12s %12s %10s %11s\n", "N", "median ms", "p99 ms", "max ms",
+              "all closed ms*", "CLOSE_WAIT", "B/idle conn", "idle cpu", "idle cs/s");
+  std::string out = "{\n  \"results\": [\n";
+  for (std::size_t k = 0; k < sizes.size(); ++k) {
+    const std::size_t n = sizes[k];
+    if (n + 64 > rl.rlim_cur) {  // each process holds one end of every connection
+      std::printf("  %7zu skipped: needs a descriptor limit of at least %zu\n", n, n + 64);
+      continue;
+    }
+    closing_server server(n);
+    const auto ep = server.endpoint();
+    connpool::pool_options o;
+    o.max_per_endpoint = n;
+    o.max_idle_per_endpoint = n;
+    connpool::tcp_pool pool(o);
+    std::vector<connpool::tcp_pool::lease> ls;
+    ls.reserve(n);
+    const long rss0 = rss_kib();
+    for (std::size_t i = 0; i < n; ++i) ls.push_back(pool.acquire(ep));
+    for (auto& l : ls) l.release();
+    ls.clear();
+    const long rss1 = rss_kib();
+    const double bytes_per_conn = (rss1 - rss0) * 1024.0 / static_cast<double>(n);
+
+    // One second of idleness with N idle connections.
+    const double cpu0 = cpu_ms();
+    const long cs0 = switches();
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const double idle_cpu = cpu_ms() - cpu0;
+    const long idle_cs = switches() - cs0 - 1;  // this thread's own sleep
+
+    // The server closes everything; sample the pool's idle count to time each close.
+    std::vector<std::int64_t> pool_closed_at;  // time at which the idle count fell by one, per connection
+    pool_closed_at.reserve(n);
+    std::thread closer;
+    std::vector<std::int64_t> server_at;
+    closer = std::thread([&] { server_at = server.close_all(n); });
+    std::size_t last = n;
+    const std::int64_t give_up = now_ns() + 10'000'000'000LL;
+    while (last > 0 && now_ns() < give_up) {
+      const std::size_t idle = pool.stats().idle;
+      const std::int64_t t = now_ns();
+      for (; last > idle; --last) pool_closed_at.push_back(t);
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    closer.join();
+    std::error_code ec;
+    std::size_t close_wait = 0;
+    for (int tries = 0; tries < 200; ++tries) {  // the last closes follow the idle count by a moment
+      close_wait = connpool::diag::census(ep, ec)[connpool::diag::tcp_state::close_wait];
+      if (close_wait == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (server_at.size() != n || pool_closed_at.size() != n) {
+      std::printf("  %7zu failed: %zu of %zu closed by the pool within 10 s\n", n, pool_closed_at.size(), n);
+      continue;
+    }
+    // The k-th close by the pool against the k-th FIN sent (both in time order).
+    std::sort(server_at.begin(), server_at.end());
+    std::vector<double> lat;
+    for (std::size_t i = 0; i < n; ++i) lat.push_back(std::max<double>(0, (pool_closed_at[i] - server_at[i]) / 1e6));
+    const double all_ms = (pool_closed_at.back() - server_at.back()) / 1e6;
+    std::printf("  %7zu %12.2f %12.2f %14.2f %16.2f %12zu %12.0f %8.1fms %11ld\n", n, pct(lat, 0.5), pct(lat, 0.99),
+                pct(lat, 1.0), all_ms, close_wait, bytes_per_conn, idle_cpu, idle_cs);
+    out += std::string(k ? ",\n" : "") + "    {\"n\": " + std::to_string(n) + ", \"median_ms\": " +
+           std::to_string(pct(lat, 0.5)) + ", \"p99_ms\": " + std::to_string(pct(lat, 0.99)) + ", \"max_ms\": " +
+           std::to_string(pct(lat, 1.0)) + ", \"all_closed_after_last_fin_ms\": " + std::to_string(all_ms) +
+           ", \"close_wait_left\": " + std::to_string(close_wait) + ", \"bytes_per_idle_connection\": " +
+           std::to_string(bytes_per_conn) + ", \"idle_cpu_ms_per_s\": " + std::to_string(idle_cpu) +
+           ", \"idle_context_switches_per_s\": " + std::to_string(idle_cs) + "}";
+  }
+  out += "\n  ]\n}\n";
+  std::printf("\n  per connection: the k-th close by the pool minus the k-th FIN sent by the server, both in time\n"
+              "  order (idle count sampled every 50 us); * all closed: the last close minus the last FIN.\n"
+              "  B/idle conn: process RSS growth while the N connections were made and released, over N.\n"
+              "  idle cpu, idle cs/s: the whole process over one second with the N connections idle.\n");
+  if (!json.empty()) std::ofstream(json) << out;
+  return 0;
+}
