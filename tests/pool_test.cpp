@@ -462,6 +462,77 @@ TEST_CASE("leases: discard and unreleased leases close the connection and count 
   CHECK_THROWS_AS(l2.socket(), std::logic_error);
 }
 
+TEST_CASE("try_acquire: an idle healthy connection now, or nothing; never connects, waits or passes a waiter") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = quick();
+  o.max_per_endpoint = 2;
+  tcp_pool pool(o);
+  const auto ep = server.endpoint();
+  CHECK_FALSE(pool.try_acquire(ep));  // nothing idle: no connect
+  CHECK(pool.stats().created == 0);
+  auto a = pool.acquire(ep);
+  auto b = pool.acquire(ep);
+  const auto port_b = local_port(b);
+  a.release();
+  b.release();
+  SUBCASE("most recently released first") {
+    auto l = pool.try_acquire(ep);
+    REQUIRE(l);
+    CHECK(l.reused());
+    CHECK(local_port(l) == port_b);
+    CHECK(test::roundtrip(l, "try") == "try");
+    l.release();
+  }
+  SUBCASE("a dead idle connection is closed and the next one tried") {
+    REQUIRE(server.wait_accepted(2));
+    server.close_all();
+    REQUIRE(eventually([&] { return test::client_sockets(ep, tcp_state::close_wait) == 2 || pool.stats().idle == 0; }));
+    CHECK_FALSE(pool.try_acquire(ep));
+    CHECK(pool.stats().peer_closed == 2);
+    CHECK(pool.stats().open() == 0);
+  }
+  SUBCASE("waiters first: a released connection goes to the waiting acquire") {
+    auto x = pool.acquire(ep);
+    auto y = pool.acquire(ep);
+    std::error_code waiter_ec;
+    unsigned short waiter_port = 0;
+    std::thread waiter([&] {
+      auto l = pool.acquire(ep, waiter_ec);
+      if (!waiter_ec) waiter_port = local_port(l);
+    });
+    REQUIRE(eventually([&] { return pool.stats().waiting == 1; }));
+    CHECK_FALSE(pool.try_acquire(ep));  // at the limit, nothing idle
+    const auto port_x = local_port(x);
+    x.release();
+    waiter.join();
+    CHECK_FALSE(waiter_ec);
+    CHECK(waiter_port == port_x);
+    y.release();
+  }
+  SUBCASE("a waiter of another endpoint does not hold it up") {
+    test::echo_server other(test::loopback());
+    auto o2 = quick();
+    o2.max_per_endpoint = 1;
+    tcp_pool p2(o2);
+    p2.acquire(ep).release();
+    auto busy = p2.acquire(other.endpoint());
+    std::error_code waiter_ec;
+    std::thread waiter([&] { p2.acquire(other.endpoint(), waiter_ec); });
+    REQUIRE(eventually([&] { return p2.stats().waiting == 1; }));
+    auto l = p2.try_acquire(ep);
+    CHECK(l);
+    l.release();
+    busy.release();
+    waiter.join();
+    CHECK_FALSE(waiter_ec);
+  }
+  SUBCASE("closed pool") {
+    pool.close();
+    CHECK_FALSE(pool.try_acquire(ep));
+  }
+}
+
 TEST_CASE("leases: moves transfer ownership") {
   test::fd_guard fds;
   test::echo_server server(test::loopback());

@@ -73,6 +73,13 @@ class basic_pool {
   /// As acquire(ep), reporting errors in `ec` instead of throwing; returns an empty lease on error.
   lease acquire(const endpoint_type& ep, std::error_code& ec);
 
+  /// Non-blocking: the most recently released healthy idle connection to `ep`, probed as acquire()
+  /// probes it, if there is one right now and no acquire for `ep` is waiting; else an empty lease. Never
+  /// connects and never waits. Meant for event loops: it is served without the completion hop of
+  /// async_acquire(), which remains the way to wait or connect:
+  /// `auto l = pool.try_acquire(ep); if (!l) l = co_await pool.async_acquire(ep, use_awaitable);`
+  lease try_acquire(const endpoint_type& ep);
+
   /// Asynchronous acquire. Completion signature: void(std::error_code, lease). The completion runs
   /// on the handler's associated executor, else on the pool's executor; never inside this call.
   /// Errors as for acquire(). Bounded by acquire_timeout; close() completes it with pool_closed.

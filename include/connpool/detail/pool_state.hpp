@@ -220,31 +220,83 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return finish(*e, g, deadline, reused, ec);
   }
 
+  /// A healthy idle connection now, or null: never connects, never waits, never passes a waiter of
+  /// its endpoint.
+  connection* try_acquire(const endpoint_type& ep) {
+    endpoint_entry* e = nullptr;
+    connection* c = nullptr;
+    probe_result r = probe_result::healthy;
+    for (;;) {
+      graveyard dead;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (c) {  // the one taken last failed its probe
+          ++e->probe_failed;
+          --e->leased;
+          retire(c, reason_of(r), close_mode::graceful, dead);
+          if (!waiters_.empty()) dispatch(dead);
+          c = nullptr;
+        }
+        if (!closed_) {
+          if (!e) e = &entry(ep);
+          if (e->waiting == 0) c = take_idle(*e);  // waiters of this endpoint come first
+        }
+      }
+      bury(dead);
+      if (!c) return nullptr;
+      r = probe(c->socket.native_handle());
+      if (r == probe_result::healthy) return c;
+    }
+  }
+
   // ---------------------------------------------------------------- asynchronous acquire
 
   void async_acquire(const endpoint_type& ep, std::unique_ptr<completion> handler) {
-    auto op = std::make_shared<async_op>(this->shared_from_this(), std::move(handler));
+    auto self = this->shared_from_this();
     graveyard dead;
     grant g;
+    endpoint_entry* e = nullptr;
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (closed_) {
         g.ec = error::pool_closed;
       } else {
-        op->ep = &entry(ep);
-        op->deadline = deadline_from(opts_.acquire_timeout);
-        if (waiters_.empty()) g = try_grant(*op->ep, dead);
-        if (!g) {
-          if (op->deadline != clock::time_point::max()) {  // first: it is the step that may throw
-            op->timer.expires_at(op->deadline);
-            op->timer.async_wait([w = std::weak_ptr<async_op>(op)](std::error_code tec) {
-              if (auto o = w.lock(); o && !tec) o->state->on_wait_timeout(*o);
-            });
-          }
-          enqueue(*op);
-          op->keep_alive = op;
-          dispatch(dead);
+        e = &entry(ep);
+        if (waiters_.empty()) g = try_grant(*e, dead);
+      }
+    }
+    bury(dead);
+    // Served at once (an idle connection, or an error): no operation object and no timer.
+    while (g.conn) {
+      const probe_result r = probe(g.conn->socket.native_handle());
+      if (r == probe_result::healthy) return handler->complete(self, {}, g.conn, true);
+      g = replace_dead(*e, g.conn, r);
+    }
+    if (g.ec) return handler->complete(self, g.ec, nullptr, false);
+
+    auto op = std::make_shared<async_op>(self, std::move(handler));
+    op->ep = e;
+    op->deadline = deadline_from(opts_.acquire_timeout);
+    if (g.slot) return async_connect(op);
+    // Nothing free: queue, after checking once more under the lock (a release may have come
+    // in between).
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (closed_) {
+        g.ec = error::pool_closed;
+      } else if (waiters_.empty()) {
+        g = try_grant(*e, dead);
+      }
+      if (!g) {
+        if (op->deadline != clock::time_point::max()) {  // first: it is the step that may throw
+          op->timer.expires_at(op->deadline);
+          op->timer.async_wait([w = std::weak_ptr<async_op>(op)](std::error_code tec) {
+            if (auto o = w.lock(); o && !tec) o->state->on_wait_timeout(*o);
+          });
         }
+        enqueue(*op);
+        op->keep_alive = op;
+        dispatch(dead);
       }
     }
     bury(dead);
@@ -444,15 +496,20 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   // ---------------------------------------------------------------- grants
 
-  grant try_grant(endpoint_entry& e, graveyard& dead) {
-    grant g;
-    if (connection* c = e.mru) {
+  /// Under the lock: lease the endpoint's most recently released idle connection, if any.
+  connection* take_idle(endpoint_entry& e) {
+    connection* c = e.mru;
+    if (c) {
       unlink_idle(e, c);
       ++e.leased;
       ++e.idle_taken;
-      g.conn = c;
-      return g;
     }
+    return c;
+  }
+
+  grant try_grant(endpoint_entry& e, graveyard& dead) {
+    grant g;
+    if ((g.conn = take_idle(e))) return g;
     if (opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint) return g;
     if (opts_.max_total && open_total_ >= opts_.max_total) {
       connection* victim = lru_idle_elsewhere(e);

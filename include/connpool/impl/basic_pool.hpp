@@ -70,6 +70,13 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
 }
 
 template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::try_acquire(const endpoint_type& ep) {
+  auto* c = state_->try_acquire(ep);
+  if (!c) return lease();
+  return lease(state_, c, true);
+}
+
+template <class Protocol, class Executor>
 template <class Handler>
 struct basic_pool<Protocol, Executor>::completion_impl final : state_type::completion {
   using work_executor = asio::associated_executor_t<Handler, Executor>;
