@@ -1,14 +1,36 @@
 #!/usr/bin/env bash
-# Build connpool's pool-vs-short benchmark (Release) and run it against a loopback echo server it
-# starts itself. Installs missing Debian packages first. Arguments go to the benchmark, e.g.
-#   scripts/bench.sh --threads 1,8 --seconds 4 --json results.json
+# Build connpool's benchmarks (Release) and run them against loopback servers they start themselves.
+# Installs missing Debian packages first. Results (tables as printed, JSON, CSV, chart) go to
+# $RESULTS (default build-release/results).
+#   scripts/bench.sh                  the headline: pool vs short connections vs dedicated (about 1 min)
+#   scripts/bench.sh all              also the pool's own cost, eviction at scale, the idle-watch costs
+#   scripts/bench.sh -- ARGS...       the headline with its own arguments, e.g. -- --clients 1,8 --seconds 4
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 need_packages g++ cmake ninja-build libasio-dev
+want_packages gnuplot-nox python3  # the chart only
 build=${BUILD_DIR:-build-release}
+results=${RESULTS:-$build/results}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONNPOOL_BUILD_TESTS=OFF \
   -DCONNPOOL_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build "$build" -j 2 --target connpool_bench
-if [ $# -eq 0 ]; then set -- --threads 1,2,8 --seconds 2; fi
-exec "$build/benchmarks/connpool_bench" "$@"
+cmake --build "$build" -j 2 --target connpool_bench connpool_pool_cost connpool_eviction connpool_watch_cost
+mkdir -p "$results"
+mode=headline
+if [ "${1:-}" = all ]; then mode=all; shift; fi
+if [ "${1:-}" = -- ]; then shift; fi
+echo "machine: $(nproc) cores, $(uname -sr), $(${CXX:-c++} --version | head -1)" | tee "$results/machine.txt"
+"$build/benchmarks/connpool_bench" --json "$results/pool_vs_short.json" --csv "$results/pool_vs_short.csv" "$@" \
+  | tee "$results/pool_vs_short.txt"
+if command -v gnuplot >/dev/null && command -v python3 >/dev/null; then
+  bash scripts/plot.sh "$results/pool_vs_short.json" "$results/pool_vs_short.png"
+fi
+if [ "$mode" = all ]; then
+  echo
+  "$build/benchmarks/connpool_pool_cost" --json "$results/pool_cost.json" | tee "$results/pool_cost.txt"
+  echo
+  "$build/benchmarks/connpool_eviction" --json "$results/eviction.json" | tee "$results/eviction.txt"
+  echo
+  "$build/benchmarks/connpool_watch_cost" | tee "$results/watch_cost.txt"
+fi
+echo "results in $results"
