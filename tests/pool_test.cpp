@@ -195,10 +195,7 @@ TEST_CASE("idle watch: FIN or RST on an idle connection closes it without any ac
   }
   CHECK(eventually([&] { return test::client_sockets(ep, tcp_state::close_wait) == 0; }));  // closed just after idle drops
   CHECK(test::client_sockets(ep, tcp_state::established) == 0);
-  // The pool still works afterwards.
-  auto l = pool.acquire(ep);
-  CHECK(test::roundtrip(l, "after") == "after");
-  l.release();
+  test::check_fresh_roundtrip(pool, ep);
 }
 
 TEST_CASE("idle watch: a FIN during a lease is not lost when the lease is released") {

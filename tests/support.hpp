@@ -40,6 +40,16 @@ bool eventually(Pred pred, std::chrono::milliseconds limit = 3000ms) {
   return true;
 }
 
+/// Run `f` on the thread that runs `io`, and wait until it has run.
+inline void run_on(asio::io_context& io, const std::function<void()>& f) {
+  std::promise<void> done;
+  asio::post(io, [&] {
+    f();
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
 /// How the server saw a connection end.
 struct server_counts {
   std::size_t accepted = 0, live = 0, eof = 0, reset = 0;
@@ -144,14 +154,7 @@ class basic_echo_server {
     std::size_t close_at = 0;
   };
 
-  void run(std::function<void()> f) {
-    std::promise<void> done;
-    asio::post(io_, [&] {
-      f();
-      done.set_value();
-    });
-    done.get_future().wait();
-  }
+  void run(std::function<void()> f) { run_on(io_, std::move(f)); }
 
   void accept() {
     acceptor_.async_accept([this](std::error_code ec, socket_type s) {
@@ -253,6 +256,15 @@ std::string roundtrip(Lease& l, const std::string& msg) {
   std::string back(msg.size(), '\0');
   asio::read(l.socket(), asio::buffer(back));
   return back;
+}
+
+/// The pool still works: a fresh connection (not reused) carries an exchange, and goes back.
+template <class Pool>
+void check_fresh_roundtrip(Pool& pool, const typename Pool::endpoint_type& ep) {
+  auto l = pool.acquire(ep);
+  CHECK_FALSE(l.reused());
+  CHECK(roundtrip(l, "after") == "after");
+  l.release();
 }
 
 inline std::size_t descriptors() {

@@ -110,10 +110,7 @@ TEST_CASE("faults: a peer's FIN on idle connections is answered at once: 1, 50, 
     const auto s = pool.stats();
     CHECK(s.peer_closed == n);
     CHECK(s.created == n);
-    auto l = pool.acquire(ep);
-    CHECK_FALSE(l.reused());
-    CHECK(test::roundtrip(l, "after") == "after");
-    l.release();
+    test::check_fresh_roundtrip(pool, ep);
   }
 }
 
@@ -127,10 +124,7 @@ TEST_CASE("faults: a peer's RST on idle connections closes them at once") {
   server.reset_all();
   CHECK(eventually([&] { return pool.stats().idle == 0; }));
   CHECK(pool.stats().peer_reset == 20);
-  auto l = pool.acquire(ep);
-  CHECK_FALSE(l.reused());
-  CHECK(test::roundtrip(l, "after") == "after");
-  l.release();
+  test::check_fresh_roundtrip(pool, ep);
 }
 
 TEST_CASE("faults: stray bytes on idle connections: never handed out") {

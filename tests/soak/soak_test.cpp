@@ -105,14 +105,7 @@ class chaos_server {
     sessions_.clear();
   }
 
-  void run(std::function<void()> f) {
-    std::promise<void> done;
-    asio::post(io_, [&] {
-      f();
-      done.set_value();
-    });
-    done.get_future().wait();
-  }
+  void run(std::function<void()> f) { test::run_on(io_, std::move(f)); }
 
   void poison(unsigned short port, const char* what) {
     std::lock_guard<std::mutex> lk(mu_);
