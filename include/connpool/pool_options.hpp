@@ -59,7 +59,7 @@ struct pool_stats {
   std::size_t reused = 0;            ///< acquires served from idle
   std::size_t released = 0;          ///< release() calls
   std::size_t discarded = 0;         ///< discard() calls and leases destroyed unreleased
-  std::size_t connect_failed = 0;    ///< connection attempts that failed (timeouts included)
+  std::size_t connect_failed = 0;    ///< connection attempts that failed (timeouts included, close() not)
   std::size_t acquire_timeouts = 0;  ///< acquires that failed with error::acquire_timeout
 
   // Connections the pool closed, by reason.

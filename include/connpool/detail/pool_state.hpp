@@ -626,8 +626,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         ec = error::pool_closed;
       } else if (ec) {
         --open_total_;
-        ++e.counters.connect_failed;
-        ++totals_.connect_failed;
+        if (ec != error::pool_closed) {  // a connect that close() stopped did not fail
+          ++e.counters.connect_failed;
+          ++totals_.connect_failed;
+        }
         if (ec == error::acquire_timeout) {
           ++e.counters.acquire_timeouts;
           ++totals_.acquire_timeouts;
@@ -691,32 +693,38 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (closed_) {
         ec = error::pool_closed;
       } else {
-        rc->id = ++next_dial_id_;
-        dials_.emplace(rc->id, rc);
+        try {
+          dials_.emplace(next_dial_id_ + 1, rc);
+          rc->id = ++next_dial_id_;
+        } catch (const std::bad_alloc&) {
+          ec = std::make_error_code(std::errc::not_enough_memory);
+        }
       }
     }
     if (ec) {
       if (own_io_) close_socket(rc->dial, close_mode::abortive, false);
-      connection* out = connected(*op.ep, std::move(rc->conn), ec);
+      connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id);
       return op.finish(ec, out, false);
     }
-    // Start both on the strand, so that the timer cannot cancel a connect not yet started.
-    asio::dispatch(rc->strand, [self = this->shared_from_this(), rc, opp, &dial, connect_deadline, acquire_bound] {
-      dial.async_connect(opp->ep->endpoint,
-                         asio::bind_executor(rc->strand, [self, rc, opp, acquire_bound](std::error_code cec) {
-                           rc->done = true;
-                           rc->timer.cancel();
-                           if (rc->cancelled)
-                             cec = error::pool_closed;
-                           else if (rc->timed_out)
-                             cec = acquire_bound ? error::acquire_timeout : error::connect_timeout;
-                           if (self->own_io_) {
-                             if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, opp->ep->endpoint.protocol());
-                             if (rc->dial.is_open()) close_socket(rc->dial, close_mode::abortive, false);
-                           }
-                           connection* out = self->connected(*opp->ep, std::move(rc->conn), cec, rc->id);
-                           opp->finish(cec, out, false);
-                         }));
+    // Every step from here runs on the strand: the timer cannot cancel a connect not started yet,
+    // and a close() that came first (its cancel is queued on the strand) stops the connect here.
+    auto on_connect = [self = this->shared_from_this(), rc, opp, acquire_bound](std::error_code cec) {
+      rc->done = true;
+      rc->timer.cancel();
+      if (rc->cancelled && cec)
+        cec = error::pool_closed;  // connected anyway: connected() counts it made, then closed
+      else if (rc->timed_out)
+        cec = acquire_bound ? error::acquire_timeout : error::connect_timeout;
+      if (self->own_io_) {
+        if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, opp->ep->endpoint.protocol());
+        if (rc->dial.is_open()) close_socket(rc->dial, close_mode::abortive, false);
+      }
+      connection* out = self->connected(*opp->ep, std::move(rc->conn), cec, rc->id);
+      opp->finish(cec, out, false);
+    };
+    auto start = [rc, opp, &dial, connect_deadline, on_connect] {
+      if (rc->cancelled) return on_connect(asio::error::operation_aborted);
+      dial.async_connect(opp->ep->endpoint, asio::bind_executor(rc->strand, on_connect));
       if (connect_deadline == clock::time_point::max()) return;
       rc->timer.expires_at(connect_deadline);
       rc->timer.async_wait(asio::bind_executor(rc->strand, [rc, &dial](std::error_code tec) {
@@ -725,7 +733,15 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         std::error_code ignored;
         dial.cancel(ignored);
       }));
-    });
+    };
+    try {
+      asio::dispatch(rc->strand, std::move(start));
+    } catch (const std::bad_alloc&) {
+      ec = std::make_error_code(std::errc::not_enough_memory);
+      if (own_io_) close_socket(rc->dial, close_mode::abortive, false);
+      connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id);
+      op.finish(ec, out, false);
+    }
   }
 
   /// Under the lock (close()): cancel every connect in flight; each completes with pool_closed.

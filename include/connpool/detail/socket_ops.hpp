@@ -81,21 +81,19 @@ std::error_code apply_socket_options(Socket& s, const pool_options& o) {
   return ec;
 }
 
-/// Close a socket once. `peer_gone`: the peer already closed or reset it, so no FIN or RST of ours
-/// matters and none is forced: it is just closed. A graceful close first clears any SO_LINGER the
-/// user set on a lease, so that close() never blocks the thread that retires it. Errors are
-/// ignored: the descriptor is released either way.
+/// Close a socket once. `peer_gone`: the peer already closed or reset it, so no shutdown or RST of
+/// ours is forced. Every close but an abortive one first clears any SO_LINGER the user set on a
+/// lease, so that close() never blocks the thread that retires it. Errors are ignored: the
+/// descriptor is released either way.
 template <class Socket>
 void close_socket(Socket& s, close_mode mode, bool peer_gone) noexcept {
   if (!s.is_open()) return;
   std::error_code ignored;
-  if (!peer_gone) {
-    if (mode == close_mode::abortive) {
-      s.set_option(asio::socket_base::linger(true, 0), ignored);
-    } else {
-      s.shutdown(asio::socket_base::shutdown_send, ignored);
-      s.set_option(asio::socket_base::linger(false, 0), ignored);
-    }
+  if (mode == close_mode::abortive && !peer_gone) {
+    s.set_option(asio::socket_base::linger(true, 0), ignored);
+  } else {
+    if (!peer_gone) s.shutdown(asio::socket_base::shutdown_send, ignored);
+    s.set_option(asio::socket_base::linger(false, 0), ignored);
   }
   s.close(ignored);
 }
