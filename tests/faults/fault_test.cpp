@@ -48,6 +48,18 @@ void fill_idle(tcp_pool& pool, const asio::ip::tcp::endpoint& ep, std::size_t n)
   for (auto& l : ls) l.release();
 }
 
+/// An echo server, and a pool holding `n` idle connections to it, all accepted by the server.
+struct idle_pool {
+  explicit idle_pool(std::size_t n) : pool(opts(n)) {
+    fill_idle(pool, ep, n);
+    REQUIRE(server.wait_accepted(n));
+    REQUIRE(pool.stats().idle == n);
+  }
+  test::echo_server server{test::loopback()};
+  const asio::ip::tcp::endpoint ep = server.endpoint();
+  tcp_pool pool;
+};
+
 std::size_t close_wait(const asio::ip::tcp::endpoint& ep) { return test::client_sockets(ep, tcp_state::close_wait); }
 
 /// This process's sockets towards `ep` with unread bytes in their receive queue (/proc/self/net/tcp).
@@ -96,12 +108,10 @@ TEST_CASE("faults: a peer's FIN on idle connections is answered at once: 1, 50, 
   for (std::size_t n : {std::size_t{1}, std::size_t{50}, std::size_t{1000}}) {
     CAPTURE(n);
     test::fd_guard fds;
-    test::echo_server server(test::loopback());
-    const auto ep = server.endpoint();
-    tcp_pool pool(opts(n));
-    fill_idle(pool, ep, n);
-    REQUIRE(server.wait_accepted(n));
-    REQUIRE(pool.stats().idle == n);
+    idle_pool f(n);
+    auto& server = f.server;
+  const auto& ep = f.ep;
+  auto& pool = f.pool;
     const auto t0 = clock_type::now();
     server.close_all();
     CHECK(eventually([&] { return pool.stats().idle == 0; }, 5000ms));
@@ -116,11 +126,10 @@ TEST_CASE("faults: a peer's FIN on idle connections is answered at once: 1, 50, 
 
 TEST_CASE("faults: a peer's RST on idle connections closes them at once") {
   test::fd_guard fds;
-  test::echo_server server(test::loopback());
-  const auto ep = server.endpoint();
-  tcp_pool pool(opts());
-  fill_idle(pool, ep, 20);
-  REQUIRE(server.wait_accepted(20));
+  idle_pool f(20);
+  auto& server = f.server;
+  const auto& ep = f.ep;
+  auto& pool = f.pool;
   server.reset_all();
   CHECK(eventually([&] { return pool.stats().idle == 0; }));
   CHECK(pool.stats().peer_reset == 20);
@@ -129,11 +138,10 @@ TEST_CASE("faults: a peer's RST on idle connections closes them at once") {
 
 TEST_CASE("faults: stray bytes on idle connections: never handed out") {
   test::fd_guard fds;
-  test::echo_server server(test::loopback());
-  const auto ep = server.endpoint();
-  tcp_pool pool(opts());
-  fill_idle(pool, ep, 20);
-  REQUIRE(server.wait_accepted(20));
+  idle_pool f(20);
+  auto& server = f.server;
+  const auto& ep = f.ep;
+  auto& pool = f.pool;
   SUBCASE("bytes alone: caught by the probe at hand-out") {
     server.send_all("junk");
     REQUIRE(eventually([&] { return with_unread_bytes(ep) == 20; }));
