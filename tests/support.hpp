@@ -3,7 +3,9 @@
 #ifndef CONNPOOL_TESTS_SUPPORT_HPP
 #define CONNPOOL_TESTS_SUPPORT_HPP
 
+#include <dirent.h>
 #include <poll.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -15,6 +17,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -267,11 +270,6 @@ void check_fresh_roundtrip(Pool& pool, const typename Pool::endpoint_type& ep) {
   l.release();
 }
 
-inline std::size_t descriptors() {
-  std::error_code ec;
-  return connpool::diag::census(ec).descriptors;
-}
-
 /// A scenario that cannot run here (no root, a tool missing) when `why` is not empty: it is
 /// skipped with the reason, or fails when CONNPOOL_REQUIRE_FAULTS is set (CI, which has them all).
 inline bool cannot_run(const std::string& why) {
@@ -284,10 +282,40 @@ inline bool cannot_run(const std::string& why) {
   return true;
 }
 
-/// Every test starts and ends with the same descriptors: declare one first in a test case.
+/// The process's open descriptors, each as "N -> what it refers to" (socket:[inode], a path...).
+inline std::set<std::string> descriptor_set() {
+  std::set<std::string> out;
+  DIR* d = ::opendir("/proc/self/fd");
+  if (!d) return out;
+  const int self = ::dirfd(d);
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.' || std::atoi(e->d_name) == self) continue;
+    char target[512];
+    const std::string link = std::string("/proc/self/fd/") + e->d_name;
+    const ssize_t n = ::readlink(link.c_str(), target, sizeof target);
+    out.insert(std::string(e->d_name) + " -> " + (n > 0 ? std::string(target, static_cast<std::size_t>(n)) : "?"));
+  }
+  ::closedir(d);
+  return out;
+}
+
+/// Descriptors open now that were not open in `before`: what a test leaked. Descriptors that
+/// closed meanwhile (a sanitizer runtime's own, say) do not count against it.
+inline std::string opened_since(const std::set<std::string>& before) {
+  std::string leaked;
+  for (const auto& fd : descriptor_set())
+    if (!before.count(fd)) leaked += (leaked.empty() ? "" : ", ") + fd;
+  return leaked;
+}
+
+/// Every descriptor a test opens is closed by its end (bounded wait): declare one first.
 struct fd_guard {
-  std::size_t before = descriptors();
-  ~fd_guard() { CHECK(eventually([&] { return descriptors() == before; })); }
+  std::set<std::string> before = descriptor_set();
+  ~fd_guard() {
+    std::string leaked;
+    const bool none = eventually([&] { return (leaked = opened_since(before)).empty(); });
+    CHECK_MESSAGE(none, "descriptors left open: " << leaked);
+  }
 };
 
 inline std::size_t client_sockets(const asio::ip::tcp::endpoint& server, connpool::diag::tcp_state st) {

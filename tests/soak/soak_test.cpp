@@ -408,7 +408,7 @@ std::size_t closed_total(const connpool::pool_stats& s) {
 TEST_CASE("soak: chaos server, 8 client threads (sync and async), restarts") {
   const char* env = std::getenv("CONNPOOL_SOAK_SECONDS");
   const double seconds = env ? std::atof(env) : 30.0;
-  const std::size_t fds_before = test::descriptors();
+  const auto fds_before = test::descriptor_set();
   tally t;
   connpool::pool_stats stats;
   std::map<std::string, std::size_t> actions;
@@ -458,7 +458,8 @@ TEST_CASE("soak: chaos server, 8 client threads (sync and async), restarts") {
     close_wait_left = test::client_sockets(ep, tcp_state::close_wait);
     stats = sum(sync_pool.stats(), async_pool.stats());
   }
-  const bool fds_back = eventually([&] { return test::descriptors() == fds_before; });
+  std::string leaked;
+  const bool fds_back = eventually([&] { return (leaked = test::opened_since(fds_before)).empty(); });
 
   std::string report = "soak report (" + std::to_string(seconds) + " s, " + std::to_string(restarts) + " restarts)\n";
   report += "  requests " + std::to_string(t.requests) + ", ok " + std::to_string(t.ok) + "\n";
@@ -476,7 +477,7 @@ TEST_CASE("soak: chaos server, 8 client threads (sync and async), restarts") {
             std::to_string(t.late_deliveries) + ", slowest acquire " +
             std::to_string(t.slowest_acquire_ms) + " ms, CLOSE_WAIT sampled during the run (max) " +
             std::to_string(close_wait_transient) + ", left at the end " + std::to_string(close_wait_left) +
-            ", descriptors " + (fds_back ? "all closed" : "LEAKED") + "\n";
+            ", descriptors " + (fds_back ? "all closed" : "LEAKED: " + leaked) + "\n";
   MESSAGE(report);
 
   CHECK(t.dead_handouts == 0);
