@@ -414,14 +414,17 @@ TEST_CASE("retiring: max_lifetime, closed with RST when retire_close is abortive
   auto o = quick();
   o.max_lifetime = 150ms;
   o.retire_close = connpool::close_mode::abortive;
+  // TIME_WAIT towards this port left by an earlier test whose server had the same port can only
+  // expire meanwhile: count what this test adds.
+  std::error_code ec;
+  const auto time_wait_before = connpool::diag::kernel_sockets(tcp_state::time_wait, server.endpoint(), ec);
   tcp_pool pool(o);
   std::vector<tcp_pool::lease> ls;
   for (int i = 0; i < 4; ++i) ls.push_back(pool.acquire(server.endpoint()));
   for (auto& l : ls) l.release();
   CHECK(eventually([&] { return pool.stats().max_lifetime == 4; }));
   CHECK(eventually([&] { return server.counts().reset == 4; }));
-  std::error_code ec;
-  CHECK(connpool::diag::kernel_sockets(tcp_state::time_wait, server.endpoint(), ec) == 0);
+  CHECK(connpool::diag::kernel_sockets(tcp_state::time_wait, server.endpoint(), ec) <= time_wait_before);
 }
 
 TEST_CASE("retiring: a connection past max_lifetime is closed when released") {
