@@ -150,9 +150,12 @@ class basic_pool<Protocol, Executor>::lease {
   /// The endpoint this connection was made to.
   endpoint_type endpoint() const;
 
-  /// The exchange is complete: hand the connection back for reuse. The pool checks it once more;
-  /// one with unread bytes or a FIN is closed instead. Synchronous: on return the connection is
-  /// idle or closed, and the lease is empty. No effect on an empty lease.
+  /// The exchange is complete: hand the connection back for reuse. A connection whose peer sent a
+  /// FIN or RST during the lease is closed, not kept: on Linux the idle watch has recorded it (or
+  /// closes it as soon as it gets to the event), so release() makes no syscall; elsewhere release()
+  /// probes. Bytes left unread are never handed to the next lease: the probe before every hand-out
+  /// finds them and closes the connection (counted unexpected_data). Synchronous: on return the
+  /// connection is idle or closed, and the lease is empty. No effect on an empty lease.
   void release() noexcept;
 
   /// Close the connection now and never reuse it. No effect on an empty lease.
@@ -161,10 +164,11 @@ class basic_pool<Protocol, Executor>::lease {
  private:
   friend class basic_pool;
   using connection = typename state_type::connection;
-  lease(std::shared_ptr<state_type> s, connection* c, bool reused) noexcept
-      : state_(std::move(s)), conn_(c), reused_(reused) {}
+  lease(state_type* s, connection* c, bool reused) noexcept : state_(s), conn_(c), reused_(reused) {}
 
-  std::shared_ptr<state_type> state_;
+  // Not an owning pointer: the state outlives every lease (it keeps itself alive while leases are
+  // out once the pool object is gone), so a lease costs no reference count.
+  state_type* state_ = nullptr;
   connection* conn_ = nullptr;
   bool reused_ = false;
 };

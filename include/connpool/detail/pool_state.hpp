@@ -34,6 +34,7 @@
 #include <asio/strand.hpp>
 
 #include "connpool/detail/socket_ops.hpp"
+#include "connpool/detail/spin_mutex.hpp"
 #include "connpool/error.hpp"
 #include "connpool/pool_options.hpp"
 
@@ -79,30 +80,45 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   struct endpoint_entry;
 
-  struct connection {
-    connection(const Executor& ex, endpoint_entry* e) : socket(ex), ep(e) {}
-    socket_type socket;
+  // Layout: a lock holder on one core touches what another core touched last, so the fields that
+  // acquire() and release() write share as few cache lines as possible.
+
+  struct alignas(64) connection {
+    connection(const Executor& ex, endpoint_entry* e) : ep(e), socket(ex) {}
     endpoint_entry* ep;
-    std::uint64_t id = 0;
-    clock::time_point expires = clock::time_point::max();  // jittered max_lifetime
-    clock::time_point idle_since{};  // coarse clock: for idle_timeout
-    std::uint64_t idle_order = 0;    // when it became idle, in release order: for LRU across endpoints
     connection* prev = nullptr;  // idle list links
     connection* next = nullptr;
+    std::uint64_t id = 0;
+    std::uint64_t idle_order = 0;  // when it became idle, in release order: for LRU across endpoints
+    clock::time_point idle_since{};  // coarse clock: for idle_timeout
+    clock::time_point expires = clock::time_point::max();  // jittered max_lifetime
     bool idle = false;
     bool peer_event = false;  // the watch saw FIN/RST while it was leased
     bool peer_gone = false;   // retired because the peer closed or reset it: no FIN or RST of ours
+    socket_type socket;
   };
 
-  struct endpoint_entry {
+  struct alignas(64) endpoint_entry {
     explicit endpoint_entry(const endpoint_type& e) : endpoint(e) {}
-    endpoint_type endpoint;
     connection* lru = nullptr;  // idle list: lru ... mru
     connection* mru = nullptr;
     std::size_t idle = 0, leased = 0, connecting = 0, waiting = 0;
-    std::size_t idle_taken = 0, probe_failed = 0;  // reused = idle_taken - probe_failed
-    pool_stats counters;
+    std::size_t idle_taken = 0;  // reused = idle_taken - probe_failed
+    std::size_t released = 0;
+    std::size_t probe_failed = 0;
+    pool_stats counters;  // the other counters (its gauges, reused and released are not used)
+    endpoint_type endpoint;
     std::size_t open() const noexcept { return idle + leased + connecting; }
+    pool_stats snapshot() const noexcept {
+      pool_stats s = counters;
+      s.idle = idle;
+      s.leased = leased;
+      s.connecting = connecting;
+      s.waiting = waiting;
+      s.reused = idle_taken - probe_failed;
+      s.released = released;
+      return s;
+    }
   };
 
   /// What an acquire was given: an idle connection to probe, or a slot to connect in.
@@ -160,7 +176,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// Start the idle watch. Called once the state is owned by a shared_ptr.
   void start() {
-    std::lock_guard<std::mutex> lk(mu_);
+    std::lock_guard<spin_mutex> lk(mu_);
     if (watching_) arm_watch();
   }
 
@@ -172,81 +188,47 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// On success returns a leased connection and sets `reused`.
   connection* acquire(const endpoint_type& ep, bool& reused, std::error_code& ec) {
-    // Read the clock only when the acquire has to wait or connect: an idle connection handed out
-    // at once needs no deadline.
-    clock::time_point deadline = unset;
-    graveyard dead;
-    grant g;
+    // The common case first: an idle connection, taken under the lock and probed outside it. No
+    // clock read, no allocation.
     endpoint_entry* e;
+    connection* c = nullptr;
     {
-      std::unique_lock<std::mutex> lk(mu_);
+      std::lock_guard<spin_mutex> lk(mu_);
       if (closed_) {
         ec = error::pool_closed;
         return nullptr;
       }
       e = &entry(ep);
-      if (waiters_.empty()) g = try_grant(*e, dead);
-      if (!g) {
-        deadline = deadline_from(opts_.acquire_timeout);
-        sync_waiter w(e);
-        enqueue(w);
-        struct leave_queue {  // if anything below throws, `w` must not stay queued
-          pool_state& s;
-          sync_waiter& w;
-          ~leave_queue() {
-            if (w.queued) s.dequeue(w);
-          }
-        } guard{*this, w};
-        dispatch(dead);
-        while (!w.done) {
-          if (!dead.empty()) {  // close evicted connections without holding the lock
-            lk.unlock();
-            bury(dead);
-            lk.lock();
-            continue;
-          }
-          if (w.cv.wait_until(lk, deadline) == std::cv_status::timeout && !w.done) {
-            dequeue(w);
-            ++e->counters.acquire_timeouts;
-            ++totals_.acquire_timeouts;
-            ec = error::acquire_timeout;
-            return nullptr;
-          }
-        }
-        g = w.result;
-      }
+      if (waiters_.empty()) c = take_idle(*e);
     }
-    bury(dead);
-    return finish(*e, g, deadline, reused, ec);
+    if (c) {
+      const probe_result r = probe(c->socket.native_handle());
+      if (r == probe_result::healthy) {
+        reused = true;
+        return c;
+      }
+      return finish(*e, replace_dead(*e, c, r), unset, reused, ec);
+    }
+    return acquire_wait(*e, reused, ec);
   }
 
   /// A healthy idle connection now, or null: never connects, never waits, never passes a waiter of
   /// its endpoint.
   connection* try_acquire(const endpoint_type& ep) {
-    endpoint_entry* e = nullptr;
+    endpoint_entry* e;
     connection* c = nullptr;
-    probe_result r = probe_result::healthy;
-    for (;;) {
-      graveyard dead;
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        if (c) {  // the one taken last failed its probe
-          ++e->probe_failed;
-          --e->leased;
-          retire(c, reason_of(r), close_mode::graceful, dead);
-          if (!waiters_.empty()) dispatch(dead);
-          c = nullptr;
-        }
-        if (!closed_) {
-          if (!e) e = &entry(ep);
-          if (e->waiting == 0) c = take_idle(*e);  // waiters of this endpoint come first
-        }
-      }
-      bury(dead);
-      if (!c) return nullptr;
-      r = probe(c->socket.native_handle());
-      if (r == probe_result::healthy) return c;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      if (closed_) return nullptr;
+      e = &entry(ep);
+      if (e->waiting == 0) c = take_idle(*e);  // waiters of this endpoint come first
     }
+    while (c) {
+      const probe_result r = probe(c->socket.native_handle());
+      if (r == probe_result::healthy) return c;
+      c = replace_dead(*e, c, r, /*idle_only=*/true).conn;
+    }
+    return nullptr;
   }
 
   // ---------------------------------------------------------------- asynchronous acquire
@@ -257,7 +239,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     grant g;
     endpoint_entry* e = nullptr;
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      std::lock_guard<spin_mutex> lk(mu_);
       if (closed_) {
         g.ec = error::pool_closed;
       } else {
@@ -281,7 +263,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     // Nothing free: queue, after checking once more under the lock (a release may have come
     // in between).
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      std::lock_guard<spin_mutex> lk(mu_);
       if (closed_) {
         g.ec = error::pool_closed;
       } else if (waiters_.empty()) {
@@ -305,17 +287,20 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   // ---------------------------------------------------------------- returning connections
 
-  /// Exchange complete: probe and keep for reuse, or close.
+  /// Exchange complete: keep for reuse, or close. Where the idle watch runs, it has recorded any
+  /// FIN or RST that came while the connection was leased (`peer_event`), or it will find the
+  /// connection idle when it gets to the event; either way no syscall is needed here. Unread bytes
+  /// are left for the probe before the next hand-out. Without the watch, release() probes.
   void release(connection* c) noexcept {
-    const probe_result r = probe(c->socket.native_handle());
+    const probe_result r = watching_ ? probe_result::healthy : probe(c->socket.native_handle());
     const clock::time_point now = coarse_now();
+    std::shared_ptr<pool_state> last_owner;  // declared first: `this` may go when it does, after `dead`
     graveyard dead;
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      std::lock_guard<spin_mutex> lk(mu_);
       endpoint_entry& e = *c->ep;
       --e.leased;
-      ++e.counters.released;
-      ++totals_.released;
+      ++e.released;
       if (closed_) {
         retire(c, close_reason::pool_closed, opts_.retire_close, dead);
       } else if (r != probe_result::healthy) {
@@ -335,20 +320,30 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         arm_timer(std::min(retire_at(*c), c->expires));
       }
       if (!waiters_.empty()) dispatch(dead);
+      if (anchor_) last_owner = lease_returned();
     }
     bury(dead);
   }
 
   /// Close a leased connection: discard() or a lease destroyed without release().
   void discard(connection* c, close_mode mode) noexcept {
+    std::shared_ptr<pool_state> last_owner;  // declared first: `this` may go when it does, after `dead`
     graveyard dead;
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      std::lock_guard<spin_mutex> lk(mu_);
       --c->ep->leased;
       retire(c, close_reason::discarded, mode, dead);
       if (!waiters_.empty()) dispatch(dead);
+      if (anchor_) last_owner = lease_returned();
     }
     bury(dead);
+  }
+
+  /// The pool object is going away (after close()). Leases hold no reference to the state, so while
+  /// any connection is leased, the state holds one to itself; the last lease to come back drops it.
+  void orphan() {
+    std::lock_guard<spin_mutex> lk(mu_);
+    if (any_leased()) anchor_ = this->shared_from_this();
   }
 
   // ---------------------------------------------------------------- shutdown and stats
@@ -356,7 +351,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   void close() noexcept {
     graveyard dead;
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      std::lock_guard<spin_mutex> lk(mu_);
       if (closed_) return;
       closed_ = true;
       for (auto& [key, e] : endpoints_) {
@@ -381,28 +376,21 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   }
 
   bool closed() const {
-    std::lock_guard<std::mutex> lk(mu_);
+    std::lock_guard<spin_mutex> lk(mu_);
     return closed_;
   }
 
   pool_stats stats() const {
-    std::lock_guard<std::mutex> lk(mu_);
-    pool_stats s = totals_;
-    s.idle = s.leased = s.connecting = s.waiting = 0;
-    s.reused = 0;
-    for (auto& [key, e] : endpoints_) add_gauges(s, e);
+    std::lock_guard<spin_mutex> lk(mu_);
+    pool_stats s;
+    for (auto& [key, e] : endpoints_) add(s, e.snapshot());
     return s;
   }
 
   pool_stats stats(const endpoint_type& ep) const {
-    std::lock_guard<std::mutex> lk(mu_);
-    pool_stats s;
+    std::lock_guard<spin_mutex> lk(mu_);
     auto it = endpoints_.find(ep);
-    if (it != endpoints_.end()) {
-      s = it->second.counters;
-      add_gauges(s, it->second);
-    }
-    return s;
+    return it == endpoints_.end() ? pool_stats{} : it->second.snapshot();
   }
 
  private:
@@ -415,7 +403,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       done = true;
       cv.notify_one();
     }
-    std::condition_variable cv;
+    std::condition_variable_any cv;
     grant result;
     bool done = false;
   };
@@ -484,11 +472,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   void on_wait_timeout(async_op& op) {
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      std::lock_guard<spin_mutex> lk(mu_);
       if (!op.queued) return;  // granted meanwhile: the grant wins
       dequeue(op);
       ++op.ep->counters.acquire_timeouts;
-      ++totals_.acquire_timeouts;
     }
     auto self = std::move(op.keep_alive);
     op.finish(error::acquire_timeout, nullptr, false);
@@ -531,24 +518,74 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   }
 
   /// A handed-out idle connection failed its probe: close it, and use its place for the next
-  /// idle connection of the endpoint, or for a new one.
-  grant replace_dead(endpoint_entry& e, connection* c, probe_result r) {
+  /// idle connection of the endpoint, or for a new one (the place just freed guarantees a grant).
+  /// `idle_only` (try_acquire): only the next idle connection, and none while the endpoint has a
+  /// waiter.
+  grant replace_dead(endpoint_entry& e, connection* c, probe_result r, bool idle_only = false) {
     graveyard dead;
     grant g;
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      std::lock_guard<spin_mutex> lk(mu_);
       ++e.probe_failed;
       --e.leased;
       retire(c, reason_of(r), close_mode::graceful, dead);
       if (closed_) {
         g.ec = error::pool_closed;
-      } else {
-        g = try_grant(e, dead);  // the place just freed guarantees a grant
+      } else if (!idle_only) {
+        g = try_grant(e, dead);
+      } else if (e.waiting == 0) {
+        g.conn = take_idle(e);
       }
       if (!waiters_.empty()) dispatch(dead);
     }
     bury(dead);
     return g;
+  }
+
+  /// acquire() when no idle connection was free: connect in a free slot, or queue until one is
+  /// granted or the deadline passes.
+  connection* acquire_wait(endpoint_entry& e, bool& reused, std::error_code& ec) {
+    clock::time_point deadline = unset;  // read the clock only if the acquire has to wait or connect
+    graveyard dead;
+    grant g;
+    {
+      std::unique_lock<spin_mutex> lk(mu_);
+      if (closed_) {
+        ec = error::pool_closed;
+        return nullptr;
+      }
+      if (waiters_.empty()) g = try_grant(e, dead);
+      if (!g) {
+        deadline = deadline_from(opts_.acquire_timeout);
+        sync_waiter w(&e);
+        enqueue(w);
+        struct leave_queue {  // if anything below throws, `w` must not stay queued
+          pool_state& s;
+          sync_waiter& w;
+          ~leave_queue() {
+            if (w.queued) s.dequeue(w);
+          }
+        } guard{*this, w};
+        dispatch(dead);
+        while (!w.done) {
+          if (!dead.empty()) {  // close evicted connections without holding the lock
+            lk.unlock();
+            bury(dead);
+            lk.lock();
+            continue;
+          }
+          if (w.cv.wait_until(lk, deadline) == std::cv_status::timeout && !w.done) {
+            dequeue(w);
+            ++e.counters.acquire_timeouts;
+            ec = error::acquire_timeout;
+            return nullptr;
+          }
+        }
+        g = w.result;
+      }
+    }
+    bury(dead);
+    return finish(e, g, deadline, reused, ec);
   }
 
   /// `deadline`: the acquire's, or `unset` if it has not been needed yet.
@@ -613,26 +650,22 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     graveyard dead;
     connection* out = nullptr;
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      std::lock_guard<spin_mutex> lk(mu_);
       if (dial_id) dials_.erase(dial_id);
       --e.connecting;
       if (!ec && closed_) {  // connected, but the pool closed meanwhile: made, then retired
         --open_total_;
         ++e.counters.created;
-        ++totals_.created;
         count(e.counters, close_reason::pool_closed);
-        count(totals_, close_reason::pool_closed);
         dead.emplace_back(std::move(c), opts_.retire_close);
         ec = error::pool_closed;
       } else if (ec) {
         --open_total_;
         if (ec != error::pool_closed) {  // a connect that close() stopped did not fail
           ++e.counters.connect_failed;
-          ++totals_.connect_failed;
         }
         if (ec == error::acquire_timeout) {
           ++e.counters.acquire_timeouts;
-          ++totals_.acquire_timeouts;
         }
         if (c) dead.emplace_back(std::move(c), close_mode::abortive);
       } else {
@@ -640,7 +673,6 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         if (opts_.max_lifetime.count() > 0) c->expires = clock::now() + jittered_lifetime();
         ++e.leased;
         ++e.counters.created;
-        ++totals_.created;
         if (watching_) watch_.add(c->socket.native_handle(), c->id);
         out = c.get();
         registry_.emplace(c->id, std::move(c));
@@ -689,7 +721,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     dial.open(op.ep->endpoint.protocol(), ec);
     if (!ec) ec = apply_socket_options(dial, opts_);
     if (!ec) {
-      std::lock_guard<std::mutex> lk(mu_);
+      std::lock_guard<spin_mutex> lk(mu_);
       if (closed_) {
         ec = error::pool_closed;
       } else {
@@ -798,7 +830,6 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   void retire(connection* c, close_reason why, close_mode mode, graveyard& dead) {
     endpoint_entry& e = *c->ep;
     count(e.counters, why);
-    count(totals_, why);
     --open_total_;
     auto it = registry_.find(c->id);
     c->peer_gone = why == close_reason::peer_closed || why == close_reason::peer_reset;
@@ -807,6 +838,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   }
 
   static void bury(graveyard& dead) noexcept {
+    if (!dead.empty()) bury_all(dead);
+  }
+
+  static void bury_all(graveyard& dead) noexcept {
     for (auto& [c, mode] : dead) close_socket(c->socket, mode, c->peer_gone);
     dead.clear();
   }
@@ -824,8 +859,11 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// Under the lock. Timers fire a little late, never early, so that connections retiring close
   /// together are handled in one pass.
   void arm_timer(clock::time_point when) {
-    if (when == clock::time_point::max() || closed_) return;
-    if (timer_armed_ && timer_at_ <= when) return;
+    if (when == clock::time_point::max() || closed_ || (timer_armed_ && timer_at_ <= when)) return;
+    rearm_timer(when);
+  }
+
+  void rearm_timer(clock::time_point when) {
     auto slack = std::chrono::duration_cast<clock::duration>(
         std::min(opts_.idle_timeout.count() > 0 ? opts_.idle_timeout : opts_.max_lifetime,
                  opts_.max_lifetime.count() > 0 ? opts_.max_lifetime : opts_.idle_timeout) /
@@ -843,7 +881,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   void on_timer() {
     graveyard dead;
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      std::lock_guard<spin_mutex> lk(mu_);
       timer_armed_ = false;
       if (closed_) return;
       const clock::time_point now = clock::now();
@@ -883,7 +921,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   void on_watch() {
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      std::lock_guard<spin_mutex> lk(mu_);
       if (closed_) return;
       arm_watch();
     }
@@ -893,7 +931,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       n = watch_.poll(ids, 64);
       graveyard dead;
       {
-        std::lock_guard<std::mutex> lk(mu_);
+        std::lock_guard<spin_mutex> lk(mu_);
         for (int i = 0; i < n; ++i) {
           auto it = registry_.find(ids[i]);
           if (it == registry_.end()) continue;  // closed since
@@ -915,29 +953,58 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   // ---------------------------------------------------------------- helpers
 
+  /// Under the lock, once orphaned: the state's reference to itself when no lease is left, else null.
+  std::shared_ptr<pool_state> lease_returned() noexcept {
+    return any_leased() ? nullptr : std::move(anchor_);
+  }
+
+  bool any_leased() const noexcept {
+    for (auto& [key, e] : endpoints_)
+      if (e.leased) return true;
+    return false;
+  }
+
   /// Under the lock. Services mostly talk to one or a few endpoints, so the last one found is
   /// checked first, byte for byte (equal bytes are the same endpoint; anything else goes to the map,
   /// whose nodes never move).
   endpoint_entry& entry(const endpoint_type& ep) {
-    if (last_ && last_->endpoint.size() == ep.size() &&
-        std::memcmp(last_->endpoint.data(), ep.data(), ep.size()) == 0)
-      return *last_;
+    if (last_ && same_bytes(last_->endpoint, ep)) return *last_;
     auto it = endpoints_.find(ep);
     if (it == endpoints_.end()) it = endpoints_.emplace(ep, endpoint_entry(ep)).first;
     last_ = &it->second;
     return *last_;
   }
 
+  static bool same_bytes(const endpoint_type& a, const endpoint_type& b) noexcept {
+    const std::size_t n = a.size();
+    if (n != b.size()) return false;
+    // IPv4 is the common size: a fixed-size compare the compiler inlines.
+    if (n == sizeof(sockaddr_in)) return std::memcmp(a.data(), b.data(), sizeof(sockaddr_in)) == 0;
+    return std::memcmp(a.data(), b.data(), n) == 0;
+  }
+
   static clock::time_point deadline_from(std::chrono::milliseconds d) {
     return d.count() > 0 ? clock::now() + d : clock::time_point::max();
   }
 
-  static void add_gauges(pool_stats& s, const endpoint_entry& e) {
+  static void add(pool_stats& s, const pool_stats& e) noexcept {
     s.idle += e.idle;
     s.leased += e.leased;
     s.connecting += e.connecting;
     s.waiting += e.waiting;
-    s.reused += e.idle_taken - e.probe_failed;
+    s.created += e.created;
+    s.reused += e.reused;
+    s.released += e.released;
+    s.discarded += e.discarded;
+    s.connect_failed += e.connect_failed;
+    s.acquire_timeouts += e.acquire_timeouts;
+    s.peer_closed += e.peer_closed;
+    s.peer_reset += e.peer_reset;
+    s.unexpected_data += e.unexpected_data;
+    s.idle_timeout += e.idle_timeout;
+    s.max_lifetime += e.max_lifetime;
+    s.surplus += e.surplus;
+    s.pool_closed += e.pool_closed;
   }
 
   // First: destroyed last, after every I/O object.
@@ -947,18 +1014,20 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   Executor socket_ex_;
   const pool_options opts_;
 
-  mutable std::mutex mu_;
+  // Under mu_ from here on. What every acquire and release touches shares the mutex's cache line,
+  // or the next one.
+  alignas(64) mutable spin_mutex mu_;
   bool closed_ = false;
-  std::map<endpoint_type, endpoint_entry> endpoints_;
   endpoint_entry* last_ = nullptr;  // the endpoint entry() found last
+  std::uint64_t idle_counter_ = 0;
+  std::map<endpoint_type, endpoint_entry> endpoints_;
   std::unordered_map<std::uint64_t, std::unique_ptr<connection>> registry_;
   std::list<waiter*> waiters_;
   std::size_t open_total_ = 0;
   std::uint64_t next_id_ = 0;
-  std::uint64_t idle_counter_ = 0;
   std::map<std::uint64_t, std::weak_ptr<dial_race>> dials_;  // async connects in flight
   std::uint64_t next_dial_id_ = 0;
-  pool_stats totals_;
+  std::shared_ptr<pool_state> anchor_;  // see orphan()
 
   timer_type timer_;
   clock::time_point timer_at_{};

@@ -41,6 +41,7 @@ basic_pool<Protocol, Executor>::basic_pool(const Executor& ex, pool_options opti
 template <class Protocol, class Executor>
 basic_pool<Protocol, Executor>::~basic_pool() {
   state_->close();
+  state_->orphan();
   if (!thread_.joinable()) return;
   // close() cancelled the watch, the retire timer and every connect in flight, and failed every
   // waiter; without the work guard, run() returns once those completions have been delivered.
@@ -66,14 +67,14 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
   bool reused = false;
   auto* c = state_->acquire(ep, reused, ec);
   if (!c) return lease();
-  return lease(state_, c, reused);
+  return lease(state_.get(), c, reused);
 }
 
 template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::try_acquire(const endpoint_type& ep) {
   auto* c = state_->try_acquire(ep);
   if (!c) return lease();
-  return lease(state_, c, true);
+  return lease(state_.get(), c, true);
 }
 
 template <class Protocol, class Executor>
@@ -86,7 +87,7 @@ struct basic_pool<Protocol, Executor>::completion_impl final : state_type::compl
 
   void complete(std::shared_ptr<state_type> s, std::error_code ec, typename state_type::connection* c,
                 bool reused) override {
-    lease l = c ? lease(s, c, reused) : lease();
+    lease l = c ? lease(s.get(), c, reused) : lease();
     auto ex = work.get_executor();
     asio::post(ex, [h = std::move(handler), ec, l = std::move(l)]() mutable { h(ec, std::move(l)); });
     work.reset();
@@ -141,13 +142,13 @@ const pool_options& basic_pool<Protocol, Executor>::options() const noexcept {
 
 template <class Protocol, class Executor>
 basic_pool<Protocol, Executor>::lease::lease(lease&& o) noexcept
-    : state_(std::move(o.state_)), conn_(std::exchange(o.conn_, nullptr)), reused_(o.reused_) {}
+    : state_(std::exchange(o.state_, nullptr)), conn_(std::exchange(o.conn_, nullptr)), reused_(o.reused_) {}
 
 template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease& basic_pool<Protocol, Executor>::lease::operator=(lease&& o) noexcept {
   if (this != &o) {
     discard();
-    state_ = std::move(o.state_);
+    state_ = std::exchange(o.state_, nullptr);
     conn_ = std::exchange(o.conn_, nullptr);
     reused_ = o.reused_;
   }
@@ -174,15 +175,13 @@ typename basic_pool<Protocol, Executor>::endpoint_type basic_pool<Protocol, Exec
 template <class Protocol, class Executor>
 void basic_pool<Protocol, Executor>::lease::release() noexcept {
   if (!conn_) return;
-  state_->release(std::exchange(conn_, nullptr));
-  state_.reset();
+  std::exchange(state_, nullptr)->release(std::exchange(conn_, nullptr));
 }
 
 template <class Protocol, class Executor>
 void basic_pool<Protocol, Executor>::lease::discard(close_mode mode) noexcept {
   if (!conn_) return;
-  state_->discard(std::exchange(conn_, nullptr), mode);
-  state_.reset();
+  std::exchange(state_, nullptr)->discard(std::exchange(conn_, nullptr), mode);
 }
 
 }  // namespace connpool
