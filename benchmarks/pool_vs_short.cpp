@@ -47,6 +47,7 @@ struct config {
   std::vector<std::string> clients{"1", "2", "8", "64", "1000c"};
   double seconds = 1.0;  // per cell (payload, clients, mode), split across rounds
   int rounds = 8;
+  std::vector<bool> modes = std::vector<bool>(mode_count, true);  // which modes run
   std::string json, csv;
 };
 
@@ -215,6 +216,11 @@ int main(int argc, char** argv) {
       for (auto& p : split(next())) cfg.payloads.push_back(std::stoul(p));
     } else if (a == "--seconds") {
       cfg.seconds = std::stod(next());
+    } else if (a == "--modes") {
+      cfg.modes.assign(mode_count, false);
+      for (auto& name : split(next()))
+        for (int m = 0; m < mode_count; ++m)
+          if (name == mode_names[m]) cfg.modes[static_cast<std::size_t>(m)] = true;
     } else if (a == "--rounds") {
       cfg.rounds = std::stoi(next());
     } else if (a == "--json") {
@@ -224,7 +230,7 @@ int main(int argc, char** argv) {
     } else {
       std::printf(
           "usage: %s [--clients 1,2,8,64,1000c] [--payloads 64,4096] [--seconds 1.0] [--rounds 4]\n"
-          "          [--json out.json] [--csv out.csv]\n"
+          "          [--modes short,short_rst,pool,dedicated] [--json out.json] [--csv out.csv]\n"
           "  --clients: client threads, or Nc for N coroutines on one thread\n"
           "  --seconds: measured time per payload, clients and mode, split into interleaved rounds\n",
           argv[0]);
@@ -279,6 +285,7 @@ int main(int argc, char** argv) {
       for (int round = 0; round < cfg.rounds; ++round) {
         for (int mi = 0; mi < mode_count; ++mi) {
           const mode m = static_cast<mode>((mi + round) % mode_count);  // rotate the order per round
+          if (!cfg.modes[static_cast<std::size_t>(m)]) continue;
           std::vector<slice_result> rs(static_cast<std::size_t>(n));
           const usage u0 = usage::now();
           const auto t0 = clock_type::now();
@@ -348,7 +355,7 @@ int main(int argc, char** argv) {
       // state; the median of those ratios is less moved by a burst of noise than the ratio of totals.
       auto round_ratio = [&](int a, int b) {
         std::vector<double> r;
-        for (std::size_t i = 0; i < tot[a].round_rps.size(); ++i)
+        for (std::size_t i = 0; i < std::min(tot[a].round_rps.size(), tot[b].round_rps.size()); ++i)
           if (tot[b].round_rps[i] > 0) r.push_back(tot[a].round_rps[i] / tot[b].round_rps[i]);
         std::sort(r.begin(), r.end());
         return r.empty() ? 0.0 : r[r.size() / 2];
