@@ -10,6 +10,7 @@
 // Every (payload, clients, mode) cell has its own server port, so the client's TIME_WAIT sockets
 // left by each cell are counted apart (they last 60 s).
 #include <sys/resource.h>
+#include <sys/utsname.h>
 
 #include <algorithm>
 #include <atomic>
@@ -253,10 +254,17 @@ int main(int argc, char** argv) {
               "machine: %u cores; modes interleaved in %d rounds, %.2f s per mode and cell\n",
               std::thread::hardware_concurrency(), cfg.rounds, cfg.seconds);
 
-  std::string json = "{\n  \"cores\": " + std::to_string(std::thread::hardware_concurrency()) + ",\n  \"results\": [\n";
+  utsname un{};
+  ::uname(&un);
+  std::string json = "{\n  \"cores\": " + std::to_string(std::thread::hardware_concurrency()) +
+                     ",\n  \"kernel\": \"" + un.sysname + " " + un.release + "\",\n  \"rounds\": " +
+                     std::to_string(cfg.rounds) + ",\n  \"seconds_per_cell\": " + std::to_string(cfg.seconds) +
+                     ",\n  \"results\": [\n";
   std::string csv = "payload,clients,mode,rps,p50_us,p99_us,p999_us,connects,time_wait,errors,cpu_us_per_req,cs_per_req\n";
   bool first_json = true;
   std::size_t cell = 0;
+  std::vector<std::string> below_target, tw_over;  // cells that miss a target of issue 4
+  double worst_pd = 1e9;
   for (std::size_t payload : cfg.payloads) {
     for (const std::string& clients : cfg.clients) {
       const bool coroutines = clients.back() == 'c';
@@ -326,11 +334,13 @@ int main(int argc, char** argv) {
       std::printf("  %-10s %10s %9s %9s %9s %9s %10s %8s %9s %7s\n", "mode", "req/s", "p50 us", "p99 us", "p99.9 us",
                   "connects", "TIME_WAIT", "errors", "cpu us/req", "cs/req");
       double rps[mode_count];
+      std::size_t time_wait[mode_count] = {};
       for (int m = 0; m < mode_count; ++m) {
         auto& T = tot[m];
         rps[m] = T.wall > 0 ? static_cast<double>(T.requests) / T.wall : 0;
         std::error_code ec;
         const std::size_t tw = connpool::diag::kernel_sockets(connpool::diag::tcp_state::time_wait, port(m), ec);
+        time_wait[m] = tw;
         const double p50 = percentile(T.latency_ns, 0.50), p99 = percentile(T.latency_ns, 0.99),
                      p999 = percentile(T.latency_ns, 0.999);
         const double cpu_per = T.requests ? T.cpu * 1e6 / static_cast<double>(T.requests) : 0;
@@ -372,10 +382,28 @@ int main(int argc, char** argv) {
                     "\"pool_vs_short\": %.3f, \"pool_vs_short_rst\": %.3f}",
                     payload, clients.c_str(), pd, ps, pr);
       json += ratio_row;
+      const std::string name = std::to_string(payload) + " B x " + clients;
+      if (cfg.modes[pooled] && cfg.modes[dedicated]) {
+        worst_pd = std::min(worst_pd, pd);
+        if (pd < 0.90) below_target.push_back(name + " (" + std::to_string(pd).substr(0, 4) + "x)");
+      }
+      if (cfg.modes[pooled] && time_wait[pooled] > tot[pooled].connects) tw_over.push_back(name);
       if (coroutines) pool->close();
       ++cell;
     }
   }
+  auto list = [](const std::vector<std::string>& v) {
+    std::string out;
+    for (auto& x : v) out += (out.empty() ? "" : ", ") + x;
+    return out;
+  };
+  if (worst_pd < 1e9)
+    std::printf("\ntarget pool >= 0.90x dedicated (median of per-round ratios) in every cell: %s; lowest %.2fx%s%s\n",
+                below_target.empty() ? "met" : "NOT met", worst_pd, below_target.empty() ? "" : "; below: ",
+                list(below_target).c_str());
+  if (cfg.modes[pooled])
+    std::printf("target pool TIME_WAIT <= connections it opened, in every cell: %s%s%s\n",
+                tw_over.empty() ? "met" : "NOT met", tw_over.empty() ? "" : "; over: ", list(tw_over).c_str());
   json += "\n  ]\n}\n";
   if (!cfg.json.empty()) std::ofstream(cfg.json) << json;
   if (!cfg.csv.empty()) std::ofstream(cfg.csv) << csv;
