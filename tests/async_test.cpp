@@ -1,6 +1,11 @@
 // async_acquire with callbacks, std::future and C++20 coroutines; waiting, timeouts, close().
 #include <doctest/doctest.h>
 
+#include <sys/epoll.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <optional>
 
@@ -30,6 +35,22 @@ bool run_until(asio::io_context& io, const result& r, std::chrono::milliseconds 
   io.restart();
   while (!r.done && std::chrono::steady_clock::now() < end) io.run_one_for(10ms);
   return r.done;
+}
+
+/// The event masks of every epoll registration of `fd` in this process, read from the kernel
+/// (/proc/self/fdinfo of each epoll descriptor).
+std::vector<unsigned> epoll_masks(int fd) {
+  std::vector<unsigned> out;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fdinfo")) {
+    std::ifstream in(e.path());
+    std::string line;
+    while (std::getline(in, line)) {
+      int tfd = -1;
+      unsigned events = 0;
+      if (std::sscanf(line.c_str(), "tfd: %d events: %x", &tfd, &events) == 2 && tfd == fd) out.push_back(events);
+    }
+  }
+  return out;
 }
 
 auto into(result& r) {
@@ -62,6 +83,31 @@ TEST_CASE("async: callback on a user io_context, fresh then reused") {
     r2.lease.release();
     CHECK(pool.stats().created == 1);
   }
+}
+
+// Asio's reactor keeps EPOLLOUT registered for the life of a socket that once waited for a connect;
+// with it, every ACK that frees send space wakes the reactor that runs your I/O. The pool connects
+// on a socket of its own and hands out the descriptor registered afresh.
+TEST_CASE("async: a connection made by async_acquire is registered for reading only") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  asio::io_context io;
+  tcp_pool pool(io);
+  result r;
+  pool.async_acquire(server.endpoint(), into(r));
+  REQUIRE(run_until(io, r));
+  REQUIRE_FALSE(r.ec);
+  CHECK_FALSE(r.lease.reused());
+  CHECK(test::roundtrip(r.lease, "x") == "x");
+  const auto masks = epoll_masks(r.lease.socket().native_handle());
+  CHECK(masks.size() == 2);  // the reactor of `io`, and the pool's idle watch
+  bool watched = false;
+  for (unsigned m : masks) {
+    CHECK((m & EPOLLOUT) == 0);
+    watched = watched || (m & (EPOLLIN | EPOLLRDHUP | EPOLLET)) == (EPOLLRDHUP | EPOLLET);
+  }
+  CHECK(watched);
+  r.lease.release();
 }
 
 TEST_CASE("async: use_future on the default pool") {
