@@ -1,10 +1,12 @@
 // connpool's headline benchmark: request/response over loopback against an echo server in a child
-// process, four ways, interleaved in rounds within one run so that the machine's noise hits every
+// process, five ways, interleaved in rounds within one run so that the machine's noise hits every
 // mode alike:
 //   short      connect, one exchange, close (the client keeps TIME_WAIT)
 //   short_rst  the same, closed with SO_LINGER {1,0}: RST, no TIME_WAIT, no graceful close
 //   pool       connpool: acquire, exchange, release
 //   dedicated  one connection per client for the whole run: the upper bound for a pool
+//   probed     dedicated plus the probe connpool makes before each hand-out, so that pool/probed
+//              shows what the pool costs beyond that one syscall
 // Clients: N threads doing synchronous I/O (a default-constructed connpool::tcp_pool), or, with
 // "1000c" in --clients, 1000 C++20 coroutines on one thread (a pool on that thread's io_context).
 // Every (payload, clients, mode) cell has its own server port, so the client's TIME_WAIT sockets
@@ -40,8 +42,8 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-enum mode { short_fin, short_rst, pooled, dedicated, mode_count };
-const char* const mode_names[] = {"short", "short_rst", "pool", "dedicated"};
+enum mode { short_fin, short_rst, pooled, dedicated, probed, mode_count };
+const char* const mode_names[] = {"short", "short_rst", "pool", "dedicated", "probed"};
 
 struct config {
   std::vector<std::size_t> payloads{64, 4096};
@@ -129,7 +131,9 @@ void thread_client(mode m, const asio::ip::tcp::endpoint& ep, std::size_t payloa
           if (!ec) l.release();
         }
       } else {
-        exchange(mine, ec);
+        if (m == probed && connpool::detail::probe(mine.native_handle()) != connpool::detail::probe_result::healthy)
+          ec = asio::error::connection_reset;
+        if (!ec) exchange(mine, ec);
       }
       r.record(t0, ec);
     }
@@ -179,7 +183,9 @@ asio::awaitable<void> coroutine_client(mode m, asio::ip::tcp::endpoint ep, std::
         if (!ec) l.release();
       }
     } else {
-      co_await exchange(mine);
+      if (m == probed && connpool::detail::probe(mine.native_handle()) != connpool::detail::probe_result::healthy)
+        ec = asio::error::connection_reset;
+      if (!ec) co_await exchange(mine);
     }
     r.record(t0, ec);
   }
@@ -230,9 +236,11 @@ int main(int argc, char** argv) {
       cfg.csv = next();
     } else {
       std::printf(
-          "usage: %s [--clients 1,2,8,64,1000c] [--payloads 64,4096] [--seconds 1.0] [--rounds 4]\n"
-          "          [--modes short,short_rst,pool,dedicated] [--json out.json] [--csv out.csv]\n"
+          "usage: %s [--clients 1,2,8,64,1000c] [--payloads 64,4096] [--seconds 1.0] [--rounds 8]\n"
+          "          [--modes short,short_rst,pool,dedicated,probed] [--json out.json] [--csv out.csv]\n"
           "  --clients: client threads, or Nc for N coroutines on one thread\n"
+          "  --modes: any of short, short_rst, pool, dedicated, probed (dedicated plus connpool's probe\n"
+          "           before each request: what the pool costs beyond its one syscall); all by default\n"
           "  --seconds: measured time per payload, clients and mode, split into interleaved rounds\n",
           argv[0]);
       return a == "--help" ? 0 : 2;
@@ -326,7 +334,7 @@ int main(int argc, char** argv) {
         }
       }
       tot[pooled].connects = pool->stats().created;
-      tot[dedicated].connects = static_cast<std::size_t>(n);
+      tot[dedicated].connects = tot[probed].connects = static_cast<std::size_t>(n);
 
       std::printf("\npayload %zu B, %s\n", payload,
                   coroutines ? (std::to_string(n) + " coroutines on one thread").c_str()
@@ -336,6 +344,7 @@ int main(int argc, char** argv) {
       double rps[mode_count];
       std::size_t time_wait[mode_count] = {};
       for (int m = 0; m < mode_count; ++m) {
+        if (!cfg.modes[static_cast<std::size_t>(m)]) continue;
         auto& T = tot[m];
         rps[m] = T.wall > 0 ? static_cast<double>(T.requests) / T.wall : 0;
         std::error_code ec;
@@ -370,18 +379,22 @@ int main(int argc, char** argv) {
         std::sort(r.begin(), r.end());
         return r.empty() ? 0.0 : r[r.size() / 2];
       };
-      const double pd = round_ratio(pooled, dedicated), ps = round_ratio(pooled, short_fin),
-                   pr = round_ratio(pooled, short_rst);
-      std::printf("  ratios: pool/dedicated %.2fx   pool/short %.2fx   pool/short_rst %.2fx"
-                  "   (totals; median of per-round ratios: %.2fx %.2fx %.2fx)\n",
-                  rps[pooled] / rps[dedicated], rps[pooled] / rps[short_fin], rps[pooled] / rps[short_rst], pd, ps,
-                  pr);
-      char ratio_row[256];
-      std::snprintf(ratio_row, sizeof ratio_row,
-                    ",\n    {\"payload\": %zu, \"clients\": \"%s\", \"mode\": \"ratios\", \"pool_vs_dedicated\": %.3f, "
-                    "\"pool_vs_short\": %.3f, \"pool_vs_short_rst\": %.3f}",
-                    payload, clients.c_str(), pd, ps, pr);
-      json += ratio_row;
+      std::string line = "  pool against the others, median of per-round ratios (ratio of totals):";
+      std::string ratio_json;
+      double pd = 0;
+      for (int other : {dedicated, short_fin, short_rst, probed}) {
+        if (!cfg.modes[pooled] || !cfg.modes[static_cast<std::size_t>(other)]) continue;
+        const double med = round_ratio(pooled, other), total = rps[other] > 0 ? rps[pooled] / rps[other] : 0;
+        if (other == dedicated) pd = med;
+        char part[160];
+        std::snprintf(part, sizeof part, "\n    pool/%-10s %.2fx (%.2fx)", mode_names[other], med, total);
+        line += part;
+        std::snprintf(part, sizeof part, ", \"pool_vs_%s\": %.3f", mode_names[other], med);
+        ratio_json += part;
+      }
+      std::printf("%s\n", line.c_str());
+      json += ",\n    {\"payload\": " + std::to_string(payload) + ", \"clients\": \"" + clients +
+              "\", \"mode\": \"ratios\"" + ratio_json + "}";
       const std::string name = std::to_string(payload) + " B x " + clients;
       if (cfg.modes[pooled] && cfg.modes[dedicated]) {
         worst_pd = std::min(worst_pd, pd);
