@@ -2,7 +2,7 @@
 # Build connpool's benchmarks (Release) and run them against loopback servers they start themselves.
 # Installs missing Debian packages first. Results (tables as printed, JSON, CSV, chart) go to
 # $RESULTS (default build-release/results).
-#   scripts/bench.sh                  the headline: pool vs short connections vs dedicated (about 1 min)
+#   scripts/bench.sh                  the headline: pool vs short connections vs dedicated (about 1.5 min)
 #   scripts/bench.sh all              also the pool's own cost, eviction at scale, the idle-watch costs
 #   scripts/bench.sh -- ARGS...       the headline with its own arguments, e.g. -- --clients 1,8 --seconds 4
 set -euo pipefail

@@ -702,8 +702,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// sockets on a context nobody runs, and Asio's reactor, once a socket has waited for a connect
   /// (a write operation to it), keeps EPOLLOUT registered for the socket's life, so every ACK that
   /// frees send space would wake the reactor of a pool on your executor: measured 0.3 us of client
-  /// CPU per request, pool / dedicated 0.88-0.92x against 0.96-0.98x with 1000 coroutines on one
-  /// thread (docs/design.md). The moved descriptor is registered afresh, without EPOLLOUT.
+  /// CPU per request with 1000 coroutines on one thread (docs/benchmarks.md). The moved descriptor
+  /// is registered afresh, without EPOLLOUT.
   void async_connect(std::shared_ptr<async_op> opp) {
     async_op& op = *opp;
     const clock::time_point connect_by = deadline_from(opts_.connect_timeout);
