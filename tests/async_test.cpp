@@ -252,6 +252,37 @@ TEST_CASE("async: destroying the default pool fails a queued acquire and a conne
   held.reset();
 }
 
+// A queued async acquire is granted a connection whose peer closed during the previous lease (no
+// watch has run: the context is not being run). The pool is destroyed before the grant is probed on
+// the context; the probe fails, and the acquire completes with pool_closed. The pool's state, kept
+// alive for that leased connection, must then be freed (its descriptors closed), not leaked.
+TEST_CASE("async: a grant that fails its probe after the pool is gone completes and frees the pool") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  asio::io_context io;
+  result r;
+  {
+    connpool::pool_options o;
+    o.max_per_endpoint = 1;
+    tcp_pool pool(io, o);
+    auto l = pool.acquire(server.endpoint());
+    pool.async_acquire(server.endpoint(), into(r));
+    REQUIRE(server.wait_accepted(1));
+    server.close_all();
+    REQUIRE(eventually([&] {
+      return test::client_sockets(server.endpoint(), connpool::diag::tcp_state::close_wait) == 1;
+    }));
+    l.release();  // granted to the queued acquire; its probe runs on `io`
+    CHECK(pool.stats().waiting == 0);
+    CHECK(pool.stats().leased == 1);
+  }
+  REQUIRE(run_until(io, r));
+  CHECK(r.ec == connpool::error::pool_closed);
+  CHECK_FALSE(r.lease);
+  io.restart();
+  io.poll();
+}
+
 TEST_CASE("async: a default pool destroyed from its own completion handler") {
   test::fd_guard fds;
   test::echo_server server(test::loopback());

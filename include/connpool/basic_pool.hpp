@@ -152,8 +152,8 @@ class basic_pool<Protocol, Executor>::lease {
 
   /// The exchange is complete: hand the connection back for reuse. A connection whose peer sent a
   /// FIN or RST during the lease is closed, not kept: on Linux the idle watch has recorded it (or
-  /// closes it as soon as it gets to the event), so release() makes no syscall; elsewhere release()
-  /// probes. Bytes left unread are never handed to the next lease: the probe before every hand-out
+  /// closes it as soon as it gets to the event), so release() makes no syscall; where there is no
+  /// watch, release() probes. Bytes left unread are never handed to the next lease: the probe before every hand-out
   /// finds them and closes the connection (counted unexpected_data). Synchronous: on return the
   /// connection is idle or closed, and the lease is empty. No effect on an empty lease.
   void release() noexcept;
@@ -166,8 +166,8 @@ class basic_pool<Protocol, Executor>::lease {
   using connection = typename state_type::connection;
   lease(state_type* s, connection* c, bool reused) noexcept : state_(s), conn_(c), reused_(reused) {}
 
-  // Not an owning pointer: the state outlives every lease (it keeps itself alive while leases are
-  // out once the pool object is gone), so a lease costs no reference count.
+  // Not an owning pointer, so a lease costs no reference count: once the pool object is gone, the
+  // state keeps itself alive while any connection is leased (pool_state::orphan()).
   state_type* state_ = nullptr;
   connection* conn_ = nullptr;
   bool reused_ = false;

@@ -84,7 +84,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   // acquire() and release() write share as few cache lines as possible.
 
   struct alignas(64) connection {
-    connection(const Executor& ex, endpoint_entry* e) : ep(e), socket(ex) {}
+    connection(const Executor& ex, endpoint_entry* e, std::shared_ptr<asio::io_context> ctx)
+        : ep(e), context(std::move(ctx)), socket(ex) {}
     endpoint_entry* ep;
     connection* prev = nullptr;  // idle list links
     connection* next = nullptr;
@@ -93,8 +94,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     clock::time_point idle_since{};  // coarse clock: for idle_timeout
     clock::time_point expires = clock::time_point::max();  // jittered max_lifetime
     bool idle = false;
-    bool peer_event = false;  // the watch saw FIN/RST while it was leased
-    bool peer_gone = false;   // retired because the peer closed or reset it: no FIN or RST of ours
+    bool watched = false;    // in the idle watch's epoll set
+    bool peer_gone = false;  // retired because the peer closed or reset it: no FIN or RST of ours
+    probe_result peer_event = probe_result::healthy;  // what the watch saw while it was leased
+    // The context its socket lives on, when the pool owns it (default-constructed pool): a
+    // connection being closed by a release() that raced the pool's destruction must not outlive it.
+    std::shared_ptr<asio::io_context> context;
     socket_type socket;
   };
 
@@ -142,14 +147,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// Type-erased async completion: (error, leased connection or null, reused).
   struct completion {
     virtual ~completion() = default;
-    virtual void complete(std::shared_ptr<pool_state> s, std::error_code ec, connection* c, bool reused) = 0;
+    virtual void complete(pool_state* s, std::error_code ec, connection* c, bool reused) = 0;
   };
 
   using graveyard = std::vector<std::pair<std::unique_ptr<connection>, close_mode>>;
 
   /// `own`: the context a default-constructed pool runs on its thread (else null). `own_io`: the
   /// context its sockets live on, which nobody runs (else null; sockets then use `ex`).
-  pool_state(std::unique_ptr<asio::io_context> own, std::unique_ptr<asio::io_context> own_io, const Executor& ex,
+  pool_state(std::unique_ptr<asio::io_context> own, std::shared_ptr<asio::io_context> own_io, const Executor& ex,
              const pool_options& o)
       : own_ctx_(std::move(own)),
         own_io_(std::move(own_io)),
@@ -234,7 +239,6 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   // ---------------------------------------------------------------- asynchronous acquire
 
   void async_acquire(const endpoint_type& ep, std::unique_ptr<completion> handler) {
-    auto self = this->shared_from_this();
     graveyard dead;
     grant g;
     endpoint_entry* e = nullptr;
@@ -251,12 +255,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     // Served at once (an idle connection, or an error): no operation object and no timer.
     while (g.conn) {
       const probe_result r = probe(g.conn->socket.native_handle());
-      if (r == probe_result::healthy) return handler->complete(self, {}, g.conn, true);
+      if (r == probe_result::healthy) return handler->complete(this, {}, g.conn, true);
       g = replace_dead(*e, g.conn, r);
     }
-    if (g.ec) return handler->complete(self, g.ec, nullptr, false);
+    if (g.ec) return handler->complete(this, g.ec, nullptr, false);
 
-    auto op = std::make_shared<async_op>(self, std::move(handler));
+    auto op = std::make_shared<async_op>(this->shared_from_this(), std::move(handler));
     op->ep = e;
     op->deadline = deadline_from(opts_.acquire_timeout);
     if (g.slot) return async_connect(op);
@@ -287,26 +291,27 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   // ---------------------------------------------------------------- returning connections
 
-  /// Exchange complete: keep for reuse, or close. Where the idle watch runs, it has recorded any
-  /// FIN or RST that came while the connection was leased (`peer_event`), or it will find the
-  /// connection idle when it gets to the event; either way no syscall is needed here. Unread bytes
-  /// are left for the probe before the next hand-out. Without the watch, release() probes.
+  /// Exchange complete: keep for reuse, or close. For a connection in the idle watch's set, the
+  /// watch has recorded any FIN or RST that came while it was leased (`peer_event`), or it will find
+  /// the connection idle when it gets to the event; either way no syscall is needed here. Unread
+  /// bytes are left for the probe before the next hand-out. A connection the watch does not see is
+  /// probed.
   void release(connection* c) noexcept {
-    const probe_result r = watching_ ? probe_result::healthy : probe(c->socket.native_handle());
+    const probe_result r = c->watched ? probe_result::healthy : probe(c->socket.native_handle());
     const clock::time_point now = coarse_now();
-    std::shared_ptr<pool_state> last_owner;  // declared first: `this` may go when it does, after `dead`
+    std::shared_ptr<pool_state> last_owner;  // see lease_ended(); declared before `dead`, so destroyed after
     graveyard dead;
     {
       std::lock_guard<spin_mutex> lk(mu_);
       endpoint_entry& e = *c->ep;
-      --e.leased;
+      last_owner = lease_ended(e);
       ++e.released;
       if (closed_) {
         retire(c, close_reason::pool_closed, opts_.retire_close, dead);
       } else if (r != probe_result::healthy) {
         retire(c, reason_of(r), close_mode::graceful, dead);
-      } else if (c->peer_event) {
-        retire(c, close_reason::peer_closed, close_mode::graceful, dead);
+      } else if (c->peer_event != probe_result::healthy) {
+        retire(c, reason_of(c->peer_event), close_mode::graceful, dead);
       } else if (c->expires <= now) {
         retire(c, close_reason::max_lifetime, opts_.retire_close, dead);
       } else {
@@ -320,27 +325,26 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         arm_timer(std::min(retire_at(*c), c->expires));
       }
       if (!waiters_.empty()) dispatch(dead);
-      if (anchor_) last_owner = lease_returned();
     }
     bury(dead);
   }
 
   /// Close a leased connection: discard() or a lease destroyed without release().
   void discard(connection* c, close_mode mode) noexcept {
-    std::shared_ptr<pool_state> last_owner;  // declared first: `this` may go when it does, after `dead`
+    std::shared_ptr<pool_state> last_owner;  // see lease_ended(); declared before `dead`, so destroyed after
     graveyard dead;
     {
       std::lock_guard<spin_mutex> lk(mu_);
-      --c->ep->leased;
+      last_owner = lease_ended(*c->ep);
       retire(c, close_reason::discarded, mode, dead);
       if (!waiters_.empty()) dispatch(dead);
-      if (anchor_) last_owner = lease_returned();
     }
     bury(dead);
   }
 
   /// The pool object is going away (after close()). Leases hold no reference to the state, so while
-  /// any connection is leased, the state holds one to itself; the last lease to come back drops it.
+  /// any connection is leased, the state holds one to itself; the last lease to end drops it (see
+  /// lease_ended()).
   void orphan() {
     std::lock_guard<spin_mutex> lk(mu_);
     if (any_leased()) anchor_ = this->shared_from_this();
@@ -435,7 +439,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
     void finish(std::error_code ec, connection* c, bool reused) {
       auto h = std::move(handler);
-      if (h) h->complete(state, ec, c, reused);
+      if (h) h->complete(state.get(), ec, c, reused);
     }
 
     std::shared_ptr<pool_state> state;
@@ -522,12 +526,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// `idle_only` (try_acquire): only the next idle connection, and none while the endpoint has a
   /// waiter.
   grant replace_dead(endpoint_entry& e, connection* c, probe_result r, bool idle_only = false) {
+    std::shared_ptr<pool_state> last_owner;  // see lease_ended(); declared before `dead`, so destroyed after
     graveyard dead;
     grant g;
     {
       std::lock_guard<spin_mutex> lk(mu_);
       ++e.probe_failed;
-      --e.leased;
+      last_owner = lease_ended(e);
       retire(c, reason_of(r), close_mode::graceful, dead);
       if (closed_) {
         g.ec = error::pool_closed;
@@ -619,7 +624,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// back through connected()).
   std::unique_ptr<connection> new_connection(endpoint_entry& e, std::error_code& ec) noexcept {
     try {
-      return std::make_unique<connection>(socket_ex_, &e);
+      return std::make_unique<connection>(socket_ex_, &e, own_io_);
     } catch (const std::bad_alloc&) {
       ec = std::make_error_code(std::errc::not_enough_memory);
     } catch (const std::system_error& x) {
@@ -673,7 +678,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         if (opts_.max_lifetime.count() > 0) c->expires = clock::now() + jittered_lifetime();
         ++e.leased;
         ++e.counters.created;
-        if (watching_) watch_.add(c->socket.native_handle(), c->id);
+        c->watched = watching_ && watch_.add(c->socket.native_handle(), c->id);
         out = c.get();
         registry_.emplace(c->id, std::move(c));
       }
@@ -748,8 +753,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     auto on_connect = [self = this->shared_from_this(), rc, opp, acquire_bound](std::error_code cec) {
       rc->done = true;
       rc->timer.cancel();
+      // Stopped by close(): pool_closed. One that connected anyway goes on, and connected() counts
+      // it made, then closes it.
       if (rc->cancelled && cec)
-        cec = error::pool_closed;  // connected anyway: connected() counts it made, then closed
+        cec = error::pool_closed;
       else if (rc->timed_out)
         cec = acquire_bound ? error::acquire_timeout : error::connect_timeout;
       if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, opp->ep->endpoint.protocol());
@@ -864,10 +871,6 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// together are handled in one pass.
   void arm_timer(clock::time_point when) {
     if (when == clock::time_point::max() || closed_ || (timer_armed_ && timer_at_ <= when)) return;
-    rearm_timer(when);
-  }
-
-  void rearm_timer(clock::time_point when) {
     auto slack = std::chrono::duration_cast<clock::duration>(
         std::min(opts_.idle_timeout.count() > 0 ? opts_.idle_timeout : opts_.max_lifetime,
                  opts_.max_lifetime.count() > 0 ? opts_.max_lifetime : opts_.idle_timeout) /
@@ -929,19 +932,19 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (closed_) return;
       arm_watch();
     }
-    std::uint64_t ids[64];
+    watch_event events[64];
     int n;
     do {
-      n = watch_.poll(ids, 64);
+      n = watch_.poll(events, 64);
       graveyard dead;
       {
         std::lock_guard<spin_mutex> lk(mu_);
         for (int i = 0; i < n; ++i) {
-          auto it = registry_.find(ids[i]);
+          auto it = registry_.find(events[i].id);
           if (it == registry_.end()) continue;  // closed since
           connection* c = it->second.get();
-          if (!c->idle) {
-            c->peer_event = true;  // release() will not keep it
+          if (!c->idle) {  // leased: release() will not keep it
+            c->peer_event = events[i].reset ? probe_result::peer_reset : probe_result::peer_closed;
             continue;
           }
           const probe_result r = probe(c->socket.native_handle());
@@ -957,9 +960,15 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   // ---------------------------------------------------------------- helpers
 
-  /// Under the lock, once orphaned: the state's reference to itself when no lease is left, else null.
-  std::shared_ptr<pool_state> lease_returned() noexcept {
-    return any_leased() ? nullptr : std::move(anchor_);
+  /// Under the lock: a leased connection of `e` came back (released, discarded, or failed the probe
+  /// of an async grant that may run after the pool object is gone). Once the pool is orphaned and
+  /// no lease is left, returns the state's reference to itself: the caller drops it after the lock
+  /// and its graveyard, and with it the state. Connections in that graveyard keep the context their
+  /// sockets live on.
+  std::shared_ptr<pool_state> lease_ended(endpoint_entry& e) noexcept {
+    --e.leased;
+    if (!anchor_ || any_leased()) return nullptr;
+    return std::move(anchor_);
   }
 
   bool any_leased() const noexcept {
@@ -1013,7 +1022,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   // First: destroyed last, after every I/O object.
   std::unique_ptr<asio::io_context> own_ctx_;
-  std::unique_ptr<asio::io_context> own_io_;
+  std::shared_ptr<asio::io_context> own_io_;  // shared with its connections
   Executor ex_;
   Executor socket_ex_;
   const pool_options opts_;

@@ -146,6 +146,13 @@ inline std::error_code connect_with_deadline(int fd, const sockaddr* addr, sockl
   }
 }
 
+/// What the idle watch reports for a connection: its id, and whether the peer reset it (else it
+/// sent a FIN).
+struct watch_event {
+  std::uint64_t id;
+  bool reset;
+};
+
 #if defined(__linux__)
 inline constexpr bool watch_supported = true;
 
@@ -170,8 +177,8 @@ class watch_set {
     ev.data.u64 = id;
     return ::epoll_ctl(fd_, EPOLL_CTL_ADD, fd, &ev) == 0;
   }
-  /// Non-blocking: up to `max` ids of sockets that saw a FIN, RST or error. Returns the count.
-  int poll(std::uint64_t* ids, int max) noexcept {
+  /// Non-blocking: up to `max` sockets that saw a FIN, RST or error. Returns the count.
+  int poll(watch_event* out, int max) noexcept {
     if (fd_ < 0) return 0;
     epoll_event evs[64];
     if (max > 64) max = 64;
@@ -179,7 +186,7 @@ class watch_set {
     do {
       n = ::epoll_wait(fd_, evs, max, 0);
     } while (n < 0 && errno == EINTR);
-    for (int i = 0; i < n; ++i) ids[i] = evs[i].data.u64;
+    for (int i = 0; i < n; ++i) out[i] = {evs[i].data.u64, (evs[i].events & EPOLLERR) != 0};
     return n < 0 ? 0 : n;
   }
 
@@ -194,7 +201,7 @@ class watch_set {
  public:
   int native_handle() const noexcept { return -1; }
   bool add(int, std::uint64_t) noexcept { return false; }
-  int poll(std::uint64_t*, int) noexcept { return 0; }
+  int poll(watch_event*, int) noexcept { return 0; }
 };
 #endif
 

@@ -85,9 +85,8 @@ struct basic_pool<Protocol, Executor>::completion_impl final : state_type::compl
   completion_impl(Handler&& h, const Executor& pool_ex)
       : handler(std::move(h)), work(asio::make_work_guard(asio::get_associated_executor(handler, pool_ex))) {}
 
-  void complete(std::shared_ptr<state_type> s, std::error_code ec, typename state_type::connection* c,
-                bool reused) override {
-    lease l = c ? lease(s.get(), c, reused) : lease();
+  void complete(state_type* s, std::error_code ec, typename state_type::connection* c, bool reused) override {
+    lease l = c ? lease(s, c, reused) : lease();
     auto ex = work.get_executor();
     asio::post(ex, [h = std::move(handler), ec, l = std::move(l)]() mutable { h(ec, std::move(l)); });
     work.reset();
