@@ -89,7 +89,7 @@ std::string num(double v) {
 int main(int argc, char** argv) {
   long iterations = 200000;
   int rounds = 9;
-  std::string json;
+  std::string json, csv_path;
   const std::vector<int> thread_counts{1, 2, 8};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -97,8 +97,9 @@ int main(int argc, char** argv) {
     if (a == "--iterations") iterations = std::stol(next());
     else if (a == "--rounds") rounds = std::stoi(next());
     else if (a == "--json") json = next();
+    else if (a == "--csv") csv_path = next();
     else {
-      std::printf("usage: %s [--iterations 200000] [--rounds 9] [--json out.json]\n", argv[0]);
+      std::printf("usage: %s [--iterations 200000] [--rounds 9] [--json out.json] [--csv out.csv]\n", argv[0]);
       return a == "--help" ? 0 : 2;
     }
   }
@@ -138,6 +139,7 @@ int main(int argc, char** argv) {
   };
 
   std::string out = "{\n  \"probes_per_pair\": " + std::to_string(probes_per_pair) + ",\n  \"results\": [\n";
+  std::string csv = "threads,connpool_ns,handrolled_ns,probe_ns,bookkeeping_ns,connpool_pairs_per_s,handrolled_pairs_per_s\n";
   double pairs_per_s_at_1 = 0, pairs_per_s_at_max = 0, bookkeeping_at_1 = 0, ratio_at_1 = 0;
   for (int threads : thread_counts) {
     connpool::pool_options o;
@@ -191,6 +193,8 @@ int main(int argc, char** argv) {
            std::to_string(threads) + ", \"connpool_ns\": " + num(P) + ", \"handrolled_ns\": " + num(H) +
            ", \"probe_ns\": " + num(Q) + ", \"bookkeeping_ns\": " + num(B) +
            ", \"connpool_pairs_per_s\": " + num(pool_rate) + ", \"handrolled_pairs_per_s\": " + num(hand_rate) + "}";
+    csv += std::to_string(threads) + "," + num(P) + "," + num(H) + "," + num(Q) + "," + num(B) + "," + num(pool_rate) +
+           "," + num(hand_rate) + "\n";
     if (threads == 1) {
       pairs_per_s_at_1 = pool_rate;
       bookkeeping_at_1 = B;
@@ -245,5 +249,6 @@ int main(int argc, char** argv) {
               pairs_per_s_at_1 / 1e6, pairs_per_s_at_max >= pairs_per_s_at_1 ? "met" : "NOT met");
   out += "\n  ],\n  \"try_acquire_pair_ns\": " + num(T) + ",\n  \"async_pair_ns\": " + num(A) + "\n}\n";
   if (!json.empty()) std::ofstream(json) << out;
+  if (!csv_path.empty()) std::ofstream(csv_path) << csv;
   return 0;
 }

@@ -27,9 +27,9 @@ if command -v gnuplot >/dev/null && command -v python3 >/dev/null; then
 fi
 if [ "$mode" = all ]; then
   echo
-  "$build/benchmarks/connpool_pool_cost" --json "$results/pool_cost.json" | tee "$results/pool_cost.txt"
+  "$build/benchmarks/connpool_pool_cost" --json "$results/pool_cost.json" --csv "$results/pool_cost.csv" | tee "$results/pool_cost.txt"
   echo
-  "$build/benchmarks/connpool_eviction" --json "$results/eviction.json" | tee "$results/eviction.txt"
+  "$build/benchmarks/connpool_eviction" --json "$results/eviction.json" --csv "$results/eviction.csv" | tee "$results/eviction.txt"
   echo
   "$build/benchmarks/connpool_watch_cost" | tee "$results/watch_cost.txt"
 fi
