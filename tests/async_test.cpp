@@ -283,6 +283,27 @@ TEST_CASE("async: a grant that fails its probe after the pool is gone completes 
   io.poll();
 }
 
+// The same grant, but the context is destroyed without ever running it: the handler is destroyed
+// unrun, and the connection it held must be closed and the pool's state freed.
+TEST_CASE("async: a grant destroyed unrun with its context gives its connection back") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  bool called = false;
+  {
+    asio::io_context io;
+    connpool::pool_options o;
+    o.max_per_endpoint = 1;
+    auto pool = std::make_unique<tcp_pool>(io, o);
+    auto l = pool->acquire(server.endpoint());
+    pool->async_acquire(server.endpoint(), [&](std::error_code, tcp_pool::lease) { called = true; });
+    l.release();  // granted to the queued acquire: a handler posted to `io`, never run
+    CHECK(pool->stats().leased == 1);
+    pool.reset();
+  }
+  CHECK_FALSE(called);
+  CHECK(eventually([&] { return server.counts().live == 0; }));
+}
+
 TEST_CASE("async: a default pool destroyed from its own completion handler") {
   test::fd_guard fds;
   test::echo_server server(test::loopback());

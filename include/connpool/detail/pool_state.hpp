@@ -416,10 +416,24 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     async_op(std::shared_ptr<pool_state> s, std::unique_ptr<completion> h)
         : waiter(nullptr), state(std::move(s)), handler(std::move(h)), timer(state->ex_) {}
 
+    // A grant posted to proceed() may never run: the context of the pool's executor can be
+    // destroyed with the handler pending. The op holds the grant until proceed() takes it, and
+    // gives it back if it dies first.
+    ~async_op() override {
+      if (pending.conn || pending.slot) state->abandon(*this->ep, pending);
+    }
+
     // Under the lock: hand the grant to the pool's executor to probe or connect there.
     void granted(grant g) override {
       timer.cancel();
-      asio::post(state->ex_, [self = std::move(keep_alive), g]() { self->proceed(g); });
+      pending = g;  // before the post: the handler may run at once on another thread
+      try {
+        asio::post(state->ex_, [self = keep_alive] { self->proceed(std::exchange(self->pending, grant{})); });
+      } catch (...) {
+        pending = grant{};
+        throw;
+      }
+      keep_alive.reset();
     }
 
     // Not under the lock.
@@ -447,7 +461,27 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     timer_type timer;
     clock::time_point deadline = clock::time_point::max();
     std::shared_ptr<async_op> keep_alive;  // while queued: the queue holds raw pointers
+    grant pending;                         // posted to proceed(), not taken yet
   };
+
+  /// An async acquire died with a grant it never took (see ~async_op): give the connection or the
+  /// slot back.
+  void abandon(endpoint_entry& e, grant g) noexcept {
+    std::shared_ptr<pool_state> last_owner;  // see lease_ended(); declared before `dead`, so destroyed after
+    graveyard dead;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      if (g.conn) {
+        last_owner = lease_ended(e);
+        retire(g.conn, closed_ ? close_reason::pool_closed : close_reason::discarded, opts_.retire_close, dead);
+      } else {
+        --e.connecting;
+        --open_total_;
+      }
+      if (!waiters_.empty()) dispatch(dead);
+    }
+    bury(dead);
+  }
 
   void enqueue(waiter& w) {
     w.pos = waiters_.insert(waiters_.end(), &w);
