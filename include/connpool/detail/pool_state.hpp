@@ -379,11 +379,6 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     bury(dead);
   }
 
-  bool closed() const {
-    std::lock_guard<spin_mutex> lk(mu_);
-    return closed_;
-  }
-
   pool_stats stats() const {
     std::lock_guard<spin_mutex> lk(mu_);
     pool_stats s;
