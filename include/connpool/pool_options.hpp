@@ -25,6 +25,11 @@ struct pool_options {
   std::chrono::milliseconds idle_timeout{60000};    ///< a connection idle for longer is closed
   std::chrono::milliseconds max_lifetime{0};        ///< jittered: each connection gets 90-100% of it
   close_mode retire_close = close_mode::graceful;   ///< how the pool closes connections it retires itself
+  /// An endpoint with no connections, no waiting acquires and no connect in flight for this long is
+  /// forgotten: its entry is freed (its counters stay in the totals of stats(); stats(ep) starts
+  /// again from zero). Keeps memory and every per-endpoint walk bounded by the endpoints in use,
+  /// when endpoints come and go. 0: never forget.
+  std::chrono::milliseconds endpoint_grace{60000};
 
   // Socket options, applied to TCP sockets before connecting.
   bool tcp_nodelay = true;
@@ -39,6 +44,7 @@ struct pool_options {
     using std::chrono::milliseconds;
     if (connect_timeout < milliseconds::zero() || acquire_timeout < milliseconds::zero() ||
         idle_timeout < milliseconds::zero() || max_lifetime < milliseconds::zero() ||
+        endpoint_grace < milliseconds::zero() ||
         keepalive_idle < std::chrono::seconds::zero() ||
         keepalive_interval < std::chrono::seconds::zero() || user_timeout < milliseconds::zero())
       return error::invalid_options;
@@ -73,6 +79,34 @@ struct pool_stats {
 
   /// Connections currently open (idle + leased), plus those being opened.
   std::size_t open() const noexcept { return idle + leased + connecting; }
+
+  /// Connections the pool closed, for every reason (discarded included).
+  std::size_t closed() const noexcept {
+    return discarded + peer_closed + peer_reset + unexpected_data + idle_timeout + max_lifetime + surplus +
+           pool_closed;
+  }
+
+  /// Adds every gauge and counter of `o`.
+  pool_stats& operator+=(const pool_stats& o) noexcept {
+    idle += o.idle;
+    leased += o.leased;
+    connecting += o.connecting;
+    waiting += o.waiting;
+    created += o.created;
+    reused += o.reused;
+    released += o.released;
+    discarded += o.discarded;
+    connect_failed += o.connect_failed;
+    acquire_timeouts += o.acquire_timeouts;
+    peer_closed += o.peer_closed;
+    peer_reset += o.peer_reset;
+    unexpected_data += o.unexpected_data;
+    idle_timeout += o.idle_timeout;
+    max_lifetime += o.max_lifetime;
+    surplus += o.surplus;
+    pool_closed += o.pool_closed;
+    return *this;
+  }
 };
 
 }  // namespace connpool

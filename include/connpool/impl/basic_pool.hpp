@@ -168,7 +168,7 @@ typename basic_pool<Protocol, Executor>::socket_type& basic_pool<Protocol, Execu
 template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::endpoint_type basic_pool<Protocol, Executor>::lease::endpoint() const {
   if (!conn_) throw std::logic_error("connpool: endpoint() on an empty lease");
-  return conn_->ep->endpoint;
+  return conn_->endpoint();
 }
 
 template <class Protocol, class Executor>

@@ -1,0 +1,671 @@
+#ifndef CONNPOOL_DETAIL_BOOKS_HPP
+#define CONNPOOL_DETAIL_BOOKS_HPP
+
+// The pool's decisions, without I/O: which idle connection to hand out, whether a slot is free,
+// which waiter is served next, what to retire and when, which endpoints to forget. No Asio, no
+// syscalls, no clock reads: every time comes in as an argument, so tests drive it exactly.
+//
+// The caller holds one lock around every call (pool_state's mutex). The books never close a socket:
+// a connection they retire goes into the caller's graveyard, which the caller closes after
+// unlocking. Nodes (connections, waiters) belong to the caller; the books link them.
+//
+// States. A connection node is `leased` (owned by a lease or an acquire that probes it) or `idle`
+// (on its endpoint's idle list and on the idle list across endpoints, both in release order), until
+// it is retired (`closed`, out of the books). A connect in progress is a slot: counted in its
+// endpoint's `connecting`, without a node. set_state() is the only function that moves a node
+// between states; it alone edits the idle lists and the gauges.
+//
+// Waiters queue per endpoint, FIFO. Invariants after every call:
+// - an endpoint with waiters has no idle connection (a connection that comes back goes to the
+//   oldest waiter of its endpoint);
+// - the room queue holds exactly the endpoints that have waiters and are below max_per_endpoint,
+//   ordered by the ticket of their oldest waiter; it is empty unless the pool is at max_total with
+//   no idle connection anywhere to evict. So room freed under max_total goes to the oldest waiter
+//   that needs room, in O(log endpoints), without looking at any other waiter.
+//
+// Costs: take_idle, a release and serving a waiter of the same endpoint are O(1); serving the room
+// queue O(log endpoints); a retire pass O(retired + log n); an endpoint lookup O(1) on average.
+
+#include <cassert>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "connpool/detail/clock.hpp"
+#include "connpool/detail/intrusive.hpp"
+#include "connpool/detail/stats.hpp"
+#include "connpool/error.hpp"
+#include "connpool/pool_options.hpp"
+
+#if defined(NDEBUG)
+#define CONNPOOL_ASSERT(cond) ((void)0)
+#else
+#define CONNPOOL_ASSERT(cond) assert(cond)
+#endif
+
+namespace connpool::detail {
+
+struct ep_node;
+
+enum class conn_state : unsigned char { leased, idle, closed };
+
+/// The books' part of a connection. Layout: a lock holder on one core touches what another core
+/// touched last, so what take_idle() and release() write shares as few cache lines as possible.
+struct alignas(64) conn_node {
+  ep_node* ep = nullptr;
+  list_hook<conn_node> ep_link;   // the endpoint's idle list
+  list_hook<conn_node> all_link;  // the idle list across endpoints
+  time_point idle_since{};        // coarse clock
+  time_point expires = never;     // jittered max_lifetime
+  std::uint64_t id = 0;           // 0 until connected; never reused within a pool
+  std::size_t heap_pos = not_in_heap;  // in the lifetime heap
+  conn_state state = conn_state::leased;
+  bool watched = false;    // in the idle watch's epoll set
+  bool peer_gone = false;  // retired because the peer closed or reset it: no FIN or RST of ours
+  probe_result seen = probe_result::healthy;  // what the watch saw while it was leased
+};
+
+/// What an acquire was given: an idle connection to probe, a slot to connect in, or an error.
+struct grant {
+  conn_node* conn = nullptr;
+  bool slot = false;
+  std::error_code ec;
+  explicit operator bool() const noexcept { return conn || slot || ec; }
+};
+
+/// A queued acquire. granted() runs under the caller's lock and must not block.
+struct waiter_node {
+  explicit waiter_node(ep_node* e) noexcept : ep(e) {}
+  waiter_node(const waiter_node&) = delete;
+  waiter_node& operator=(const waiter_node&) = delete;
+  virtual ~waiter_node() = default;
+  virtual void granted(grant g) = 0;
+  bool queued() const noexcept { return link.linked; }
+  ep_node* ep;
+  list_hook<waiter_node> link;
+  std::uint64_t ticket = 0;  // arrival order across endpoints
+};
+
+/// The books' part of an endpoint.
+struct alignas(64) ep_node {
+  ilist<conn_node, &conn_node::ep_link> idle;  // front: least recently released
+  std::size_t leased = 0;
+  std::size_t connecting = 0;
+  ilist<waiter_node, &waiter_node::link> waiters;  // front: oldest
+  std::size_t idle_taken = 0;  // reused = idle_taken - probe_failed
+  std::size_t released = 0;
+  std::size_t probe_failed = 0;
+  pool_stats counters;  // the other counters (its gauges, reused and released are not used)
+  std::size_t room_pos = not_in_heap;   // in the room queue
+  list_hook<ep_node> empty_link;        // on the list of endpoints to forget
+  time_point empty_since{};
+
+  std::size_t open() const noexcept { return idle.size() + leased + connecting; }
+  bool unused() const noexcept { return open() == 0 && waiters.empty(); }
+  pool_stats snapshot() const noexcept {
+    pool_stats s = counters;
+    s.idle = idle.size();
+    s.leased = leased;
+    s.connecting = connecting;
+    s.waiting = waiters.size();
+    s.reused = idle_taken - probe_failed;
+    s.released = released;
+    return s;
+  }
+};
+
+/// Closed after the caller unlocks: the connections the books retired, and how to close each.
+using graveyard = std::vector<std::pair<conn_node*, close_mode>>;
+
+template <class Key, class Hash, class KeyEqual>
+class books {
+ public:
+  struct entry : ep_node {
+    explicit entry(const Key& k) : key(k) {}
+    Key key;
+  };
+
+  books(const pool_options& o, std::uint64_t seed)
+      : opts_(o),
+        idle_timeout_(span(o.idle_timeout)),
+        max_lifetime_(span(o.max_lifetime)),
+        endpoint_grace_(span(o.endpoint_grace)),
+        rng_(static_cast<std::minstd_rand::result_type>(seed)) {}
+  books(const books&) = delete;
+  books& operator=(const books&) = delete;
+
+  const pool_options& options() const noexcept { return opts_; }
+  bool closed() const noexcept { return closed_; }
+  std::size_t open_total() const noexcept { return open_total_; }
+  std::size_t leased_total() const noexcept { return leased_total_; }
+  std::size_t idle_total() const noexcept { return all_idle_.size(); }
+  std::size_t endpoint_count() const noexcept { return map_.size(); }
+
+  // ------------------------------------------------------------------------------- endpoints
+
+  /// The entry of `k`, or null. Services mostly talk to one or a few endpoints, so the last one
+  /// found is checked first.
+  entry* find(const Key& k) const noexcept {
+    if (last_ && KeyEqual()(last_->key, k)) return last_;
+    auto it = map_.find(k);
+    if (it == map_.end()) return nullptr;
+    last_ = it->second.get();
+    return last_;
+  }
+
+  /// The entry of `k`, made if new (unused, so it is forgotten after endpoint_grace if nothing
+  /// uses it). Throws std::bad_alloc.
+  entry& get(const Key& k, time_point now) {
+    if (entry* e = find(k)) return *e;
+    auto owned = std::make_unique<entry>(k);
+    entry* e = owned.get();
+    map_.emplace(k, std::move(owned));
+    last_ = e;
+    settle(*e, now);
+    return *e;
+  }
+
+  // ------------------------------------------------------------------------------- acquiring
+
+  /// The endpoint's most recently released idle connection, now leased; or null. Does not look
+  /// at waiters: callers that must not pass one check `e.waiters.empty()`.
+  conn_node* take_idle(ep_node& e) noexcept {
+    conn_node* c = e.idle.back();
+    if (c) {
+      set_state(*c, conn_state::leased);
+      ++e.idle_taken;
+    }
+    return c;
+  }
+
+  /// For a new acquire of `e`: an idle connection, or a slot (evicting the least recently used
+  /// idle connection of another endpoint if max_total requires), or nothing (then enqueue()).
+  /// Never passes a waiter of `e`.
+  grant try_grant(ep_node& e, time_point now, graveyard& dead) {
+    grant g;
+    if (closed_) {
+      g.ec = error::pool_closed;
+      return g;
+    }
+    if (!e.waiters.empty()) return g;
+    if ((g.conn = take_idle(e))) return g;
+    g.slot = take_slot(e, now, dead);
+    return g;
+  }
+
+  /// Queue an acquire that try_grant() gave nothing. O(log endpoints).
+  void enqueue(waiter_node& w) noexcept {
+    ep_node& e = *w.ep;
+    CONNPOOL_ASSERT(!w.queued() && e.idle.empty());
+    w.ticket = ++tickets_;
+    e.waiters.push_back(&w);
+    update_room(e);
+    unlink_unused(e);
+  }
+
+  /// A waiter leaves the queue unserved: its deadline passed (`timed_out`), or it was cancelled.
+  void leave(waiter_node& w, bool timed_out, time_point now) noexcept {
+    ep_node& e = *w.ep;
+    e.waiters.erase(&w);
+    if (timed_out) ++e.counters.acquire_timeouts;
+    changed(e, now);
+  }
+
+  /// A connection handed out as idle failed its probe: close it, and grant the same acquire the
+  /// endpoint's next idle connection or a slot (the place just freed guarantees one, unless the
+  /// pool closed). `idle_only` (try_acquire): only an idle connection, and none while the endpoint
+  /// has waiters.
+  grant replace(conn_node& c, probe_result r, bool idle_only, time_point now, graveyard& dead) {
+    ep_node& e = *c.ep;
+    ++e.probe_failed;
+    retire(c, reason_of(r), close_mode::graceful, now, dead);
+    grant g;
+    if (closed_) {
+      g.ec = error::pool_closed;
+    } else if (idle_only) {
+      if (e.waiters.empty()) g.conn = take_idle(e);
+    } else if (!(g.conn = take_idle(e))) {
+      // The freed place is this acquire's, ahead of any waiter of the endpoint: it was granted
+      // before them.
+      g.slot = take_slot(e, now, dead);
+    }
+    serve(now, dead);
+    return g;
+  }
+
+  // ------------------------------------------------------------------------------- connecting
+
+  /// A slot's connect succeeded: `c` (its `ep` set) is now leased. May throw std::bad_alloc, the
+  /// books unchanged; the caller then reports connect_failed().
+  void connected(conn_node& c, time_point now) {
+    ep_node& e = *c.ep;
+    CONNPOOL_ASSERT(e.connecting > 0);
+    c.id = next_id_ + 1;
+    registry_.emplace(c.id, &c);
+    if (max_lifetime_.count() > 0) {
+      c.expires = later(now, jittered_lifetime());
+      try {
+        lifetimes_.push(&c);
+      } catch (...) {
+        registry_.erase(c.id);
+        throw;
+      }
+    }
+    ++next_id_;
+    --e.connecting;
+    c.state = conn_state::leased;
+    ++e.leased;
+    ++leased_total_;
+    ++e.counters.created;
+  }
+
+  /// A slot's connect succeeded after close(): counted made, then closed (pool_closed).
+  void connected_after_close(ep_node& e, time_point now) noexcept {
+    ++e.counters.created;
+    ++e.counters.pool_closed;
+    free_slot(e, now);
+  }
+
+  /// A slot's connect failed (or was stopped by close(): `ec` pool_closed, not counted failed).
+  void connect_failed(ep_node& e, std::error_code ec, time_point now, graveyard& dead) noexcept {
+    if (ec != error::pool_closed) ++e.counters.connect_failed;
+    if (ec == error::acquire_timeout) ++e.counters.acquire_timeouts;
+    free_slot(e, now);
+    serve(now, dead);
+  }
+
+  // ------------------------------------------------------------------------------- returning
+
+  /// A lease came back, its exchange complete. `r`: a probe's verdict where the caller made one,
+  /// else healthy. Kept (to the endpoint's oldest waiter, else idle) unless the pool closed, the
+  /// probe or the watch found the peer gone, or its lifetime passed.
+  void released(conn_node& c, probe_result r, time_point now, graveyard& dead) {
+    ep_node& e = *c.ep;
+    ++e.released;
+    if (r == probe_result::healthy) r = c.seen;
+    if (closed_) {
+      retire(c, close_reason::pool_closed, opts_.retire_close, now, dead);
+    } else if (r != probe_result::healthy) {
+      retire(c, reason_of(r), close_mode::graceful, now, dead);
+    } else if (c.expires <= now) {
+      retire(c, close_reason::max_lifetime, opts_.retire_close, now, dead);
+    } else if (waiter_node* w = e.waiters.front()) {
+      ++e.idle_taken;  // handed over as an idle connection, probed by the waiter
+      hand(*w, grant{&c, false, {}});
+      return;
+    } else {
+      c.idle_since = now;
+      set_state(c, conn_state::idle);
+      if (opts_.max_idle_per_endpoint && e.idle.size() > opts_.max_idle_per_endpoint)
+        retire(*e.idle.front(), close_reason::surplus, opts_.retire_close, now, dead);
+    }
+    if (!room_.empty()) serve(now, dead);
+  }
+
+  /// A lease is closed by the user (discard(), or destroyed unreleased).
+  void discarded(conn_node& c, close_mode mode, time_point now, graveyard& dead) {
+    retire(c, close_reason::discarded, mode, now, dead);
+    serve(now, dead);
+  }
+
+  /// An async grant died before its handler took it: give the connection or the slot back.
+  void abandoned(ep_node& e, grant g, time_point now, graveyard& dead) {
+    if (g.conn)
+      retire(*g.conn, closed_ ? close_reason::pool_closed : close_reason::discarded, opts_.retire_close, now, dead);
+    else if (g.slot)
+      free_slot(e, now);
+    serve(now, dead);
+  }
+
+  // ------------------------------------------------------------------------------- the idle watch
+
+  /// The connection with this id, if it is still in the books.
+  conn_node* lookup(std::uint64_t id) const noexcept {
+    auto it = registry_.find(id);
+    return it == registry_.end() ? nullptr : it->second;
+  }
+
+  /// The watch saw the peer of `c` close or reset it. Idle: the caller probed it and found `r`;
+  /// anything but healthy retires it. Leased: remembered, so that release() does not keep it.
+  void peer_event(conn_node& c, probe_result r, time_point now, graveyard& dead) {
+    if (c.state == conn_state::leased) {
+      c.seen = r;
+      return;
+    }
+    if (r == probe_result::healthy) return;
+    retire(c, reason_of(r), close_mode::graceful, now, dead);
+    serve(now, dead);
+  }
+
+  // ------------------------------------------------------------------------------- time
+
+  /// When expire() next has work: the earliest idle timeout, lifetime or endpoint to forget.
+  time_point next_due() const noexcept {
+    time_point t = never;
+    if (idle_timeout_.count() > 0 && !all_idle_.empty()) t = later(all_idle_.front()->idle_since, idle_timeout_);
+    if (!lifetimes_.empty() && lifetimes_.top()->expires < t) t = lifetimes_.top()->expires;
+    if (endpoint_grace_.count() > 0 && !unused_.empty()) {
+      const time_point f = later(unused_.front()->empty_since, endpoint_grace_);
+      if (f < t) t = f;
+    }
+    return t;
+  }
+
+  /// Retire idle connections past idle_timeout or their lifetime, and forget endpoints unused for
+  /// endpoint_grace. O(retired + log n): the idle list is in idle order, lifetimes are a heap,
+  /// unused endpoints a list in order. Returns next_due().
+  time_point expire(time_point now, graveyard& dead) {
+    if (!closed_) {
+      if (idle_timeout_.count() > 0) {
+        while (conn_node* c = all_idle_.front()) {
+          if (later(c->idle_since, idle_timeout_) > now) break;
+          retire_and_serve(*c, close_reason::idle_timeout, now, dead);
+        }
+      }
+      while (!lifetimes_.empty() && lifetimes_.top()->expires <= now) {
+        conn_node* c = lifetimes_.top();
+        if (c->state == conn_state::idle) {
+          retire_and_serve(*c, close_reason::max_lifetime, now, dead);
+        } else {
+          lifetimes_.erase(c);  // leased: release() retires it
+        }
+      }
+      if (endpoint_grace_.count() > 0) {
+        while (ep_node* e = unused_.front()) {
+          if (later(e->empty_since, endpoint_grace_) > now) break;
+          forget(static_cast<entry&>(*e));
+        }
+      }
+    }
+    return next_due();
+  }
+
+  // ------------------------------------------------------------------------------- closing
+
+  /// Close the pool: every idle connection is retired (retire_close), every waiter fails with
+  /// pool_closed; connections still leased close when they come back.
+  void close(time_point now, graveyard& dead) {
+    if (closed_) return;
+    closed_ = true;
+    while (conn_node* c = all_idle_.front()) retire(*c, close_reason::pool_closed, opts_.retire_close, now, dead);
+    while (!room_.empty()) room_.erase(room_.top());
+    for (auto& kv : map_) {
+      ep_node& e = *kv.second;
+      while (waiter_node* w = e.waiters.front()) {
+        e.waiters.erase(w);
+        grant g;
+        g.ec = error::pool_closed;
+        w->granted(g);
+      }
+    }
+    while (ep_node* e = unused_.front()) unused_.erase(e);
+  }
+
+  // ------------------------------------------------------------------------------- stats
+
+  pool_stats stats() const noexcept {
+    pool_stats s = forgotten_;
+    for (auto& kv : map_) s += kv.second->snapshot();
+    return s;
+  }
+
+  pool_stats stats(const Key& k) const noexcept {
+    const entry* e = find(k);
+    return e ? e->snapshot() : pool_stats{};
+  }
+
+  /// Every connection is in exactly one place, gauges equal list sizes, open == idle + leased +
+  /// connecting per endpoint and in total, the queues keep their order. Throws std::logic_error
+  /// naming what broke. O(everything): for tests.
+  void check_invariants() const {
+    auto fail = [](const std::string& what) { throw std::logic_error("connpool books: " + what); };
+    std::size_t open = 0, leased = 0, idle = 0, unused = 0, rooms = 0;
+    for (auto& kv : map_) {
+      const entry& e = *kv.second;
+      if (!KeyEqual()(e.key, kv.first)) fail("entry filed under another key");
+      std::size_t n = 0;
+      time_point prev = time_point::min();
+      for (conn_node* c = e.idle.front(); c; c = e.idle.next(c), ++n) {
+        if (c->state != conn_state::idle) fail("a connection on an idle list is not idle");
+        if (c->ep != &e) fail("a connection on another endpoint's idle list");
+        if (!all_idle_.linked(c)) fail("an idle connection missing from the idle list across endpoints");
+        if (c->idle_since < prev) fail("an endpoint's idle list out of idle order");
+        if (lookup(c->id) != c) fail("an idle connection missing from the registry");
+        prev = c->idle_since;
+      }
+      if (n != e.idle.size()) fail("idle gauge differs from the idle list");
+      if (!e.waiters.empty() && !e.idle.empty()) fail("an endpoint has both waiters and idle connections");
+      std::uint64_t ticket = 0;
+      for (waiter_node* w = e.waiters.front(); w; w = e.waiters.next(w)) {
+        if (w->ep != &e) fail("a waiter on another endpoint's queue");
+        if (w->ticket <= ticket) fail("waiters out of arrival order");
+        ticket = w->ticket;
+      }
+      const bool wants_room =
+          !e.waiters.empty() && !(opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint);
+      if (wants_room != (e.room_pos != not_in_heap)) fail("room queue membership wrong");
+      if (wants_room) ++rooms;
+      if (e.unused() != ilist<ep_node, &ep_node::empty_link>::linked(&e) && !closed_)
+        fail("list of unused endpoints wrong");
+      if (e.unused()) ++unused;
+      if (opts_.max_per_endpoint && e.open() > opts_.max_per_endpoint) fail("endpoint over max_per_endpoint");
+      open += e.open();
+      leased += e.leased;
+      idle += e.idle.size();
+    }
+    if (open != open_total_) fail("open total differs from the endpoints' sum");
+    if (opts_.max_total && open_total_ > opts_.max_total) fail("over max_total");
+    if (leased != leased_total_) fail("leased total differs from the endpoints' sum");
+    if (idle != all_idle_.size()) fail("idle list across endpoints differs from the endpoints' lists");
+    if (!closed_ && unused != unused_.size()) fail("unused endpoint count");
+    if (rooms != room_.size()) fail("room queue size");
+    if (!room_.empty() && (open_total_ < opts_.max_total || !all_idle_.empty()))
+      fail("a waiter waits for room that is free");
+    if (registry_.size() != idle + leased) fail("registry size differs from idle + leased");
+    time_point prev = time_point::min();
+    for (conn_node* c = all_idle_.front(); c; c = all_idle_.next(c)) {
+      if (c->idle_since < prev) fail("idle list across endpoints out of idle order");
+      prev = c->idle_since;
+    }
+    prev = time_point::min();
+    for (ep_node* e = unused_.front(); e; e = unused_.next(e)) {
+      if (e->empty_since < prev) fail("unused endpoints out of order");
+      prev = e->empty_since;
+    }
+    lifetimes_.for_each([&](conn_node* c) {
+      if (lookup(c->id) != c) fail("a connection in the lifetime heap is not in the books");
+    });
+  }
+
+ private:
+  struct by_expiry {
+    bool operator()(const conn_node* a, const conn_node* b) const noexcept { return a->expires < b->expires; }
+  };
+  struct by_oldest_waiter {
+    bool operator()(const ep_node* a, const ep_node* b) const noexcept {
+      return a->waiters.front()->ticket < b->waiters.front()->ticket;
+    }
+  };
+
+  /// The only function that moves a connection between leased and idle; it alone edits the idle
+  /// lists and the gauges.
+  void set_state(conn_node& c, conn_state to) noexcept {
+    ep_node& e = *c.ep;
+    CONNPOOL_ASSERT(c.state != to && c.state != conn_state::closed);
+    if (c.state == conn_state::idle) {
+      e.idle.erase(&c);
+      all_idle_.erase(&c);
+    } else {
+      --e.leased;
+      --leased_total_;
+    }
+    c.state = to;
+    if (to == conn_state::idle) {
+      // Released in order, read from a coarse clock on several threads: keep the lists in idle order.
+      if (conn_node* last = all_idle_.back(); last && last->idle_since > c.idle_since) c.idle_since = last->idle_since;
+      e.idle.push_back(&c);
+      all_idle_.push_back(&c);
+    } else if (to == conn_state::leased) {
+      ++e.leased;
+      ++leased_total_;
+    }
+  }
+
+  /// Take `c` (idle or leased) out of the books; the caller's graveyard closes its socket.
+  void retire(conn_node& c, close_reason why, close_mode mode, time_point now, graveyard& dead) {
+    ep_node& e = *c.ep;
+    dead.reserve(dead.size() + 1);  // the one step that may throw: before the books change
+    set_state(c, conn_state::closed);
+    ++counter(e.counters, why);
+    registry_.erase(c.id);
+    if (lifetimes_.contains(&c)) lifetimes_.erase(&c);
+    c.peer_gone = why == close_reason::peer_closed || why == close_reason::peer_reset;
+    --open_total_;
+    dead.emplace_back(&c, mode);
+    changed(e, now);
+  }
+
+  void retire_and_serve(conn_node& c, close_reason why, time_point now, graveyard& dead) {
+    retire(c, why, opts_.retire_close, now, dead);
+    serve(now, dead);
+  }
+
+  /// A slot for `e` if its limits allow, evicting the least recently used idle connection of the
+  /// pool (of another endpoint: callers have taken `e`'s own) when max_total is reached.
+  bool take_slot(ep_node& e, time_point now, graveyard& dead) {
+    if (opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint) return false;
+    if (opts_.max_total && open_total_ >= opts_.max_total) {
+      conn_node* victim = all_idle_.front();
+      if (!victim) return false;
+      CONNPOOL_ASSERT(victim->ep != &e);
+      retire(*victim, close_reason::surplus, opts_.retire_close, now, dead);
+    }
+    ++e.connecting;
+    ++open_total_;
+    changed(e, now);
+    return true;
+  }
+
+  void free_slot(ep_node& e, time_point now) noexcept {
+    CONNPOOL_ASSERT(e.connecting > 0);
+    --e.connecting;
+    --open_total_;
+    changed(e, now);
+  }
+
+  /// Serve the oldest waiter of `w.ep`'s queue. The endpoint holds what it was granted, so it is
+  /// in use.
+  void hand(waiter_node& w, grant g) {
+    ep_node& e = *w.ep;
+    CONNPOOL_ASSERT(e.waiters.front() == &w);
+    e.waiters.erase(&w);
+    update_room(e);
+    w.granted(g);
+  }
+
+  /// After room was freed (a connection or slot gone, or a connection idle that may be evicted):
+  /// serve the oldest waiters that need room. A connection that comes back to an endpoint with
+  /// waiters goes to them directly (released()), so the room queue is all there is to serve.
+  void serve(time_point now, graveyard& dead) {
+    if (closed_) return;
+    while (!room_.empty()) {
+      ep_node& r = *room_.top();
+      if (opts_.max_total && open_total_ >= opts_.max_total && all_idle_.empty()) break;
+      if (!take_slot(r, now, dead)) break;  // cannot happen: r is below its limit
+      grant g;
+      g.slot = true;
+      hand(*r.waiters.front(), g);
+    }
+  }
+
+  /// `e`'s waiters or open count changed: put it in the room queue, move it, or take it out.
+  void update_room(ep_node& e) noexcept {
+    const bool wants = !e.waiters.empty() && !(opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint);
+    const bool in = e.room_pos != not_in_heap;
+    if (wants && in) {
+      room_.fix(&e);
+    } else if (wants) {
+      try {
+        room_.push(&e);
+      } catch (...) {
+        // Out of memory growing the room queue: the waiter stays queued on its endpoint and is
+        // served by the endpoint's own releases; only room freed elsewhere passes it by.
+      }
+    } else if (in) {
+      room_.erase(&e);
+    }
+  }
+
+  /// `e`'s open count or waiters changed.
+  void changed(ep_node& e, time_point now) noexcept {
+    update_room(e);
+    settle(e, now);
+  }
+
+  /// Put `e` on the list of endpoints to forget if nothing uses it, or take it off.
+  void settle(ep_node& e, time_point now) noexcept {
+    const bool linked = unused_.linked(&e);
+    if (e.unused() && !closed_) {
+      if (!linked) {
+        e.empty_since = now;
+        if (ep_node* last = unused_.back(); last && last->empty_since > now) e.empty_since = last->empty_since;
+        unused_.push_back(&e);
+      }
+    } else if (linked) {
+      unused_.erase(&e);
+    }
+  }
+
+  void unlink_unused(ep_node& e) noexcept {
+    if (unused_.linked(&e)) unused_.erase(&e);
+  }
+
+  void forget(entry& e) noexcept {
+    CONNPOOL_ASSERT(e.unused());
+    unused_.erase(&e);
+    pool_stats s = e.snapshot();
+    forgotten_ += s;
+    if (last_ == &e) last_ = nullptr;
+    map_.erase(map_.find(e.key));  // destroys e
+  }
+
+  /// max_lifetime less a random 0-10%, so that connections made together do not expire together.
+  clock::duration jittered_lifetime() {
+    std::uniform_int_distribution<clock::rep> d(0, max_lifetime_.count() / 10);
+    return max_lifetime_ - clock::duration(d(rng_));
+  }
+
+  /// `d` in the clock's units, saturated at the clock's range.
+  static clock::duration span(std::chrono::milliseconds d) noexcept {
+    using std::chrono::duration_cast;
+    if (d >= duration_cast<std::chrono::milliseconds>(clock::duration::max())) return clock::duration::max();
+    return duration_cast<clock::duration>(d);
+  }
+
+  const pool_options opts_;
+  const clock::duration idle_timeout_, max_lifetime_, endpoint_grace_;
+  std::minstd_rand rng_;
+  bool closed_ = false;
+  std::size_t open_total_ = 0;
+  std::size_t leased_total_ = 0;
+  std::uint64_t next_id_ = 0;
+  std::uint64_t tickets_ = 0;
+  mutable entry* last_ = nullptr;  // the entry find() found last
+  ilist<conn_node, &conn_node::all_link> all_idle_;  // front: least recently released
+  iheap<conn_node, &conn_node::heap_pos, by_expiry> lifetimes_;
+  iheap<ep_node, &ep_node::room_pos, by_oldest_waiter> room_;
+  ilist<ep_node, &ep_node::empty_link> unused_;  // endpoints to forget, in the order they became unused
+  std::unordered_map<Key, std::unique_ptr<entry>, Hash, KeyEqual> map_;
+  std::unordered_map<std::uint64_t, conn_node*> registry_;
+  pool_stats forgotten_;  // the counters of forgotten endpoints
+};
+
+}  // namespace connpool::detail
+
+#endif

@@ -1,0 +1,44 @@
+#ifndef CONNPOOL_DETAIL_STATS_HPP
+#define CONNPOOL_DETAIL_STATS_HPP
+
+// Why connections close, and what a look at an idle socket found: the vocabulary the books and the
+// I/O layer share. No I/O here.
+
+#include "connpool/pool_options.hpp"
+
+namespace connpool::detail {
+
+/// What a non-blocking look at an idle connection found.
+enum class probe_result { healthy, peer_closed, peer_reset, unexpected_data };
+
+/// Why a connection is closed; each maps to one pool_stats counter.
+enum class close_reason {
+  discarded, peer_closed, peer_reset, unexpected_data, idle_timeout, max_lifetime, surplus, pool_closed
+};
+
+inline close_reason reason_of(probe_result r) noexcept {
+  switch (r) {
+    case probe_result::peer_closed: return close_reason::peer_closed;
+    case probe_result::unexpected_data: return close_reason::unexpected_data;
+    default: return close_reason::peer_reset;
+  }
+}
+
+/// The counter of `s` that counts closes for reason `r`.
+inline std::size_t& counter(pool_stats& s, close_reason r) noexcept {
+  switch (r) {
+    case close_reason::discarded: return s.discarded;
+    case close_reason::peer_closed: return s.peer_closed;
+    case close_reason::peer_reset: return s.peer_reset;
+    case close_reason::unexpected_data: return s.unexpected_data;
+    case close_reason::idle_timeout: return s.idle_timeout;
+    case close_reason::max_lifetime: return s.max_lifetime;
+    case close_reason::surplus: return s.surplus;
+    case close_reason::pool_closed: break;
+  }
+  return s.pool_closed;
+}
+
+}  // namespace connpool::detail
+
+#endif
