@@ -1,0 +1,566 @@
+// The books without I/O (detail/books.hpp): decisions driven step by step with a clock the test
+// sets, no sockets and no sleeps; then a seeded fuzzer against a small reference model.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "connpool/detail/books.hpp"
+
+using namespace std::chrono_literals;
+namespace d = connpool::detail;
+using books = d::books<int, std::hash<int>, std::equal_to<int>>;
+using d::time_point;
+
+namespace {
+
+const time_point t0 = time_point(std::chrono::hours(1));
+
+struct test_waiter final : d::waiter_node {
+  using waiter_node::waiter_node;
+  void granted(d::grant g) override {
+    result = g;
+    done = true;
+  }
+  d::grant result;
+  bool done = false;
+};
+
+/// A pool's books with nodes the test owns.
+struct fixture {
+  explicit fixture(connpool::pool_options o, std::uint64_t seed = 1) : b(o, seed) {}
+
+  /// A new acquire of `key` that must get a slot and connect.
+  d::conn_node* connect(int key, time_point now) {
+    auto& e = b.get(key, now);
+    d::grant g = b.try_grant(e, now, dead);
+    REQUIRE(g.slot);
+    return connected(e, now);
+  }
+  d::conn_node* connected(d::ep_node& e, time_point now) {
+    owned.push_back(std::make_unique<d::conn_node>());
+    d::conn_node* c = owned.back().get();
+    c->ep = &e;
+    b.connected(*c, now);
+    return c;
+  }
+  d::grant acquire(int key, time_point now) { return b.try_grant(b.get(key, now), now, dead); }
+  std::size_t buried(connpool::close_mode mode) const {
+    return static_cast<std::size_t>(
+        std::count_if(dead.begin(), dead.end(), [&](auto& p) { return p.second == mode; }));
+  }
+
+  std::vector<std::unique_ptr<d::conn_node>> owned;  // first: destroyed after the books
+  books b;
+  d::graveyard dead;
+};
+
+connpool::pool_options opts() {
+  connpool::pool_options o;
+  o.max_per_endpoint = 2;
+  o.max_idle_per_endpoint = 8;
+  o.idle_timeout = 0ms;
+  o.endpoint_grace = 0ms;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("books: the most recently released idle connection first; gauges follow the states") {
+  fixture f(opts());
+  auto* a = f.connect(1, t0);
+  auto* c = f.connect(1, t0);
+  f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  f.b.released(*c, d::probe_result::healthy, t0 + 1ms, f.dead);
+  CHECK(f.b.stats(1).idle == 2);
+  CHECK(f.b.take_idle(*f.b.find(1)) == c);
+  CHECK(f.b.take_idle(*f.b.find(1)) == a);
+  CHECK(f.b.take_idle(*f.b.find(1)) == nullptr);
+  CHECK(f.b.stats(1).leased == 2);
+  CHECK(f.b.stats(1).created == 2);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: waiters are served first come, first served, per endpoint, by the connection that comes back") {
+  fixture f(opts());
+  auto* a = f.connect(1, t0);
+  auto* c = f.connect(1, t0);
+  auto& e = *f.b.find(1);
+  test_waiter w1(&e), w2(&e);
+  CHECK(!f.acquire(1, t0));
+  f.b.enqueue(w1);
+  f.b.enqueue(w2);
+  CHECK(f.b.stats(1).waiting == 2);
+  // Another endpoint is not held up by them.
+  auto* other = f.connect(2, t0);
+  f.b.released(*other, d::probe_result::healthy, t0, f.dead);
+  CHECK(f.acquire(2, t0).conn == other);
+  f.b.check_invariants();
+
+  f.b.released(*c, d::probe_result::healthy, t0, f.dead);
+  CHECK(w1.done);
+  CHECK(w1.result.conn == c);
+  CHECK(!w2.done);
+  // A connection discarded frees a slot: the next waiter gets it.
+  f.b.discarded(*a, connpool::close_mode::abortive, t0, f.dead);
+  CHECK(w2.done);
+  CHECK(w2.result.slot);
+  CHECK(f.buried(connpool::close_mode::abortive) == 1);
+  CHECK(f.b.stats(1).discarded == 1);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: a waiter leaves on its deadline, counted; a new acquire never passes a waiter of its endpoint") {
+  fixture f(opts());
+  f.connect(1, t0);
+  auto* c = f.connect(1, t0);
+  auto& e = *f.b.find(1);
+  test_waiter w(&e);
+  f.b.enqueue(w);
+  CHECK(!f.acquire(1, t0));  // a slot is not free; nor would an idle connection be taken
+  f.b.leave(w, true, t0 + 5s);
+  CHECK(!w.queued());
+  CHECK(f.b.stats(1).acquire_timeouts == 1);
+  CHECK(f.b.stats(1).waiting == 0);
+  f.b.released(*c, d::probe_result::healthy, t0, f.dead);
+  CHECK(f.b.stats(1).idle == 1);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: under max_total, room goes to the oldest waiter that needs it, evicting the LRU idle connection") {
+  connpool::pool_options o = opts();
+  o.max_total = 2;
+  fixture f(o);
+  auto* a = f.connect(1, t0);
+  auto* c = f.connect(2, t0);
+  test_waiter w3(&f.b.get(3, t0)), w4(&f.b.get(4, t0));
+  CHECK(!f.acquire(3, t0));
+  f.b.enqueue(w3);
+  CHECK(!f.acquire(4, t0));
+  f.b.enqueue(w4);
+  f.b.check_invariants();
+  // A connection that comes back idle is evicted at once for the oldest waiter.
+  f.b.released(*c, d::probe_result::healthy, t0 + 1ms, f.dead);
+  CHECK(w3.done);
+  CHECK(w3.result.slot);
+  CHECK(!w4.done);
+  CHECK(f.b.stats(2).surplus == 1);
+  f.b.check_invariants();
+  // The slot fails: its room goes to the next waiter.
+  f.b.connect_failed(*f.b.find(3), std::make_error_code(std::errc::connection_refused), t0, f.dead);
+  CHECK(w4.done);
+  CHECK(f.b.stats(3).connect_failed == 1);
+  f.b.check_invariants();
+  // Without waiters, a new acquire evicts the least recently used idle connection of another endpoint.
+  f.connected(*f.b.find(4), t0);
+  f.b.released(*a, d::probe_result::healthy, t0 + 2ms, f.dead);
+  CHECK(f.acquire(5, t0 + 3ms).slot);
+  CHECK(f.b.stats(1).surplus == 1);
+  CHECK(f.b.stats().open() == 2);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: idle_timeout retires exactly at its time, in one pass, and says when the next is due") {
+  connpool::pool_options o = opts();
+  o.idle_timeout = 1000ms;
+  fixture f(o);
+  auto* a = f.connect(1, t0);
+  auto* c = f.connect(2, t0);
+  CHECK(f.b.next_due() == d::never);
+  f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  f.b.released(*c, d::probe_result::healthy, t0 + 300ms, f.dead);
+  CHECK(f.b.next_due() == t0 + 1000ms);
+  CHECK(f.b.expire(t0 + 999ms, f.dead) == t0 + 1000ms);
+  CHECK(f.dead.empty());
+  CHECK(f.b.expire(t0 + 1000ms, f.dead) == t0 + 1300ms);
+  CHECK(f.dead.size() == 1);
+  CHECK(f.dead[0].first == a);
+  CHECK(f.b.stats(1).idle_timeout == 1);
+  CHECK(f.b.expire(t0 + 1300ms, f.dead) == d::never);
+  CHECK(f.b.stats().idle == 0);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: max_lifetime is jittered within 90-100%; idle ones retire on time, leased ones when released") {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 0;
+  o.max_idle_per_endpoint = 0;
+  o.max_lifetime = 10000ms;
+  fixture f(o, 42);
+  std::vector<d::conn_node*> cs;
+  for (int i = 0; i < 100; ++i) cs.push_back(f.connect(1, t0));
+  std::set<time_point> distinct;
+  for (auto* c : cs) {
+    CHECK(c->expires >= t0 + 9000ms);
+    CHECK(c->expires <= t0 + 10000ms);
+    distinct.insert(c->expires);
+  }
+  CHECK(distinct.size() > 50);  // spread, not all at once
+  for (int i = 0; i < 50; ++i) f.b.released(*cs[i], d::probe_result::healthy, t0 + 1ms, f.dead);
+  const time_point first = std::min_element(cs.begin(), cs.end(), [](auto* x, auto* y) { return x->expires < y->expires; })[0]->expires;
+  CHECK(f.b.next_due() == first);
+  f.b.expire(t0 + 10000ms, f.dead);
+  CHECK(f.b.stats(1).max_lifetime == 50);  // every idle one
+  CHECK(f.b.stats(1).leased == 50);
+  f.b.released(*cs[50], d::probe_result::healthy, t0 + 10000ms, f.dead);
+  CHECK(f.b.stats(1).max_lifetime == 51);
+  CHECK(f.b.next_due() == d::never);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: an endpoint nobody uses is forgotten after endpoint_grace; its counters stay in the totals") {
+  connpool::pool_options o = opts();
+  o.endpoint_grace = 2000ms;
+  fixture f(o);
+  auto* a = f.connect(1, t0);
+  CHECK(f.b.endpoint_count() == 1);
+  f.b.discarded(*a, connpool::close_mode::graceful, t0 + 1s, f.dead);
+  CHECK(f.b.next_due() == t0 + 3s);
+  // Used again within the grace: not forgotten.
+  CHECK(f.acquire(1, t0 + 2s).slot);
+  f.b.connect_failed(*f.b.find(1), std::make_error_code(std::errc::connection_refused), t0 + 2s, f.dead);
+  CHECK(f.b.endpoint_count() == 1);
+  f.b.check_invariants();
+  // Lookups that find nothing make no entry; get() makes one that is forgotten in turn.
+  CHECK(f.b.find(7) == nullptr);
+  f.b.get(7, t0 + 2s);
+  CHECK(f.b.endpoint_count() == 2);
+  CHECK(f.b.expire(t0 + 3999ms, f.dead) == t0 + 4s);
+  CHECK(f.b.endpoint_count() == 2);
+  f.b.expire(t0 + 4s, f.dead);
+  CHECK(f.b.endpoint_count() == 0);
+  CHECK(f.b.stats(1).created == 0);
+  CHECK(f.b.stats().created == 1);
+  CHECK(f.b.stats().discarded == 1);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: close() retires idle connections, fails waiters; leased ones close when they come back") {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 1;
+  fixture f(o);
+  auto* a = f.connect(1, t0);
+  auto* c = f.connect(2, t0);
+  f.b.released(*c, d::probe_result::healthy, t0, f.dead);
+  test_waiter w(f.b.find(1));
+  f.b.enqueue(w);
+  f.b.close(t0, f.dead);
+  CHECK(w.done);
+  CHECK(w.result.ec == connpool::error::pool_closed);
+  CHECK(f.b.stats(2).pool_closed == 1);
+  CHECK(f.acquire(1, t0).ec == connpool::error::pool_closed);
+  f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  CHECK(f.b.stats(1).pool_closed == 1);
+  CHECK(f.b.stats().open() == 0);
+  f.b.check_invariants();
+}
+
+// ---------------------------------------------------------------------------------------- fuzzer
+
+namespace {
+
+/// Random steps against the books and a small model of what the test holds: the leases, slots and
+/// waiters it was given, the connections alive. After every step: the books' invariants, the
+/// gauges against the model, FIFO per endpoint, no waiter left waiting for what is free, no
+/// connection idle past its time, created == closed + open.
+class fuzz_run {
+ public:
+  fuzz_run(std::uint64_t seed) : rng_(seed), b_(random_options(), seed) {}
+  ~fuzz_run() {
+    for (auto& w : waiters_) w.reset();
+    for (auto* c : live_) delete c;
+  }
+
+  void run(int steps) {
+    for (int i = 0; i < steps; ++i) {
+      step_ = i;
+      step();
+      check();
+    }
+    b_.close(now_, dead_);
+    settle();
+    for (auto* c : std::vector<d::conn_node*>(leased_.begin(), leased_.end())) {
+      leased_.erase(c);
+      b_.released(*c, d::probe_result::healthy, now_, dead_);
+      settle();
+    }
+    check();
+    CHECK(b_.stats().open() == slots_.size());
+  }
+
+  int step_ = 0;
+
+  /// What the run exercised, so that the test can tell it covered each path.
+  struct coverage {
+    std::size_t conn_to_waiter = 0, slot_to_waiter = 0, timeouts = 0, forgotten = 0, replaced = 0, surplus = 0,
+                idle_timeout = 0, max_lifetime = 0, peer = 0;
+  } seen;
+
+  void tally(coverage& total) const {
+    const auto t = b_.stats();
+    total.conn_to_waiter += seen.conn_to_waiter;
+    total.slot_to_waiter += seen.slot_to_waiter;
+    total.timeouts += t.acquire_timeouts;
+    total.forgotten += seen.forgotten;
+    total.replaced += seen.replaced;
+    total.surplus += t.surplus;
+    total.idle_timeout += t.idle_timeout;
+    total.max_lifetime += t.max_lifetime;
+    total.peer += t.peer_closed + t.peer_reset + t.unexpected_data;
+  }
+
+ private:
+  struct waiter final : d::waiter_node {
+    waiter(d::ep_node* e, fuzz_run& r, time_point dl) : waiter_node(e), run(r), deadline(dl) {}
+    void granted(d::grant g) override { run.granted_.push_back({this, g}); }
+    fuzz_run& run;
+    time_point deadline;
+  };
+
+  connpool::pool_options random_options() {
+    connpool::pool_options o;
+    o.max_per_endpoint = pick<std::size_t>({0, 1, 2, 4});
+    o.max_total = pick<std::size_t>({0, 2, 3, 6});
+    o.max_idle_per_endpoint = pick<std::size_t>({0, 1, 3});
+    o.idle_timeout = pick<std::chrono::milliseconds>({0ms, 1000ms, 5000ms});
+    o.max_lifetime = pick<std::chrono::milliseconds>({0ms, 3000ms});
+    o.endpoint_grace = pick<std::chrono::milliseconds>({0ms, 2000ms});
+    o.retire_close = pick<connpool::close_mode>({connpool::close_mode::graceful, connpool::close_mode::abortive});
+    return o;
+  }
+
+  template <class T>
+  T pick(std::initializer_list<T> xs) {
+    auto it = xs.begin();
+    std::advance(it, std::uniform_int_distribution<std::size_t>(0, xs.size() - 1)(rng_));
+    return *it;
+  }
+  int roll(int n) { return std::uniform_int_distribution<int>(0, n - 1)(rng_); }
+  template <class C>
+  auto any(C& c) {
+    auto it = c.begin();
+    std::advance(it, roll(static_cast<int>(c.size())));
+    return it;
+  }
+  d::probe_result verdict() {
+    const int r = roll(20);
+    return r == 0 ? d::probe_result::peer_closed : r == 1 ? d::probe_result::peer_reset
+                : r == 2 ? d::probe_result::unexpected_data : d::probe_result::healthy;
+  }
+
+  void step() {
+    switch (roll(12)) {
+      case 0: case 1: case 2: {  // acquire
+        const int key = roll(5);
+        auto& e = b_.get(key, now_);
+        d::grant g = b_.try_grant(e, now_, dead_);
+        if (!g) {
+          auto w = std::make_unique<waiter>(&e, *this, now_ + std::chrono::milliseconds(100 * roll(40)));
+          b_.enqueue(*w);
+          queue_[key].push_back(w.get());
+          waiters_.push_back(std::move(w));
+        } else {
+          take(&e, g, false);
+        }
+        break;
+      }
+      case 3: {  // try_acquire
+        const int key = roll(5);
+        if (auto* e = b_.find(key); e && e->waiters.empty())
+          if (auto* c = b_.take_idle(*e)) probe_and_keep(c, true);
+        break;
+      }
+      case 4: case 5:  // a connect ends
+        if (!slots_.empty()) {
+          auto it = any(slots_);
+          d::ep_node* e = *it;
+          slots_.erase(it);
+          if (roll(4) == 0) {
+            b_.connect_failed(*e, std::make_error_code(std::errc::connection_refused), now_, dead_);
+          } else if (b_.closed()) {
+            b_.connected_after_close(*e, now_);
+          } else {
+            auto* c = new d::conn_node;
+            c->ep = e;
+            b_.connected(*c, now_);
+            live_.insert(c);
+            leased_.insert(c);
+          }
+        }
+        break;
+      case 6: case 7:  // release
+        if (!leased_.empty()) {
+          auto it = any(leased_);
+          d::conn_node* c = *it;
+          leased_.erase(it);
+          b_.released(*c, roll(10) == 0 ? verdict() : d::probe_result::healthy, now_, dead_);
+        }
+        break;
+      case 8:  // discard
+        if (!leased_.empty()) {
+          auto it = any(leased_);
+          d::conn_node* c = *it;
+          leased_.erase(it);
+          b_.discarded(*c, connpool::close_mode::abortive, now_, dead_);
+        }
+        break;
+      case 9:  // the watch reports a connection
+        if (!live_.empty()) {
+          d::conn_node* c = *any(live_);
+          b_.peer_event(*c, c->state == d::conn_state::leased ? d::probe_result::peer_closed : verdict(), now_, dead_);
+        }
+        break;
+      case 10: {  // time passes: deadlines, then the retire pass
+        now_ += std::chrono::milliseconds(roll(3) == 0 ? roll(4000) : roll(50));
+        for (auto& [key, q] : queue_)
+          for (auto* w : std::vector<waiter*>(q.begin(), q.end()))
+            if (w->deadline <= now_) {
+              b_.leave(*w, true, now_);
+              q.erase(std::find(q.begin(), q.end(), w));
+            }
+        const std::size_t before = b_.endpoint_count();
+        b_.expire(now_, dead_);
+        seen.forgotten += before - b_.endpoint_count();
+        break;
+      }
+      case 11:
+        if (roll(500) == 0) b_.close(now_, dead_);
+        break;
+    }
+    settle();
+  }
+
+  /// Hand out what was granted: probe idle connections (some fail and are replaced), keep slots.
+  void take(d::ep_node* e, d::grant g, bool idle_only) {
+    while (g.conn) {
+      const d::probe_result r = roll(8) == 0 ? verdict() : d::probe_result::healthy;
+      if (r == d::probe_result::healthy) {
+        leased_.insert(g.conn);
+        return;
+      }
+      ++seen.replaced;
+      g = b_.replace(*g.conn, r, idle_only, now_, dead_);
+    }
+    if (g.slot) slots_.push_back(e);
+  }
+  void probe_and_keep(d::conn_node* c, bool idle_only) { take(c->ep, d::grant{c, false, {}}, idle_only); }
+
+  /// Deliver grants (FIFO checked), then close what was retired.
+  void settle() {
+    while (!granted_.empty()) {
+      auto [w, g] = granted_.front();
+      granted_.pop_front();
+      const int key = static_cast<books::entry*>(w->ep)->key;
+      auto& q = queue_[key];
+      REQUIRE_MESSAGE(!q.empty(), "seed step " << step_);
+      CHECK_MESSAGE(q.front() == w, "a waiter served out of order, step " << step_);
+      q.erase(std::find(q.begin(), q.end(), w));
+      ++(g.conn ? seen.conn_to_waiter : seen.slot_to_waiter);
+      if (!g.ec) take(w->ep, g, false);
+    }
+    for (auto& [node, mode] : dead_) {
+      REQUIRE_MESSAGE(live_.count(node) == 1, "retired twice or never made, step " << step_);
+      CHECK(leased_.count(node) == 0);
+      live_.erase(node);
+      delete node;
+    }
+    dead_.clear();
+  }
+
+  void check() {
+    b_.check_invariants();
+    const auto& o = b_.options();
+    std::map<int, pool_counts> model;
+    for (auto* c : live_) {
+      auto& m = model[static_cast<books::entry*>(c->ep)->key];
+      ++(leased_.count(c) ? m.leased : m.idle);
+      if (!leased_.count(c) && o.idle_timeout.count() > 0)
+        CHECK_MESSAGE(c->idle_since + o.idle_timeout > now_, "idle past its time, step " << step_);
+    }
+    for (auto* e : slots_) ++model[static_cast<books::entry*>(e)->key].connecting;
+    for (auto& [key, q] : queue_) model[key].waiting += q.size();
+    std::size_t open = 0, idle = 0;
+    for (auto& [key, m] : model) {
+      const auto s = b_.stats(key);
+      INFO("seed step " << step_ << " endpoint " << key);
+      CHECK(s.idle == m.idle);
+      CHECK(s.leased == m.leased);
+      CHECK(s.connecting == m.connecting);
+      CHECK(s.waiting == m.waiting);
+      open += m.idle + m.leased + m.connecting;
+      idle += m.idle;
+      // Nobody waits for what is free.
+      if (m.waiting && !b_.closed()) {
+        CHECK(m.idle == 0);
+        const bool below = !o.max_per_endpoint || m.idle + m.leased + m.connecting < o.max_per_endpoint;
+        if (below) CHECK((o.max_total && b_.open_total() >= o.max_total));
+      }
+    }
+    if (!b_.closed() && o.max_total && b_.open_total() >= o.max_total && idle > 0)
+      for (auto& [key, m] : model)
+        if (m.waiting && (!o.max_per_endpoint || m.idle + m.leased + m.connecting < o.max_per_endpoint))
+          FAIL("a waiter needs room while an idle connection could be evicted, step " << step_);
+    const auto t = b_.stats();
+    CHECK(t.open() == open);
+    CHECK(t.created == t.closed() + live_.size());
+  }
+
+  struct pool_counts {
+    std::size_t idle = 0, leased = 0, connecting = 0, waiting = 0;
+  };
+
+  std::mt19937_64 rng_;
+  books b_;
+  time_point now_ = t0;
+  d::graveyard dead_;
+  std::set<d::conn_node*> live_, leased_;
+  std::vector<d::ep_node*> slots_;
+  std::map<int, std::deque<waiter*>> queue_;
+  std::vector<std::unique_ptr<waiter>> waiters_;
+  std::deque<std::pair<waiter*, d::grant>> granted_;
+};
+
+std::uint64_t env_or(const char* name, std::uint64_t fallback) {
+  const char* v = std::getenv(name);
+  return v ? std::strtoull(v, nullptr, 10) : fallback;
+}
+
+}  // namespace
+
+TEST_CASE("books: seeded fuzzer against a reference model (CONNPOOL_FUZZ_SEED replays one seed)") {
+  const std::uint64_t only = env_or("CONNPOOL_FUZZ_SEED", 0);
+  const std::uint64_t seeds = only ? 1 : env_or("CONNPOOL_FUZZ_SEEDS", 200);
+  const int steps = static_cast<int>(env_or("CONNPOOL_FUZZ_STEPS", 2000));
+  fuzz_run::coverage total;
+  for (std::uint64_t i = 0; i < seeds; ++i) {
+    const std::uint64_t seed = only ? only : 1000 + i;
+    CAPTURE(seed);
+    fuzz_run run(seed);
+    run.run(steps);
+    run.tally(total);
+  }
+  MESSAGE("fuzzer: " << seeds << " seeds x " << steps << " steps; waiters served a connection " << total.conn_to_waiter
+                     << ", a slot " << total.slot_to_waiter << "; timeouts " << total.timeouts << "; endpoints forgotten "
+                     << total.forgotten << "; probes failed " << total.replaced << "; surplus " << total.surplus
+                     << "; idle_timeout " << total.idle_timeout << "; max_lifetime " << total.max_lifetime
+                     << "; peer events " << total.peer);
+  if (!only) {  // every path was taken
+    CHECK(total.conn_to_waiter > 0);
+    CHECK(total.slot_to_waiter > 0);
+    CHECK(total.timeouts > 0);
+    CHECK(total.forgotten > 0);
+    CHECK(total.replaced > 0);
+    CHECK(total.surplus > 0);
+    CHECK(total.idle_timeout > 0);
+    CHECK(total.max_lifetime > 0);
+    CHECK(total.peer > 0);
+  }
+}
