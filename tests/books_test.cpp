@@ -46,19 +46,16 @@ struct fixture {
     return connected(e, now);
   }
   d::conn_node* connected(d::ep_node& e, time_point now) {
-    owned.push_back(std::make_unique<d::conn_node>());
-    d::conn_node* c = owned.back().get();
-    c->ep = &e;
-    b.connected(*c, now);
+    d::conn_node* c = b.connected(e, nullptr, now);
+    c->payload = c;  // what the graveyard reports
     return c;
   }
   d::grant acquire(int key, time_point now) { return b.try_grant(b.get(key, now), now, dead); }
   std::size_t buried(connpool::close_mode mode) const {
     return static_cast<std::size_t>(
-        std::count_if(dead.begin(), dead.end(), [&](auto& p) { return p.second == mode; }));
+        std::count_if(dead.begin(), dead.end(), [&](const d::buried& x) { return x.mode == mode; }));
   }
 
-  std::vector<std::unique_ptr<d::conn_node>> owned;  // first: destroyed after the books
   books b;
   d::graveyard dead;
 };
@@ -182,7 +179,7 @@ TEST_CASE("books: idle_timeout retires exactly at its time, in one pass, and say
   CHECK(f.dead.empty());
   CHECK(f.b.expire(t0 + 1000ms, f.dead) == t0 + 1300ms);
   CHECK(f.dead.size() == 1);
-  CHECK(f.dead[0].first == a);
+  CHECK(f.dead[0].conn == a);
   CHECK(f.b.stats(1).idle_timeout == 1);
   CHECK(f.b.expire(t0 + 1300ms, f.dead) == d::never);
   CHECK(f.b.stats().idle == 0);
@@ -275,7 +272,6 @@ class fuzz_run {
  public:
   fuzz_run(std::uint64_t seed) : rng_(seed), b_(random_options(), seed) {}
   ~fuzz_run() {
-    for (auto& w : waiters_) w.reset();
     for (auto* c : live_) delete c;
   }
 
@@ -287,9 +283,9 @@ class fuzz_run {
     }
     b_.close(now_, dead_);
     settle();
-    for (auto* c : std::vector<d::conn_node*>(leased_.begin(), leased_.end())) {
+    for (auto* c : std::vector<rec*>(leased_.begin(), leased_.end())) {
       leased_.erase(c);
-      b_.released(*c, d::probe_result::healthy, now_, dead_);
+      b_.released(*c->node, d::probe_result::healthy, now_, dead_);
       settle();
     }
     check();
@@ -297,6 +293,12 @@ class fuzz_run {
   }
 
   int step_ = 0;
+
+  /// A connection the test made: the payload of its node.
+  struct rec {
+    d::conn_node* node;
+  };
+  static rec* of(d::conn_node* n) { return static_cast<rec*>(n->payload); }
 
   /// What the run exercised, so that the test can tell it covered each path.
   struct coverage {
@@ -374,8 +376,11 @@ class fuzz_run {
       }
       case 3: {  // try_acquire
         const int key = roll(5);
-        if (auto* e = b_.find(key); e && e->waiters.empty())
-          if (auto* c = b_.take_idle(*e)) probe_and_keep(c, true);
+        if (auto* e = b_.find(key); e && e->waiters.empty()) {
+          // Now and then with a hint: the last connection released, right or stale.
+          d::conn_node* c = last_.first && roll(2) ? b_.take_idle(*e, last_.first, last_.second) : b_.take_idle(*e);
+          if (c) probe_and_keep(c, true);
+        }
         break;
       }
       case 4: case 5:  // a connect ends
@@ -388,9 +393,8 @@ class fuzz_run {
           } else if (b_.closed()) {
             b_.connected_after_close(*e, now_);
           } else {
-            auto* c = new d::conn_node;
-            c->ep = e;
-            b_.connected(*c, now_);
+            auto* c = new rec{nullptr};
+            c->node = b_.connected(*e, c, now_);
             live_.insert(c);
             leased_.insert(c);
           }
@@ -399,22 +403,23 @@ class fuzz_run {
       case 6: case 7:  // release
         if (!leased_.empty()) {
           auto it = any(leased_);
-          d::conn_node* c = *it;
+          rec* c = *it;
           leased_.erase(it);
-          b_.released(*c, roll(10) == 0 ? verdict() : d::probe_result::healthy, now_, dead_);
+          if (const auto stamp = b_.released(*c->node, roll(10) == 0 ? verdict() : d::probe_result::healthy, now_, dead_))
+            last_ = {c->node, stamp};
         }
         break;
       case 8:  // discard
         if (!leased_.empty()) {
           auto it = any(leased_);
-          d::conn_node* c = *it;
+          rec* c = *it;
           leased_.erase(it);
-          b_.discarded(*c, connpool::close_mode::abortive, now_, dead_);
+          b_.discarded(*c->node, connpool::close_mode::abortive, now_, dead_);
         }
         break;
       case 9:  // the watch reports a connection
         if (!live_.empty()) {
-          d::conn_node* c = *any(live_);
+          d::conn_node* c = (*any(live_))->node;
           b_.peer_event(*c, c->state == d::conn_state::leased ? d::probe_result::peer_closed : verdict(), now_, dead_);
         }
         break;
@@ -443,7 +448,7 @@ class fuzz_run {
     while (g.conn) {
       const d::probe_result r = roll(8) == 0 ? verdict() : d::probe_result::healthy;
       if (r == d::probe_result::healthy) {
-        leased_.insert(g.conn);
+        leased_.insert(of(g.conn));
         return;
       }
       ++seen.replaced;
@@ -466,11 +471,12 @@ class fuzz_run {
       ++(g.conn ? seen.conn_to_waiter : seen.slot_to_waiter);
       if (!g.ec) take(w->ep, g, false);
     }
-    for (auto& [node, mode] : dead_) {
-      REQUIRE_MESSAGE(live_.count(node) == 1, "retired twice or never made, step " << step_);
-      CHECK(leased_.count(node) == 0);
-      live_.erase(node);
-      delete node;
+    for (const d::buried& x : dead_) {
+      rec* c = static_cast<rec*>(x.conn);
+      REQUIRE_MESSAGE(live_.count(c) == 1, "retired twice or never made, step " << step_);
+      CHECK(leased_.count(c) == 0);
+      live_.erase(c);
+      delete c;
     }
     dead_.clear();
   }
@@ -479,11 +485,12 @@ class fuzz_run {
     b_.check_invariants();
     const auto& o = b_.options();
     std::map<int, pool_counts> model;
-    for (auto* c : live_) {
-      auto& m = model[static_cast<books::entry*>(c->ep)->key];
+    for (rec* c : live_) {
+      CHECK(of(c->node) == c);
+      auto& m = model[static_cast<books::entry*>(c->node->ep)->key];
       ++(leased_.count(c) ? m.leased : m.idle);
       if (!leased_.count(c) && o.idle_timeout.count() > 0)
-        CHECK_MESSAGE(c->idle_since + o.idle_timeout > now_, "idle past its time, step " << step_);
+        CHECK_MESSAGE(c->node->idle_since + o.idle_timeout > now_, "idle past its time, step " << step_);
     }
     for (auto* e : slots_) ++model[static_cast<books::entry*>(e)->key].connecting;
     for (auto& [key, q] : queue_) model[key].waiting += q.size();
@@ -521,7 +528,8 @@ class fuzz_run {
   books b_;
   time_point now_ = t0;
   d::graveyard dead_;
-  std::set<d::conn_node*> live_, leased_;
+  std::set<rec*> live_, leased_;
+  std::pair<const d::conn_node*, std::uint64_t> last_{nullptr, 0};  // the last released: a hint, maybe stale
   std::vector<d::ep_node*> slots_;
   std::map<int, std::deque<waiter*>> queue_;
   std::vector<std::unique_ptr<waiter>> waiters_;
@@ -563,4 +571,33 @@ TEST_CASE("books: seeded fuzzer against a reference model (CONNPOOL_FUZZ_SEED re
     CHECK(total.max_lifetime > 0);
     CHECK(total.peer > 0);
   }
+}
+
+TEST_CASE("books: a hint gets back the connection released last only while it is idle in that same idle period") {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 4;
+  fixture f(o);
+  auto* a = f.connect(1, t0);
+  auto* c = f.connect(1, t0);
+  auto* other = f.connect(2, t0);
+  auto& e = *f.b.find(1);
+  const auto sa = f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  f.b.released(*c, d::probe_result::healthy, t0, f.dead);
+  CHECK(sa != 0);
+  CHECK(f.b.take_idle(e, a, sa) == a);  // not the most recently released: the hinted one
+  // Released again: a new idle period, so the old stamp no longer names it.
+  const auto sa2 = f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  CHECK(sa2 != sa);
+  CHECK(f.b.take_idle(e, a, sa) == a);  // MRU anyway: a was released last
+  f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  CHECK(f.b.take_idle(e, c, 12345) == a);  // wrong stamp: MRU
+  CHECK(f.b.take_idle(e, other, 1) == c);  // other endpoint: MRU of this one
+  // Retired: its node is recycled, and the stale hint finds a free node, never freed memory.
+  const auto sc = f.b.released(*c, d::probe_result::healthy, t0, f.dead);
+  f.b.peer_event(*c, d::probe_result::peer_closed, t0, f.dead);
+  f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  CHECK(f.b.take_idle(e, c, sc) == a);
+  // With no idle connection a hint gives nothing either.
+  CHECK(f.b.take_idle(e, c, sc) == nullptr);
+  f.b.check_invariants();
 }

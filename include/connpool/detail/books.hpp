@@ -7,7 +7,10 @@
 //
 // The caller holds one lock around every call (pool_state's mutex). The books never close a socket:
 // a connection they retire goes into the caller's graveyard, which the caller closes after
-// unlocking. Nodes (connections, waiters) belong to the caller; the books link them.
+// unlocking. The books own the connection nodes, in an arena whose memory lives as long as they do
+// (a node is recycled, never freed), so a hint that names a node from an earlier lease can be
+// checked without risk (take_idle()). Each node points to the caller's connection (`payload`).
+// Waiter nodes belong to the caller; the books link them.
 //
 // States. A connection node is `leased` (owned by a lease or an acquire that probes it) or `idle`
 // (on its endpoint's idle list and on the idle list across endpoints, both in release order), until
@@ -59,15 +62,15 @@ enum class conn_state : unsigned char { leased, idle, closed };
 /// touched last, so what take_idle() and release() write shares as few cache lines as possible.
 struct alignas(64) conn_node {
   ep_node* ep = nullptr;
-  list_hook<conn_node> ep_link;   // the endpoint's idle list
+  list_hook<conn_node> ep_link;   // the endpoint's idle list; the arena's free list
   list_hook<conn_node> all_link;  // the idle list across endpoints
   time_point idle_since{};        // coarse clock
   time_point expires = never;     // jittered max_lifetime
-  std::uint64_t id = 0;           // 0 until connected; never reused within a pool
+  std::uint64_t id = 0;           // never reused within a pool; 0 while the node is free
+  std::uint64_t stamp = 0;        // names its current idle period; 0 while free
+  void* payload = nullptr;        // the caller's connection
   std::size_t heap_pos = not_in_heap;  // in the lifetime heap
-  conn_state state = conn_state::leased;
-  bool watched = false;    // in the idle watch's epoll set
-  bool peer_gone = false;  // retired because the peer closed or reset it: no FIN or RST of ours
+  conn_state state = conn_state::closed;
   probe_result seen = probe_result::healthy;  // what the watch saw while it was leased
 };
 
@@ -120,8 +123,15 @@ struct alignas(64) ep_node {
   }
 };
 
-/// Closed after the caller unlocks: the connections the books retired, and how to close each.
-using graveyard = std::vector<std::pair<conn_node*, close_mode>>;
+/// A connection the books retired: the caller's connection, and how to close it.
+struct buried {
+  void* conn;
+  close_mode mode;
+  bool peer_gone;  // the peer closed or reset it: no FIN or RST of ours
+};
+
+/// Closed after the caller unlocks: the connections the books retired.
+using graveyard = std::vector<buried>;
 
 template <class Key, class Hash, class KeyEqual>
 class books {
@@ -173,10 +183,15 @@ class books {
 
   // ------------------------------------------------------------------------------- acquiring
 
-  /// The endpoint's most recently released idle connection, now leased; or null. Does not look
-  /// at waiters: callers that must not pass one check `e.waiters.empty()`.
-  conn_node* take_idle(ep_node& e) noexcept {
+  /// An idle connection of the endpoint, now leased; or null. `mine` and `stamp`, from an earlier
+  /// released(): the connection the caller released then, if it is still idle in that same idle
+  /// period (not retired, not leased since, same endpoint); else the most recently released one.
+  /// `mine` must be a node of these books (or null). Does not look at waiters: callers that must
+  /// not pass one check `e.waiters.empty()`.
+  conn_node* take_idle(ep_node& e, const conn_node* mine = nullptr, std::uint64_t stamp = 0) noexcept {
     conn_node* c = e.idle.back();
+    if (mine && mine != c && mine->stamp == stamp && mine->ep == &e && mine->state == conn_state::idle)
+      c = const_cast<conn_node*>(mine);
     if (c) {
       set_state(*c, conn_state::leased);
       ++e.idle_taken;
@@ -241,21 +256,24 @@ class books {
 
   // ------------------------------------------------------------------------------- connecting
 
-  /// A slot's connect succeeded: `c` (its `ep` set) is now leased. May throw std::bad_alloc, the
-  /// books unchanged; the caller then reports connect_failed().
-  void connected(conn_node& c, time_point now) {
-    ep_node& e = *c.ep;
+  /// A slot's connect succeeded: the connection `payload` is now leased; returns its node. May
+  /// throw std::bad_alloc, the books unchanged; the caller then reports connect_failed().
+  conn_node* connected(ep_node& e, void* payload, time_point now) {
     CONNPOOL_ASSERT(e.connecting > 0);
+    conn_node& c = make_node();
+    c.ep = &e;
+    c.payload = payload;
     c.id = next_id_ + 1;
-    registry_.emplace(c.id, &c);
-    if (max_lifetime_.count() > 0) {
-      c.expires = later(now, jittered_lifetime());
-      try {
+    try {
+      registry_.emplace(c.id, &c);
+      if (max_lifetime_.count() > 0) {
+        c.expires = later(now, jittered_lifetime());
         lifetimes_.push(&c);
-      } catch (...) {
-        registry_.erase(c.id);
-        throw;
       }
+    } catch (...) {
+      registry_.erase(c.id);
+      recycle(c);
+      throw;
     }
     ++next_id_;
     --e.connecting;
@@ -263,6 +281,7 @@ class books {
     ++e.leased;
     ++leased_total_;
     ++e.counters.created;
+    return &c;
   }
 
   /// A slot's connect succeeded after close(): counted made, then closed (pool_closed).
@@ -284,8 +303,9 @@ class books {
 
   /// A lease came back, its exchange complete. `r`: a probe's verdict where the caller made one,
   /// else healthy. Kept (to the endpoint's oldest waiter, else idle) unless the pool closed, the
-  /// probe or the watch found the peer gone, or its lifetime passed.
-  void released(conn_node& c, probe_result r, time_point now, graveyard& dead) {
+  /// probe or the watch found the peer gone, or its lifetime passed. Returns the stamp of its idle
+  /// period if it went idle (for take_idle()), else 0.
+  std::uint64_t released(conn_node& c, probe_result r, time_point now, graveyard& dead) {
     ep_node& e = *c.ep;
     ++e.released;
     if (r == probe_result::healthy) r = c.seen;
@@ -298,14 +318,18 @@ class books {
     } else if (waiter_node* w = e.waiters.front()) {
       ++e.idle_taken;  // handed over as an idle connection, probed by the waiter
       hand(*w, grant{&c, false, {}});
-      return;
+      return 0;
     } else {
       c.idle_since = now;
       set_state(c, conn_state::idle);
+      const std::uint64_t stamp = c.stamp;
       if (opts_.max_idle_per_endpoint && e.idle.size() > opts_.max_idle_per_endpoint)
         retire(*e.idle.front(), close_reason::surplus, opts_.retire_close, now, dead);
+      if (!room_.empty()) serve(now, dead);
+      return c.state == conn_state::idle && c.stamp == stamp ? stamp : 0;
     }
-    if (!room_.empty()) serve(now, dead);
+    serve(now, dead);
+    return 0;
   }
 
   /// A lease is closed by the user (discard(), or destroyed unreleased).
@@ -478,6 +502,10 @@ class books {
       if (e->empty_since < prev) fail("unused endpoints out of order");
       prev = e->empty_since;
     }
+    std::size_t free_nodes = 0;
+    for (conn_node* c = free_; c; c = c->ep_link.next, ++free_nodes)
+      if (c->state != conn_state::closed || c->stamp != 0) fail("a free node still looks in use");
+    if (free_nodes + registry_.size() != arena_size_) fail("the arena lost a node");
     lifetimes_.for_each([&](conn_node* c) {
       if (lookup(c->id) != c) fail("a connection in the lifetime heap is not in the books");
     });
@@ -509,6 +537,7 @@ class books {
     if (to == conn_state::idle) {
       // Released in order, read from a coarse clock on several threads: keep the lists in idle order.
       if (conn_node* last = all_idle_.back(); last && last->idle_since > c.idle_since) c.idle_since = last->idle_since;
+      c.stamp = ++stamps_;
       e.idle.push_back(&c);
       all_idle_.push_back(&c);
     } else if (to == conn_state::leased) {
@@ -525,10 +554,37 @@ class books {
     ++counter(e.counters, why);
     registry_.erase(c.id);
     if (lifetimes_.contains(&c)) lifetimes_.erase(&c);
-    c.peer_gone = why == close_reason::peer_closed || why == close_reason::peer_reset;
     --open_total_;
-    dead.emplace_back(&c, mode);
+    dead.push_back({c.payload, mode, why == close_reason::peer_closed || why == close_reason::peer_reset});
+    recycle(c);
     changed(e, now);
+  }
+
+  /// A node from the arena: the free list, else a new chunk (may throw std::bad_alloc).
+  conn_node& make_node() {
+    if (!free_) {
+      const std::size_t n = chunks_.empty() ? 16 : std::min<std::size_t>(1024, 2 * chunk_size_);
+      chunks_.reserve(chunks_.size() + 1);
+      chunks_.push_back(std::make_unique<conn_node[]>(n));
+      chunk_size_ = n;
+      arena_size_ += n;
+      for (std::size_t i = n; i-- > 0;) {
+        chunks_.back()[i].ep_link.next = free_;
+        free_ = &chunks_.back()[i];
+      }
+    }
+    conn_node& c = *free_;
+    free_ = c.ep_link.next;
+    c = conn_node{};
+    return c;
+  }
+
+  /// Back to the free list. Its memory stays the books' until they are destroyed, so a stale hint
+  /// that names it finds a free node (state closed, stamp 0), never freed memory.
+  void recycle(conn_node& c) noexcept {
+    c = conn_node{};
+    c.ep_link.next = free_;
+    free_ = &c;
   }
 
   void retire_and_serve(conn_node& c, close_reason why, time_point now, graveyard& dead) {
@@ -656,7 +712,12 @@ class books {
   std::size_t leased_total_ = 0;
   std::uint64_t next_id_ = 0;
   std::uint64_t tickets_ = 0;
+  std::uint64_t stamps_ = 0;
   mutable entry* last_ = nullptr;  // the entry find() found last
+  std::vector<std::unique_ptr<conn_node[]>> chunks_;  // the arena of connection nodes
+  std::size_t chunk_size_ = 0;
+  std::size_t arena_size_ = 0;
+  conn_node* free_ = nullptr;
   ilist<conn_node, &conn_node::all_link> all_idle_;  // front: least recently released
   iheap<conn_node, &conn_node::heap_pos, by_expiry> lifetimes_;
   iheap<ep_node, &ep_node::room_pos, by_oldest_waiter> room_;

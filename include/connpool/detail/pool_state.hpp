@@ -10,6 +10,7 @@
 // close path, so every socket is closed exactly once and no close runs under the lock.
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -76,21 +77,38 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   using books_type = books<endpoint_type, endpoint_key<endpoint_type>, endpoint_key<endpoint_type>>;
   using entry = typename books_type::entry;
 
-  /// A connection: the books' node, and the socket.
-  struct connection : conn_node {
-    connection(const Executor& ex, ep_node* e, std::shared_ptr<asio::io_context> ctx)
-        : context(std::move(ctx)), socket(ex) {
-      this->ep = e;
-    }
-    const endpoint_type& endpoint() const noexcept { return static_cast<const entry*>(this->ep)->key; }
+  /// A connection: its socket, and its node in the books (set once connected).
+  struct connection {
+    connection(const Executor& ex, std::shared_ptr<asio::io_context> ctx) : context(std::move(ctx)), socket(ex) {}
+    const endpoint_type& endpoint() const noexcept { return endpoint_of(node->ep); }
+    conn_node* node = nullptr;
+    bool watched = false;  // in the idle watch's epoll set
     // The context its socket lives on, when the pool owns it (default-constructed pool): a
     // connection being closed by a release() that raced the pool's destruction must not outlive it.
     std::shared_ptr<asio::io_context> context;
     socket_type socket;
   };
 
-  static connection* as_connection(conn_node* c) noexcept { return static_cast<connection*>(c); }
+  static connection* as_connection(conn_node* c) noexcept {
+    return c ? static_cast<connection*>(c->payload) : nullptr;
+  }
   static const endpoint_type& endpoint_of(const ep_node* e) noexcept { return static_cast<const entry*>(e)->key; }
+
+  static std::uint64_t next_uid() noexcept {
+    static std::atomic<std::uint64_t> n{0};
+    return ++n;
+  }
+
+  /// What a thread released last (release()), so that its next acquire can have it back.
+  struct last_released {
+    std::uint64_t pool = 0;  // the pool's uid_: never reused, unlike its address
+    const conn_node* node = nullptr;
+    std::uint64_t stamp = 0;
+  };
+  static last_released& my_last() noexcept {
+    static thread_local last_released mine;
+    return mine;
+  }
 
   /// Type-erased async completion: (error, leased connection or null, reused).
   struct completion {
@@ -152,7 +170,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         return nullptr;
       }
       entry* e = books_.find(ep);
-      if (e && e->waiters.empty()) c = as_connection(books_.take_idle(*e));
+      if (e && e->waiters.empty()) c = take_mine_or_mru(*e);
     }
     if (c) {
       const probe_result r = probe(c->socket.native_handle());
@@ -160,7 +178,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         reused = true;
         return c;
       }
-      ep_node* e = c->ep;
+      ep_node* e = c->node->ep;
       return finish(*e, replace(*c, r, false), unset, reused, ec);
     }
     return acquire_wait(ep, reused, ec);
@@ -174,7 +192,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       std::lock_guard<spin_mutex> lk(mu_);
       if (books_.closed()) return nullptr;
       entry* e = books_.find(ep);
-      if (e && e->waiters.empty()) c = as_connection(books_.take_idle(*e));
+      if (e && e->waiters.empty()) c = take_mine_or_mru(*e);
     }
     while (c) {
       const probe_result r = probe(c->socket.native_handle());
@@ -195,7 +213,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         g.ec = error::pool_closed;
       } else if (entry* found = books_.find(ep); found && found->waiters.empty()) {
         e = found;
-        g.conn = books_.take_idle(*e);
+        if (connection* c = take_mine_or_mru(*e)) g.conn = c->node;
       }
     }
     // Served at once (an idle connection, or an error): no operation object and no timer.
@@ -248,16 +266,21 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   void release(connection* c) noexcept {
     const probe_result r = c->watched ? probe_result::healthy : probe(c->socket.native_handle());
     const time_point now = coarse_now();
-    section s(*this);
-    books_.released(*c, r, now, s.dead);
-    s.lease_ended();
-    rearm();
+    conn_node* n = c->node;
+    std::uint64_t stamp;
+    {
+      section s(*this);
+      stamp = books_.released(*n, r, now, s.dead);
+      s.lease_ended();
+      rearm();
+    }
+    if (stamp) my_last() = {uid_, n, stamp};
   }
 
   /// Close a leased connection: discard() or a lease destroyed without release().
   void discard(connection* c, close_mode mode) noexcept {
     section s(*this);
-    books_.discarded(*c, mode, coarse_now(), s.dead);
+    books_.discarded(*c->node, mode, coarse_now(), s.dead);
     s.lease_ended();
     rearm();
   }
@@ -413,7 +436,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// its place (see books::replace()).
   grant replace(connection& c, probe_result r, bool idle_only) {
     section s(*this);
-    grant g = books_.replace(c, r, idle_only, coarse_now(), s.dead);
+    grant g = books_.replace(*c.node, r, idle_only, coarse_now(), s.dead);
     s.lease_ended();
     rearm();
     return g;
@@ -481,21 +504,21 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     // A slot: connect synchronously on this thread, by the nearer of the two deadlines.
     reused = false;
-    std::unique_ptr<connection> c = new_connection(e, ec);
+    std::unique_ptr<connection> c = new_connection(ec);
     if (!c) return connected(e, nullptr, ec);
     if (deadline == unset) deadline = deadline_from(options().acquire_timeout);
     const time_point connect_by = deadline_from(options().connect_timeout);
     bool deadline_passed = false;
-    ec = connect_sync(*c, std::min(connect_by, deadline), deadline_passed);
+    ec = connect_sync(*c, endpoint_of(&e), std::min(connect_by, deadline), deadline_passed);
     if (deadline_passed) ec = deadline < connect_by ? error::acquire_timeout : error::connect_timeout;
     return connected(e, std::move(c), ec);
   }
 
   /// A connection object for a granted slot, or null with `ec` set (the caller then gives the slot
   /// back through connected()).
-  std::unique_ptr<connection> new_connection(ep_node& e, std::error_code& ec) noexcept {
+  std::unique_ptr<connection> new_connection(std::error_code& ec) noexcept {
     try {
-      return std::make_unique<connection>(socket_ex_, &e, own_io_);
+      return std::make_unique<connection>(socket_ex_, own_io_);
     } catch (const std::bad_alloc&) {
       ec = std::make_error_code(std::errc::not_enough_memory);
     } catch (const std::system_error& x) {
@@ -504,9 +527,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return nullptr;
   }
 
-  std::error_code connect_sync(connection& c, time_point deadline, bool& deadline_passed) {
+  std::error_code connect_sync(connection& c, const endpoint_type& ep, time_point deadline, bool& deadline_passed) {
     std::error_code ec;
-    const endpoint_type& ep = c.endpoint();
     c.socket.open(ep.protocol(), ec);
     if (!ec) ec = apply_socket_options(c.socket, options());
     if (!ec) c.socket.non_blocking(true, ec);
@@ -533,8 +555,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     if (!ec) {
       try {
-        books_.connected(*c, now);
-        c->watched = watching_ && watch_.add(c->socket.native_handle(), c->id);
+        c->node = books_.connected(e, c.get(), now);
+        c->watched = watching_ && watch_.add(c->socket.native_handle(), c->node->id);
         rearm();
         return c.release();
       } catch (const std::bad_alloc&) {
@@ -550,7 +572,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// Into the section's graveyard: closed (and freed) after the lock.
   static void bury_later(section& s, std::unique_ptr<connection> c, close_mode mode) noexcept {
     try {
-      s.dead.emplace_back(c.get(), mode);
+      s.dead.push_back({c.get(), mode, false});
       c.release();
     } catch (...) {
       close_socket(c->socket, mode, false);  // out of memory: close it here, under the lock
@@ -585,7 +607,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     const bool acquire_bound = op.deadline < connect_by;
     std::error_code ec;
     std::shared_ptr<dial_race> rc;
-    if (std::unique_ptr<connection> c = new_connection(*op.ep, ec)) {
+    if (std::unique_ptr<connection> c = new_connection(ec)) {
       try {
         rc = std::make_shared<dial_race>(ex_, std::move(c));
       } catch (const std::bad_alloc&) {
@@ -686,13 +708,21 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return ec;
   }
 
+  /// Under the lock: the connection this thread released last, if it is idle on `e` since, else
+  /// the most recently released one of `e` (see books::take_idle()). A node named by this pool's
+  /// uid is in this pool's arena, so reading it is safe even if it was retired since.
+  connection* take_mine_or_mru(ep_node& e) noexcept {
+    const last_released& m = my_last();
+    return as_connection(m.pool == uid_ ? books_.take_idle(e, m.node, m.stamp) : books_.take_idle(e));
+  }
+
   // ---------------------------------------------------------------- closing and retiring
 
   static void bury(graveyard& dead) noexcept {
     if (dead.empty()) return;
-    for (auto& [node, mode] : dead) {
-      connection* c = as_connection(node);
-      close_socket(c->socket, mode, c->peer_gone);
+    for (const buried& b : dead) {
+      connection* c = static_cast<connection*>(b.conn);
+      close_socket(c->socket, b.mode, b.peer_gone);
       delete c;
     }
     dead.clear();
@@ -774,6 +804,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   // Under mu_ from here on. What every acquire and release touches shares the mutex's cache line,
   // or the next ones (the books' first fields).
   alignas(64) mutable spin_mutex mu_;
+  const std::uint64_t uid_ = next_uid();
   books_type books_;
   std::map<std::uint64_t, std::weak_ptr<dial_race>> dials_;  // async connects in flight
   std::uint64_t next_dial_id_ = 0;
