@@ -135,7 +135,7 @@ TEST_CASE("async: use_future on the default pool") {
       f2.get();
       FAIL("connect to a closed port succeeded");
     } catch (const std::system_error& e) {
-      CHECK(e.code() == std::errc::connection_refused);
+      CHECK(e.code() == asio::error::connection_refused);
     }
     CHECK(pool.stats().idle == 1);
   }

@@ -601,3 +601,22 @@ TEST_CASE("books: a hint gets back the connection released last only while it is
   CHECK(f.b.take_idle(e, c, sc) == nullptr);
   f.b.check_invariants();
 }
+
+TEST_CASE("books: a connection granted to an acquire that died unrun is not counted reused") {
+  fixture f(opts());
+  auto* a = f.connect(1, t0);
+  auto* c = f.connect(1, t0);
+  test_waiter w(f.b.find(1));
+  f.b.enqueue(w);
+  f.b.released(*c, d::probe_result::healthy, t0, f.dead);
+  REQUIRE(w.result.conn == c);
+  f.b.abandoned(*f.b.find(1), w.result, t0, f.dead);
+  CHECK(f.b.stats(1).reused == 0);
+  CHECK(f.b.stats(1).discarded == 1);
+  f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  CHECK(f.b.take_idle(*f.b.find(1)) == a);
+  CHECK(f.b.stats(1).reused == 1);
+  const auto s = f.b.stats();
+  CHECK(s.created == s.closed() + s.idle + s.leased);
+  f.b.check_invariants();
+}

@@ -3,8 +3,15 @@
 #include <doctest/doctest.h>
 
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <signal.h>
+#include <spawn.h>
 
 #include <atomic>
+#include <string>
+#include <set>
+#include <fstream>
+#include <filesystem>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -367,6 +374,205 @@ TEST_CASE("limits: max_idle_per_endpoint closes the surplus") {
   CHECK(pool.stats().surplus == 1);
 }
 
+TEST_CASE("options: out-of-range values are rejected, naming the field; the kernel's maxima are accepted") {
+  auto rejected = [](const char* field, auto set) {
+    connpool::pool_options o;
+    set(o);
+    CHECK(std::string(o.invalid_field()) == field);
+    CHECK(o.validate() == connpool::error::invalid_options);
+    try {
+      tcp_pool pool(o);
+      FAIL("constructor accepted a bad " << field);
+    } catch (const std::system_error& e) {
+      CHECK(e.code() == connpool::error::invalid_options);
+      CHECK(std::string(e.what()).find(field) != std::string::npos);
+    }
+  };
+  rejected("connect_timeout", [](auto& o) { o.connect_timeout = -1ms; });
+  rejected("endpoint_grace", [](auto& o) { o.endpoint_grace = -1ms; });
+  rejected("keepalive_idle", [](auto& o) { o.keepalive_idle = 32768s; });
+  rejected("keepalive_interval", [](auto& o) { o.keepalive_interval = 32768s; });
+  rejected("keepalive_count", [](auto& o) { o.keepalive_count = 128; });
+  rejected("user_timeout", [](auto& o) { o.user_timeout = std::chrono::milliseconds(1ll << 31); });
+  rejected("user_timeout", [](auto& o) { o.user_timeout = std::chrono::milliseconds(1ll << 32); });
+  // The largest values the kernel takes work end to end.
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = quick();
+  o.keepalive_idle = 32767s;
+  o.keepalive_interval = 32767s;
+  o.keepalive_count = 127;
+  o.user_timeout = std::chrono::milliseconds((1ll << 31) - 1);
+  CHECK(o.invalid_field() == nullptr);
+  tcp_pool pool(o);
+  auto l = pool.acquire(server.endpoint());
+  CHECK(test::roundtrip(l, "max") == "max");
+}
+
+TEST_CASE("options: durations up to milliseconds::max() mean never, without overflow") {
+  using connpool::detail::later;
+  using connpool::detail::never;
+  const auto now = std::chrono::steady_clock::now();
+  CHECK(later(now, std::chrono::milliseconds::max()) == never);
+  CHECK(later(now, std::chrono::hours(24 * 365 * 300)) == never);
+  CHECK(later(now, 1ms) == now + 1ms);
+  CHECK(later(never, 1ms) == never);
+  CHECK(connpool::detail::deadline_from(std::chrono::milliseconds::max()) == never);
+
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  connpool::pool_options o;
+  o.max_per_endpoint = 1;
+  o.connect_timeout = o.acquire_timeout = o.idle_timeout = o.max_lifetime = o.endpoint_grace =
+      std::chrono::milliseconds::max();
+  tcp_pool pool(o);
+  auto l = pool.acquire(server.endpoint());
+  l.release();
+  CHECK(pool.stats().max_lifetime == 0);  // an overflowed lifetime closed it on release
+  CHECK(pool.stats().idle == 1);
+  l = pool.acquire(server.endpoint());
+  CHECK(l.reused());
+  std::error_code waited;
+  std::thread waiter([&] {
+    auto w = pool.acquire(server.endpoint(), waited);  // an overflowed deadline failed this at once
+    if (w) w.release();
+  });
+  CHECK(eventually([&] { return pool.stats().waiting == 1; }));
+  l.release();
+  waiter.join();
+  CHECK_FALSE(waited);
+  CHECK(pool.stats().acquire_timeouts == 0);
+}
+
+TEST_CASE("leases: a lease that set non-blocking mode does not pass it to the next") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  tcp_pool pool(quick());
+  auto l = pool.acquire(server.endpoint());
+  l.socket().non_blocking(true);
+  l.release();
+  auto next = pool.acquire(server.endpoint());
+  REQUIRE(next.reused());
+  CHECK_FALSE(next.socket().non_blocking());
+  CHECK(test::roundtrip(next, "blocking read") == "blocking read");  // would_block before the fix
+}
+
+TEST_CASE("errors: OS errors reach the caller as Asio reports them") {
+  test::fd_guard fds;
+  asio::ip::tcp::endpoint dead;
+  {
+    test::echo_server gone(test::loopback());
+    dead = gone.endpoint();
+  }
+  tcp_pool pool(quick());
+  std::error_code ec;
+  auto l = pool.acquire(dead, ec);
+  // The two forms that work, as for the errors of Asio's own reads and writes:
+  CHECK(ec == asio::error::connection_refused);
+  CHECK((ec.category() == asio::error::get_system_category() && ec.value() == ECONNREFUSED));
+  try {
+    pool.acquire(dead);
+    FAIL("acquire of a refused endpoint did not throw");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == asio::error::connection_refused);
+  }
+}
+
+TEST_CASE("exec: pooled sockets are close-on-exec, so a spawned child holds none of them") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  const std::string path = "/tmp/connpool-exec-" + std::to_string(::getpid()) + ".sock";
+  ::unlink(path.c_str());
+  test::basic_echo_server<asio::local::stream_protocol> unix_server{asio::local::stream_protocol::endpoint(path)};
+  tcp_pool pool(quick());
+  connpool::local_pool local(quick());
+  asio::io_context io;
+  tcp_pool async_pool(io, quick());
+  auto leased = pool.acquire(server.endpoint());
+  pool.acquire(server.endpoint()).release();  // one idle as well
+  auto unix_lease = local.acquire(unix_server.endpoint());
+  std::optional<tcp_pool::lease> async_lease;
+  async_pool.async_acquire(server.endpoint(), [&](std::error_code ec, tcp_pool::lease l) {
+    REQUIRE_FALSE(ec);
+    async_lease = std::move(l);
+  });
+  io.run_for(3s);
+  REQUIRE(async_lease);
+  REQUIRE(*async_lease);
+  std::set<std::string> ours;
+  for (int fd : {leased.socket().native_handle(), unix_lease.socket().native_handle(),
+                 (*async_lease).socket().native_handle()})
+    ours.insert(std::filesystem::read_symlink("/proc/self/fd/" + std::to_string(fd)).string());
+  REQUIRE(ours.size() == 3);
+  pid_t child = 0;
+  char arg0[] = "sleep", arg1[] = "30";
+  char* argv[] = {arg0, arg1, nullptr};
+  REQUIRE(::posix_spawnp(&child, "sleep", nullptr, nullptr, argv, environ) == 0);
+  std::set<std::string> inherited;
+  // The child's descriptor table, once it has exec'd (its name changes to sleep).
+  CHECK(eventually([&] {
+    std::ifstream comm("/proc/" + std::to_string(child) + "/comm");
+    std::string name;
+    return std::getline(comm, name) && name == "sleep";
+  }));
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(child) + "/fd")) {
+    std::error_code ec;
+    auto target = std::filesystem::read_symlink(e.path(), ec);
+    if (!ec) inherited.insert(target.string());
+  }
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  for (const auto& s : ours) CHECK_MESSAGE(inherited.count(s) == 0, s << " was inherited by the child");
+  ::unlink(path.c_str());
+}
+
+TEST_CASE("local_pool: a connect to a full backlog waits, like TCP, until the deadline or room") {
+  test::fd_guard fds;
+  const std::string path = "/tmp/connpool-backlog-" + std::to_string(::getpid()) + ".sock";
+  ::unlink(path.c_str());
+  asio::io_context io;
+  asio::local::stream_protocol::acceptor acc(io);
+  acc.open();
+  acc.bind(asio::local::stream_protocol::endpoint(path));
+  acc.listen(0);
+  std::vector<asio::local::stream_protocol::socket> fillers;
+  for (int i = 0; i < 16; ++i) {  // fill the backlog: a non-blocking connect then fails with EAGAIN
+    fillers.emplace_back(io);
+    fillers.back().open();
+    fillers.back().non_blocking(true);
+    std::error_code ec;
+    fillers.back().connect(acc.local_endpoint(), ec);
+    if (ec) {
+      fillers.pop_back();
+      break;
+    }
+  }
+  REQUIRE(fillers.size() < 16);
+  auto o = quick();
+  o.connect_timeout = 200ms;
+  connpool::local_pool pool(o);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::error_code ec;
+  auto l = pool.acquire(acc.local_endpoint(), ec);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(ec == connpool::error::connect_timeout);  // EAGAIN in 0.06 ms before
+  CHECK(took >= 190ms);
+  CHECK(took < 2s);
+  // Room appears while an acquire waits: it connects.
+  o.connect_timeout = 5000ms;
+  connpool::local_pool patient(o);
+  std::error_code later_ec;
+  std::thread t([&] {
+    auto w = patient.acquire(acc.local_endpoint(), later_ec);
+    if (w) w.release();
+  });
+  CHECK(eventually([&] { return patient.stats().connecting == 1; }));
+  for (std::size_t i = 0; i < fillers.size(); ++i) acc.accept().close();  // the backlog drains
+  t.join();
+  CHECK_FALSE(later_ec);
+  ::unlink(path.c_str());
+}
+
 TEST_CASE("connect: refused reaches the caller and frees the slot") {
   test::fd_guard fds;
   asio::ip::tcp::endpoint dead;
@@ -380,7 +586,7 @@ TEST_CASE("connect: refused reaches the caller and frees the slot") {
   for (int i = 0; i < 3; ++i) {  // a leaked slot would turn the 2nd attempt into acquire_timeout
     std::error_code ec;
     auto l = pool.acquire(dead, ec);
-    CHECK(ec == std::errc::connection_refused);
+    CHECK(ec == asio::error::connection_refused);
     CHECK_FALSE(l);
   }
   auto s = pool.stats();

@@ -38,17 +38,30 @@ struct pool_options {
   unsigned keepalive_count = 0;                ///< TCP_KEEPCNT; 0 keeps the kernel's value
   std::chrono::milliseconds user_timeout{0};   ///< TCP_USER_TIMEOUT (Linux); 0 keeps the kernel's value
 
-  /// error::invalid_options if a duration is negative, else a default error_code. The pool's
-  /// constructors throw std::system_error with it.
+  /// error::invalid_options if a value is out of range (see invalid_field()), else a default
+  /// error_code. The pool's constructors throw std::system_error with it, naming the field.
   std::error_code validate() const noexcept {
+    return invalid_field() ? std::error_code(error::invalid_options) : std::error_code();
+  }
+
+  /// The name of the first field whose value is out of range, or nullptr. Durations must not be
+  /// negative; any other duration is valid, up to `std::chrono::milliseconds::max()` (a deadline
+  /// past the clock's range means "never"). The TCP options must fit what Linux accepts:
+  /// keepalive_idle and keepalive_interval at most 32767 s, keepalive_count at most 127,
+  /// user_timeout at most 2^31 - 1 ms.
+  const char* invalid_field() const noexcept {
     using std::chrono::milliseconds;
-    if (connect_timeout < milliseconds::zero() || acquire_timeout < milliseconds::zero() ||
-        idle_timeout < milliseconds::zero() || max_lifetime < milliseconds::zero() ||
-        endpoint_grace < milliseconds::zero() ||
-        keepalive_idle < std::chrono::seconds::zero() ||
-        keepalive_interval < std::chrono::seconds::zero() || user_timeout < milliseconds::zero())
-      return error::invalid_options;
-    return {};
+    using std::chrono::seconds;
+    if (connect_timeout < milliseconds::zero()) return "connect_timeout";
+    if (acquire_timeout < milliseconds::zero()) return "acquire_timeout";
+    if (idle_timeout < milliseconds::zero()) return "idle_timeout";
+    if (max_lifetime < milliseconds::zero()) return "max_lifetime";
+    if (endpoint_grace < milliseconds::zero()) return "endpoint_grace";
+    if (keepalive_idle < seconds::zero() || keepalive_idle > seconds(32767)) return "keepalive_idle";
+    if (keepalive_interval < seconds::zero() || keepalive_interval > seconds(32767)) return "keepalive_interval";
+    if (keepalive_count > 127) return "keepalive_count";
+    if (user_timeout < milliseconds::zero() || user_timeout > milliseconds(2147483647)) return "user_timeout";
+    return nullptr;
   }
 };
 
@@ -62,9 +75,10 @@ struct pool_stats {
 
   // Counters since the pool was made.
   std::size_t created = 0;           ///< connections opened successfully
-  std::size_t reused = 0;            ///< acquires served from idle
+  std::size_t reused = 0;            ///< acquires served from idle (the connection passed its probe)
   std::size_t released = 0;          ///< release() calls
-  std::size_t discarded = 0;         ///< discard() calls and leases destroyed unreleased
+  std::size_t discarded = 0;  ///< discard() calls, leases destroyed unreleased, and connections granted to an
+                              ///< async acquire that was destroyed before it completed
   std::size_t connect_failed = 0;    ///< connection attempts that failed (timeouts included, close() not)
   std::size_t acquire_timeouts = 0;  ///< acquires that failed with error::acquire_timeout
 

@@ -340,8 +340,10 @@ class books {
 
   /// An async grant died before its handler took it: give the connection or the slot back.
   void abandoned(ep_node& e, grant g, time_point now, graveyard& dead) {
-    if (g.conn)
+    if (g.conn) {
+      --e.idle_taken;  // it was never served: not reused
       retire(*g.conn, closed_ ? close_reason::pool_closed : close_reason::discarded, opts_.retire_close, now, dead);
+    }
     else if (g.slot)
       free_slot(e, now);
     serve(now, dead);

@@ -264,6 +264,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// bytes are left for the probe before the next hand-out. A connection the watch does not see is
   /// probed.
   void release(connection* c) noexcept {
+    // The next lease starts from a fresh connection's socket state. Asio keeps the mode the user
+    // set in the socket object, so a lease that changed nothing costs no syscall here.
+    if (c->socket.non_blocking()) {
+      std::error_code ignored;
+      c->socket.non_blocking(false, ignored);
+    }
     const probe_result r = c->watched ? probe_result::healthy : probe(c->socket.native_handle());
     const time_point now = coarse_now();
     conn_node* n = c->node;
@@ -520,7 +526,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     try {
       return std::make_unique<connection>(socket_ex_, own_io_);
     } catch (const std::bad_alloc&) {
-      ec = std::make_error_code(std::errc::not_enough_memory);
+      ec = asio::error::no_memory;
     } catch (const std::system_error& x) {
       ec = x.code();
     }
@@ -528,8 +534,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   }
 
   std::error_code connect_sync(connection& c, const endpoint_type& ep, time_point deadline, bool& deadline_passed) {
-    std::error_code ec;
-    c.socket.open(ep.protocol(), ec);
+    std::error_code ec = open_socket(c.socket, ep.protocol());
     if (!ec) ec = apply_socket_options(c.socket, options());
     if (!ec) c.socket.non_blocking(true, ec);
     if (!ec)
@@ -542,8 +547,6 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// Book a finished connection attempt and give its slot back or turn it into a lease. Takes
   /// ownership of `c` (null if it could not even be made); returns it leased, or null.
   connection* connected(ep_node& e, std::unique_ptr<connection> c, std::error_code& ec, std::uint64_t dial_id = 0) {
-    // Asio reports system errors in its own category; callers compare with std::errc.
-    if (ec.category() == asio::error::get_system_category()) ec.assign(ec.value(), std::system_category());
     section s(*this);
     if (dial_id) dials_.erase(dial_id);
     const time_point now = coarse_now();
@@ -560,7 +563,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         rearm();
         return c.release();
       } catch (const std::bad_alloc&) {
-        ec = std::make_error_code(std::errc::not_enough_memory);
+        ec = asio::error::no_memory;
       }
     }
     books_.connect_failed(e, ec, now, s.dead);
@@ -611,7 +614,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       try {
         rc = std::make_shared<dial_race>(ex_, std::move(c));
       } catch (const std::bad_alloc&) {
-        ec = std::make_error_code(std::errc::not_enough_memory);
+        ec = asio::error::no_memory;
       }
     }
     if (!rc) {
@@ -620,7 +623,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     socket_type& dial = rc->dial;
     const endpoint_type& ep = endpoint_of(op.ep);
-    dial.open(ep.protocol(), ec);
+    ec = open_socket(dial, ep.protocol());
     if (!ec) ec = apply_socket_options(dial, options());
     if (!ec) {
       std::lock_guard<spin_mutex> lk(mu_);
@@ -631,7 +634,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
           dials_.emplace(next_dial_id_ + 1, rc);
           rc->id = ++next_dial_id_;
         } catch (const std::bad_alloc&) {
-          ec = std::make_error_code(std::errc::not_enough_memory);
+          ec = asio::error::no_memory;
         }
       }
     }
@@ -671,7 +674,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     try {
       asio::dispatch(rc->strand, std::move(start));
     } catch (const std::bad_alloc&) {
-      ec = std::make_error_code(std::errc::not_enough_memory);
+      ec = asio::error::no_memory;
       close_socket(rc->dial, close_mode::abortive, false);
       connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id);
       op.finish(ec, out, false);

@@ -4,6 +4,7 @@
 // The one seam between connpool and the operating system. Everything Linux-only lives here, behind
 // `watch_supported`; other POSIX systems compile the rest and keep the probe before every hand-out.
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -21,6 +22,7 @@
 #include <sys/epoll.h>
 #endif
 
+#include <asio/error.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/socket_base.hpp>
 
@@ -44,6 +46,33 @@ inline probe_result probe(int fd) noexcept {
   }
 }
 
+/// An OS error as Asio reports it (its own system category), so that callers compare it the way
+/// they compare the errors of their own reads and writes: `ec == asio::error::connection_refused`.
+inline std::error_code os_error(int e) noexcept { return {e, asio::error::get_system_category()}; }
+
+/// Open `s` for `p`, close-on-exec from the start: a child the service spawns must not inherit a
+/// pooled connection (it would hold it in CLOSE_WAIT after the pool closed its copy, and an
+/// abortive close would no longer send an RST).
+template <class Socket>
+std::error_code open_socket(Socket& s, const typename Socket::protocol_type& p) noexcept {
+#if defined(SOCK_CLOEXEC)
+  const int fd = ::socket(p.family(), p.type() | SOCK_CLOEXEC, p.protocol());
+  if (fd < 0) return os_error(errno);
+#else
+  const int fd = ::socket(p.family(), p.type(), p.protocol());
+  if (fd < 0) return os_error(errno);
+  if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+    const int e = errno;
+    ::close(fd);
+    return os_error(e);
+  }
+#endif
+  std::error_code ec;
+  s.assign(p, fd, ec);
+  if (ec) ::close(fd);  // never adopted: ours to close, once
+  return ec;
+}
+
 /// Apply the pool's TCP options to an open, unconnected socket. Unix sockets get none.
 template <class Socket>
 std::error_code apply_socket_options(Socket& s, const pool_options& o) {
@@ -53,7 +82,7 @@ std::error_code apply_socket_options(Socket& s, const pool_options& o) {
     const int fd = s.native_handle();
     auto set = [&](int level, int name, int value) {
       if (!ec && ::setsockopt(fd, level, name, &value, sizeof value) != 0)
-        ec.assign(errno, std::system_category());
+        ec = os_error(errno);
     };
     if (o.tcp_nodelay) set(IPPROTO_TCP, TCP_NODELAY, 1);
     if (o.keepalive_idle.count() > 0) {
@@ -99,21 +128,36 @@ void close_socket(Socket& s, close_mode mode, bool peer_gone) noexcept {
 
 /// Connect a non-blocking socket, waiting until it is connected or `deadline` passes. Returns the
 /// connect's own error (the kernel's ETIMEDOUT included); if the deadline passed first, sets
-/// `deadline_passed` and returns std::errc::timed_out. (Asio's synchronous connect waits without
-/// limit even on a non-blocking socket.)
+/// `deadline_passed` and returns asio::error::timed_out. (Asio's synchronous connect waits without
+/// limit even on a non-blocking socket.) A Unix stream connect whose listener's backlog is full
+/// fails with EAGAIN instead of waiting: it is tried again, backing off from 1 to 50 ms, until the
+/// deadline, as a TCP connect to a full backlog waits.
 inline std::error_code connect_with_deadline(int fd, const sockaddr* addr, socklen_t len,
                                              std::chrono::steady_clock::time_point deadline,
                                              bool& deadline_passed) {
   deadline_passed = false;
-  if (::connect(fd, addr, len) == 0) return {};
-  if (errno != EINPROGRESS && errno != EINTR) return {errno, std::system_category()};
+  for (std::chrono::milliseconds backoff{1};; backoff = std::min<std::chrono::milliseconds>(2 * backoff, std::chrono::milliseconds(50))) {
+    if (::connect(fd, addr, len) == 0) return {};
+    if (errno == EINPROGRESS || errno == EINTR) break;
+    if (errno != EAGAIN || addr->sa_family != AF_UNIX) return os_error(errno);
+    auto pause = backoff;
+    if (deadline != never) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) {
+        deadline_passed = true;
+        return asio::error::timed_out;
+      }
+      pause = std::min(pause, left);
+    }
+    ::poll(nullptr, 0, static_cast<int>(pause.count()));
+  }
   for (;;) {
     int timeout_ms = -1;
     if (deadline != std::chrono::steady_clock::time_point::max()) {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) {
         deadline_passed = true;
-        return std::make_error_code(std::errc::timed_out);
+        return asio::error::timed_out;
       }
       timeout_ms = left.count() > 1000000 ? 1000000 : static_cast<int>(left.count());
     }
@@ -121,13 +165,13 @@ inline std::error_code connect_with_deadline(int fd, const sockaddr* addr, sockl
     int n = ::poll(&p, 1, timeout_ms);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return {errno, std::system_category()};
+      return os_error(errno);
     }
     if (n == 0) continue;  // re-check the deadline
     int err = 0;
     socklen_t len = sizeof err;
-    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return {errno, std::system_category()};
-    if (err != 0) return {err, std::system_category()};
+    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return os_error(errno);
+    if (err != 0) return os_error(err);
     return {};
   }
 }

@@ -2,6 +2,7 @@
 #define CONNPOOL_IMPL_BASIC_POOL_HPP
 
 #include <stdexcept>
+#include <string>
 
 #include <asio/associated_executor.hpp>
 #include <asio/post.hpp>
@@ -10,7 +11,8 @@ namespace connpool {
 
 namespace detail {
 inline pool_options checked(pool_options o) {
-  if (auto ec = o.validate()) throw std::system_error(ec);
+  if (const char* field = o.invalid_field())
+    throw std::system_error(error::invalid_options, std::string("connpool: pool_options::") + field + " out of range");
   return o;
 }
 }  // namespace detail
