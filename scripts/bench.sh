@@ -3,8 +3,13 @@
 # Installs missing Debian packages first. Results (tables as printed, JSON, CSV, chart) go to
 # $RESULTS (default build-release/results).
 #   scripts/bench.sh                  the headline: pool vs short connections vs dedicated (about 1.5 min)
-#   scripts/bench.sh all              also the pool's own cost, eviction at scale, the idle-watch costs
+#   scripts/bench.sh all              also the pool's own cost, eviction at scale, the idle-watch costs,
+#                                     and the cost against unrelated state (waiters, endpoints, churn, idle; about 2 min)
 #   scripts/bench.sh -- ARGS...       the headline with its own arguments, e.g. -- --clients 1,8 --seconds 4
+#                                     (with all, too: scripts/bench.sh all -- ARGS...)
+# The headline runs against the Asio echo server; with all, also against a thread-per-connection
+# echo server (--server both: pool, dedicated and probed in 0.2 s slices, and the switches of
+# connection between threads; about 30 s more). -- --server threads runs that part alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -14,15 +19,20 @@ build=${BUILD_DIR:-build-release}
 results=${RESULTS:-$build/results}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONNPOOL_BUILD_TESTS=OFF \
   -DCONNPOOL_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build "$build" -j 2 --target connpool_bench connpool_pool_cost connpool_eviction connpool_watch_cost
+cmake --build "$build" -j 2 --target connpool_bench connpool_pool_cost connpool_eviction connpool_watch_cost \
+  connpool_scale
 mkdir -p "$results"
 mode=headline
 if [ "${1:-}" = all ]; then mode=all; shift; fi
 if [ "${1:-}" = -- ]; then shift; fi
 echo "machine: $(nproc) cores, $(uname -sr), $(${CXX:-c++} --version | head -1)" | tee "$results/machine.txt"
-"$build/benchmarks/connpool_bench" --json "$results/pool_vs_short.json" --csv "$results/pool_vs_short.csv" "$@" \
-  | tee "$results/pool_vs_short.txt"
-if command -v gnuplot >/dev/null && command -v python3 >/dev/null; then
+server=()
+if [ "$mode" = all ]; then server=(--server both); fi  # arguments after -- come later and win
+"$build/benchmarks/connpool_bench" ${server[@]+"${server[@]}"} --json "$results/pool_vs_short.json" \
+  --csv "$results/pool_vs_short.csv" "$@" | tee "$results/pool_vs_short.txt"
+# The chart is of the Asio server's part; --server threads leaves it empty.
+if command -v gnuplot >/dev/null && command -v python3 >/dev/null &&
+  python3 -c 'import json, sys; sys.exit(not json.load(open(sys.argv[1]))["results"])' "$results/pool_vs_short.json"; then
   bash scripts/plot.sh "$results/pool_vs_short.json" "$results/pool_vs_short.png"
 fi
 if [ "$mode" = all ]; then
@@ -32,5 +42,7 @@ if [ "$mode" = all ]; then
   "$build/benchmarks/connpool_eviction" --json "$results/eviction.json" --csv "$results/eviction.csv" | tee "$results/eviction.txt"
   echo
   "$build/benchmarks/connpool_watch_cost" | tee "$results/watch_cost.txt"
+  echo
+  "$build/benchmarks/connpool_scale" --json "$results/scale.json" --csv "$results/scale.csv" | tee "$results/scale.txt"
 fi
 echo "results in $results"
