@@ -278,7 +278,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       section s(*this);
       stamp = books_.released(*n, r, now, s.dead);
       s.lease_ended();
-      rearm();
+      if (stamp)  // kept idle, nothing else changed that could bring the next due time forward
+        arm_by(books_.idle_due(*n));
+      else
+        rearm();
     }
     if (stamp) my_last() = {uid_, n, stamp};
   }
@@ -714,7 +717,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// Under the lock: the connection this thread released last, if it is idle on `e` since, else
   /// the most recently released one of `e` (see books::take_idle()). A node named by this pool's
   /// uid is in this pool's arena, so reading it is safe even if it was retired since.
-  connection* take_mine_or_mru(ep_node& e) noexcept {
+  CONNPOOL_HOT connection* take_mine_or_mru(ep_node& e) noexcept {
     const last_released& m = my_last();
     return as_connection(m.pool == uid_ ? books_.take_idle(e, m.node, m.stamp) : books_.take_idle(e));
   }
@@ -732,8 +735,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   }
 
   /// Under the lock, after the books changed: make sure the retire timer fires by their next due
-  /// time. O(1).
-  void rearm() { arm_timer(books_.next_due()); }
+  /// time. O(1), and inlined: on every release the timer is already armed early enough.
+  CONNPOOL_HOT void rearm() { arm_by(books_.next_due()); }
+
+  /// Under the lock: make sure the retire timer fires by `due`.
+  CONNPOOL_HOT void arm_by(time_point due) {
+    if (due == never || (timer_armed_ && timer_at_ <= due)) return;
+    arm_timer(due);
+  }
 
   /// Under the lock. Timers fire a little late, never early, so that connections retiring close
   /// together are handled in one pass.
@@ -808,14 +817,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   // or the next ones (the books' first fields).
   alignas(64) mutable spin_mutex mu_;
   const std::uint64_t uid_ = next_uid();
+  time_point timer_at_{};  // when the retire timer is armed for, if timer_armed_
+  bool timer_armed_ = false;
   books_type books_;
   std::map<std::uint64_t, std::weak_ptr<dial_race>> dials_;  // async connects in flight
   std::uint64_t next_dial_id_ = 0;
   std::shared_ptr<pool_state> anchor_;  // see orphan()
 
   timer_type timer_;
-  time_point timer_at_{};
-  bool timer_armed_ = false;
 
   watch_set watch_;
   asio::posix::basic_stream_descriptor<Executor> watch_desc_;
