@@ -2,10 +2,13 @@
 //   async_client HOST PORT       talks to a line echo server, e.g. `socat TCP-LISTEN:7000,fork EXEC:cat`
 #include <connpool/connpool.hpp>
 
+#include <asio/bind_executor.hpp>
 #include <asio/read.hpp>
+#include <asio/thread_pool.hpp>
 #include <asio/write.hpp>
 
 #include <cstdio>
+#include <future>
 #include <string>
 
 #if defined(__cpp_impl_coroutine) && defined(ASIO_HAS_CO_AWAIT)
@@ -39,6 +42,29 @@ asio::awaitable<void> client(connpool::tcp_pool& pool, asio::ip::tcp::endpoint s
   }
 }
 
+// A default-constructed pool runs its background work (idle watch, retire timer, deadlines) on its
+// own single thread, and so does a completion handler with no executor of its own. A handler that
+// blocks must not run there: bind it to an executor of yours.
+void blocking_handlers(const asio::ip::tcp::endpoint& server) {
+  connpool::tcp_pool pool;  // its own thread
+  asio::thread_pool workers(2);
+  std::promise<void> done;
+  pool.async_acquire(server, asio::bind_executor(workers, [&](std::error_code ec, connpool::tcp_pool::lease conn) {
+    if (!ec) {
+      // Synchronous I/O is fine here: this runs on `workers`, not on the pool's thread.
+      const std::string request = "blocking\n";
+      std::string reply(request.size(), '\0');
+      asio::write(conn.socket(), asio::buffer(request), ec);
+      if (!ec) asio::read(conn.socket(), asio::buffer(reply), ec);
+      if (!ec) conn.release();
+    }
+    std::printf("bound handler: %s\n", ec ? ec.message().c_str() : "ok");
+    done.set_value();
+  }));
+  done.get_future().wait();
+  workers.join();
+}
+
 int main(int argc, char** argv) {
   if (argc != 3) {
     std::fprintf(stderr, "usage: %s HOST PORT\n", argv[0]);
@@ -55,6 +81,7 @@ int main(int argc, char** argv) {
   io.run();  // returns once the pool is closed and nothing else is pending
   const connpool::pool_stats s = pool.stats();
   std::printf("connections created %zu, reused %zu times\n", s.created, s.reused);
+  blocking_handlers(server);
 }
 #else
 int main() {

@@ -11,9 +11,13 @@
 
 #include "support.hpp"
 
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/cancellation_signal.hpp>
+
 #if defined(__cpp_impl_coroutine) && defined(ASIO_HAS_CO_AWAIT)
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
 #include <asio/use_awaitable.hpp>
 #define CONNPOOL_TEST_COROUTINES 1
 #endif
@@ -358,5 +362,98 @@ TEST_CASE("async: 200 coroutines on one thread share 8 connections") {
     CHECK(s.idle == s.created);
     CHECK(s.waiting == 0);
   }
+}
+#endif
+
+TEST_CASE("async: cancellation stops a waiting acquire and a connect in flight, promptly, leaving the pool as it was") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  asio::io_context io;
+  connpool::pool_options o;
+  o.max_per_endpoint = 1;
+  o.acquire_timeout = 5000ms;
+  o.connect_timeout = 5000ms;
+  tcp_pool pool(io, o);
+  auto held = pool.acquire(server.endpoint());
+  for (auto type : {asio::cancellation_type::terminal, asio::cancellation_type::partial, asio::cancellation_type::total}) {
+    asio::cancellation_signal sig;
+    result r;
+    pool.async_acquire(server.endpoint(), asio::bind_cancellation_slot(sig.slot(), into(r)));
+    CHECK(pool.stats().waiting == 1);
+    const auto t0 = std::chrono::steady_clock::now();
+    sig.emit(type);
+    REQUIRE(run_until(io, r));
+    CHECK(std::chrono::steady_clock::now() - t0 < 1s);  // not the 5 s acquire_timeout
+    CHECK(r.ec == asio::error::operation_aborted);
+    CHECK_FALSE(r.lease);
+    CHECK(pool.stats().waiting == 0);
+    CHECK(pool.stats().acquire_timeouts == 0);
+  }
+  held.release();  // no waiter left to take it
+  CHECK(pool.stats().idle == 1);
+
+  // A connect that would hang until its deadline (the listener's queue is full).
+  test::full_backlog fb;
+  asio::cancellation_signal sig;
+  result r;
+  pool.async_acquire(fb.acc.local_endpoint(), asio::bind_cancellation_slot(sig.slot(), into(r)));
+  CHECK(eventually([&] {
+    io.restart();
+    io.poll();
+    return pool.stats(fb.acc.local_endpoint()).connecting == 1;
+  }));
+  const auto t0 = std::chrono::steady_clock::now();
+  sig.emit(asio::cancellation_type::terminal);
+  REQUIRE(run_until(io, r));
+  CHECK(std::chrono::steady_clock::now() - t0 < 1s);
+  CHECK(r.ec == asio::error::operation_aborted);
+  const auto s = pool.stats(fb.acc.local_endpoint());
+  CHECK(s.connecting == 0);
+  CHECK(s.connect_failed == 0);
+  CHECK(s.open() == 0);
+  // A cancellation after the acquire completed does nothing.
+  asio::cancellation_signal late;
+  result ok;
+  pool.async_acquire(server.endpoint(), asio::bind_cancellation_slot(late.slot(), into(ok)));
+  REQUIRE(run_until(io, ok));
+  CHECK_FALSE(ok.ec);
+  late.emit(asio::cancellation_type::terminal);
+  CHECK(ok.lease);
+  ok.lease.release();
+  CHECK(pool.stats().idle == 1);
+}
+
+#if defined(CONNPOOL_TEST_COROUTINES)
+TEST_CASE("async: awaitable operators: an acquire raced against a timer is cancelled when the timer wins") {
+  using namespace asio::experimental::awaitable_operators;
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  asio::io_context io;
+  connpool::pool_options o;
+  o.max_per_endpoint = 1;
+  o.acquire_timeout = 5000ms;
+  tcp_pool pool(io, o);
+  auto held = pool.acquire(server.endpoint());
+  bool timer_won = false;
+  std::size_t waiting_after = 99;
+  result done;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        asio::steady_timer t(io, 50ms);
+        auto which = co_await (pool.async_acquire(server.endpoint(), asio::use_awaitable) ||
+                               t.async_wait(asio::use_awaitable));
+        timer_won = which.index() == 1;
+        waiting_after = pool.stats().waiting;
+        done.done = true;
+      },
+      asio::detached);
+  const auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(run_until(io, done));
+  CHECK(std::chrono::steady_clock::now() - t0 < 2s);  // not the 5 s acquire_timeout
+  CHECK(timer_won);
+  CHECK(waiting_after == 0);
+  held.release();
+  CHECK(pool.stats().idle == 1);
 }
 #endif

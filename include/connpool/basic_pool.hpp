@@ -83,6 +83,19 @@ class basic_pool {
   /// Asynchronous acquire. Completion signature: void(std::error_code, lease). The completion runs
   /// on the handler's associated executor, else on the pool's executor; never inside this call.
   /// Errors as for acquire(). Bounded by acquire_timeout; close() completes it with pool_closed.
+  ///
+  /// Per-operation cancellation: an acquire bound to a cancellation slot (asio::bind_cancellation_slot,
+  /// awaitable operators, parallel_group) that is cancelled while it waits or connects completes
+  /// promptly with asio::error::operation_aborted: it leaves the queue, its connect in flight is
+  /// stopped, and the pool is left as if it had not been made. Terminal, partial and total
+  /// cancellation all do this. An acquire already granted a connection completes with it. Emit the
+  /// cancellation from the handler's executor, as for Asio's own operations.
+  ///
+  /// The pool's executor also runs the idle watch, the retire timer and the deadlines of other
+  /// acquires. On a default-constructed pool that is the pool's only thread: a completion handler
+  /// without an executor of its own that blocks (synchronous I/O on the lease, a long computation)
+  /// stalls all of them until it returns. Bind such a handler to an executor of yours, e.g.
+  /// `pool.async_acquire(ep, asio::bind_executor(my_thread_pool, handler))` (examples/async_client.cpp).
   template <class Token>
   auto async_acquire(const endpoint_type& ep, Token&& token);
 

@@ -299,9 +299,10 @@ class books {
     free_slot(e, now);
   }
 
-  /// A slot's connect failed (or was stopped by close(): `ec` pool_closed, not counted failed).
-  void connect_failed(ep_node& e, std::error_code ec, time_point now, graveyard& dead) noexcept {
-    if (ec != error::pool_closed) ++e.counters.connect_failed;
+  /// A slot's connect failed, or was stopped: by close() (`ec` pool_closed) or by its acquire's
+  /// cancellation (`cancelled`); those are not counted failed.
+  void connect_failed(ep_node& e, std::error_code ec, time_point now, graveyard& dead, bool cancelled = false) noexcept {
+    if (ec != error::pool_closed && !cancelled) ++e.counters.connect_failed;
     if (ec == error::acquire_timeout) ++e.counters.acquire_timeouts;
     free_slot(e, now);
     serve(now, dead);

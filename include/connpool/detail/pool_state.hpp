@@ -27,6 +27,8 @@
 #include <asio/basic_stream_socket.hpp>
 #include <asio/basic_waitable_timer.hpp>
 #include <asio/bind_executor.hpp>
+#include <asio/cancellation_signal.hpp>
+#include <asio/cancellation_type.hpp>
 #include <asio/dispatch.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
@@ -114,6 +116,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   struct completion {
     virtual ~completion() = default;
     virtual void complete(pool_state* s, std::error_code ec, connection* c, bool reused) = 0;
+    /// The handler's cancellation slot (not connected if it has none).
+    virtual asio::cancellation_slot cancellation_slot() const noexcept { return {}; }
   };
 
   /// `own`: the context a default-constructed pool runs on its thread (else null). `own_io`: the
@@ -227,6 +231,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
     auto op = std::make_shared<async_op>(this->shared_from_this(), std::move(handler));
     op->deadline = deadline_from(options().acquire_timeout);
+    // Per-operation cancellation: only an acquire that waits or connects can be cancelled.
+    if (asio::cancellation_slot slot = op->handler->cancellation_slot(); slot.is_connected())
+      slot.template emplace<cancel_hook>(std::weak_ptr<async_op>(op));
     if (g.slot) {
       op->ep = e;
       return async_connect(op);
@@ -354,6 +361,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     graveyard dead;
   };
 
+  struct dial_race;
+
   // ---------------------------------------------------------------- waiters
 
   struct sync_waiter final : waiter_node {
@@ -419,7 +428,49 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     time_point deadline = never;
     std::shared_ptr<async_op> keep_alive;  // while queued: the queue holds raw pointers
     grant pending;                         // posted to proceed(), not taken yet
+    std::weak_ptr<dial_race> dial;  // its connect in flight, under the lock
+    bool cancel_requested = false;  // under the lock
   };
+
+  /// Installed in the handler's cancellation slot. Any cancellation type stops the acquire: a
+  /// waiting acquire has taken nothing, and a connect in flight is abandoned, so the pool is left
+  /// as if the acquire had never been made (terminal, partial and total alike).
+  struct cancel_hook {
+    explicit cancel_hook(std::weak_ptr<async_op> o) : op(std::move(o)) {}
+    void operator()(asio::cancellation_type_t type) {
+      if (type == asio::cancellation_type::none) return;
+      if (auto o = op.lock()) o->state->cancel(*o);
+    }
+    std::weak_ptr<async_op> op;
+  };
+
+  /// The acquire's handler asked for cancellation (on the thread that emitted it). Waiting: it
+  /// leaves the queue and completes with operation_aborted. Connecting: the connect is stopped
+  /// and completes so. Granted meanwhile: the grant wins, as against the deadline.
+  void cancel(async_op& op) {
+    std::shared_ptr<async_op> waiting;
+    std::shared_ptr<dial_race> dialing;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      if (op.queued()) {
+        books_.leave(op, /*timed_out=*/false, coarse_now());
+        rearm();
+        op.timer.cancel();
+        waiting = std::move(op.keep_alive);
+      } else if (!(dialing = op.dial.lock())) {
+        op.cancel_requested = true;  // granted a slot, its connect not started yet: it will not start
+      }
+    }
+    if (waiting) return waiting->finish(asio::error::operation_aborted, nullptr, false);
+    if (dialing)
+      asio::post(dialing->strand, [dialing] {
+        if (dialing->done) return;
+        dialing->aborted = true;
+        std::error_code ignored;
+        dialing->dial.cancel(ignored);
+        dialing->timer.cancel();
+      });
+  }
 
   /// An async acquire died with a grant it never took (see ~async_op): give the connection or the
   /// slot back.
@@ -569,7 +620,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         ec = asio::error::no_memory;
       }
     }
-    books_.connect_failed(e, ec, now, s.dead);
+    books_.connect_failed(e, ec, now, s.dead, ec == asio::error::operation_aborted);
     if (c) bury_later(s, std::move(c), close_mode::abortive);
     rearm();
     return nullptr;
@@ -595,7 +646,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     socket_type dial;  // only for the connect: the connected descriptor moves to conn->socket
     std::unique_ptr<connection> conn;
     std::uint64_t id = 0;
-    bool timed_out = false, cancelled = false, done = false;
+    bool timed_out = false, cancelled = false, aborted = false, done = false;
   };
 
   /// Connect on the pool's executor (the only one known to run), racing a timer, on a socket used
@@ -632,10 +683,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       std::lock_guard<spin_mutex> lk(mu_);
       if (books_.closed()) {
         ec = error::pool_closed;
+      } else if (op.cancel_requested) {
+        ec = asio::error::operation_aborted;
       } else {
         try {
           dials_.emplace(next_dial_id_ + 1, rc);
           rc->id = ++next_dial_id_;
+          op.dial = rc;
         } catch (const std::bad_alloc&) {
           ec = asio::error::no_memory;
         }
@@ -655,6 +709,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       // it made, then closes it.
       if (rc->cancelled && cec)
         cec = error::pool_closed;
+      else if (rc->aborted && cec)
+        cec = asio::error::operation_aborted;
       else if (rc->timed_out)
         cec = acquire_bound ? error::acquire_timeout : error::connect_timeout;
       if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, endpoint_of(opp->ep).protocol());

@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include <asio/associated_cancellation_slot.hpp>
 #include <asio/associated_executor.hpp>
 #include <asio/post.hpp>
 
@@ -90,8 +91,16 @@ struct basic_pool<Protocol, Executor>::completion_impl final : state_type::compl
   void complete(state_type* s, std::error_code ec, typename state_type::connection* c, bool reused) override {
     lease l = c ? lease(s, c, reused) : lease();
     auto ex = work.get_executor();
-    asio::post(ex, [h = std::move(handler), ec, l = std::move(l)]() mutable { h(ec, std::move(l)); });
+    asio::post(ex, [h = std::move(handler), ec, l = std::move(l)]() mutable {
+      // On the handler's executor, where its cancellation is emitted: the operation is over.
+      asio::get_associated_cancellation_slot(h).clear();
+      h(ec, std::move(l));
+    });
     work.reset();
+  }
+
+  asio::cancellation_slot cancellation_slot() const noexcept override {
+    return asio::get_associated_cancellation_slot(handler);
   }
 
   Handler handler;
