@@ -3,16 +3,10 @@
 // and in all, the user-space memory per idle connection (RSS delta / N), and what N idle connections
 // cost while nothing happens (process CPU time and context switches over one second).
 //
-// The server is a child process with plain blocking sockets: it accepts N connections, waits for a
-// command, closes them all (FIN), and sends back the CLOCK_MONOTONIC time of each close.
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/prctl.h>
+// The server is a child process with plain blocking sockets (test::closing_server_process in
+// tests/servers/server_process.hpp): it accepts N connections, waits for a command, closes them all
+// (FIN), and sends back the CLOCK_MONOTONIC time of each close.
 #include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -26,6 +20,7 @@
 
 #include "connpool/connpool.hpp"
 #include "connpool/diag.hpp"
+#include "servers/server_process.hpp"
 
 namespace {
 
@@ -34,94 +29,6 @@ using clock_type = std::chrono::steady_clock;  // CLOCK_MONOTONIC, shared with t
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch()).count();
 }
-
-bool read_all(int fd, void* p, std::size_t n) {
-  auto* b = static_cast<char*>(p);
-  while (n > 0) {
-    const ssize_t r = ::read(fd, b, n);
-    if (r <= 0) return false;
-    b += r;
-    n -= static_cast<std::size_t>(r);
-  }
-  return true;
-}
-
-bool write_all(int fd, const void* p, std::size_t n) {
-  auto* b = static_cast<const char*>(p);
-  while (n > 0) {
-    const ssize_t r = ::write(fd, b, n);
-    if (r <= 0) return false;
-    b += r;
-    n -= static_cast<std::size_t>(r);
-  }
-  return true;
-}
-
-/// The closing server, forked before the client makes any connection.
-class closing_server {
- public:
-  explicit closing_server(std::size_t n) {
-    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    ::setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(listener_, 4096) != 0 ||
-        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-      std::perror("listen");
-      std::exit(1);
-    }
-    endpoint_ = asio::ip::tcp::endpoint(asio::ip::make_address_v4(ntohl(a.sin_addr.s_addr)), ntohs(a.sin_port));
-    int to_child[2], from_child[2];
-    if (::pipe2(to_child, O_CLOEXEC) != 0 || ::pipe2(from_child, O_CLOEXEC) != 0) std::exit(1);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      std::vector<int> conns;
-      while (conns.size() < n) {
-        const int c = ::accept(listener_, nullptr, nullptr);
-        if (c < 0) std::_Exit(3);
-        conns.push_back(c);
-      }
-      char cmd;
-      if (!read_all(to_child[0], &cmd, 1)) std::_Exit(0);
-      std::vector<std::int64_t> at(n);
-      for (std::size_t i = 0; i < n; ++i) {
-        ::close(conns[i]);  // nothing unread: FIN
-        at[i] = now_ns();
-      }
-      write_all(from_child[1], at.data(), at.size() * sizeof at[0]);
-      std::_Exit(0);
-    }
-    ::close(to_child[0]);
-    ::close(from_child[1]);
-    ::close(listener_);
-    cmd_ = to_child[1];
-    result_ = from_child[0];
-  }
-  ~closing_server() {
-    ::close(cmd_);
-    ::close(result_);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-  }
-  const asio::ip::tcp::endpoint& endpoint() const { return endpoint_; }
-
-  /// Close every connection; the time of each close.
-  std::vector<std::int64_t> close_all(std::size_t n) {
-    write_all(cmd_, "c", 1);
-    std::vector<std::int64_t> at(n);
-    if (!read_all(result_, at.data(), n * sizeof at[0])) at.clear();
-    return at;
-  }
-
- private:
-  int listener_ = -1, cmd_ = -1, result_ = -1;
-  pid_t pid_ = -1;
-  asio::ip::tcp::endpoint endpoint_;
-};
 
 long rss_kib() {
   std::ifstream f("/proc/self/status");
@@ -192,8 +99,8 @@ int main(int argc, char** argv) {
       std::printf("  %7zu skipped: needs a descriptor limit of at least %zu\n", n, n + 64);
       continue;
     }
-    closing_server server(n);
-    const auto ep = server.endpoint();
+    test::closing_server_process server(n);  // forked before the client makes any connection
+    const auto ep = server.endpoint(0);
     connpool::pool_options o;
     o.max_per_endpoint = n;
     o.max_idle_per_endpoint = n;
@@ -219,7 +126,7 @@ int main(int argc, char** argv) {
     pool_closed_at.reserve(n);
     std::thread closer;
     std::vector<std::int64_t> server_at;
-    closer = std::thread([&] { server_at = server.close_all(n); });
+    closer = std::thread([&] { server_at = server.close_all(); });
     std::size_t last = n;
     const std::int64_t give_up = now_ns() + 10'000'000'000LL;
     while (last > 0 && now_ns() < give_up) {

@@ -13,15 +13,17 @@
 // left by each cell are counted apart (they last 60 s).
 //
 // Two server models (--server asio|threads|both; asio by default):
-//   asio     one Asio thread serves every connection (echo_server.hpp): all five modes, as above
-//   threads  one server thread per connection with blocking I/O (thread_server.hpp), the way
-//            memcached workers, many RPC servers and sidecars serve a connection. There a client
-//            thread that trades connections with another is paired with another server thread, and
-//            the scheduler takes a while to co-locate the new pairs (issue 16). pool, dedicated and
-//            probed run in short slices (--slice, 0.2 s) over many rounds (15), the order rotated
-//            each round, by client threads that live for the whole cell (so that the pool's thread
-//            affinity sees one thread throughout, as in a service). Reported: the median of
-//            per-round ratios, and the switches of connection between threads.
+//   asio     one Asio thread serves every connection (echo_server_process in
+//            tests/servers/server_process.hpp): all five modes, as above
+//   threads  one server thread per connection with blocking I/O (thread_echo_server_process, same
+//            file), the way memcached workers, many RPC servers and sidecars serve a connection.
+//            There a client thread that trades connections with another is paired with another
+//            server thread, and the scheduler takes a while to co-locate the new pairs (issue 16).
+//            pool, dedicated and probed run in short slices (--slice, 0.2 s) over many rounds
+//            (15), the order rotated each round, by client threads that live for the whole cell
+//            (so that the pool's thread affinity sees one thread throughout, as in a service).
+//            Reported: the median of per-round ratios, and the switches of connection between
+//            threads.
 // A switch: a pool acquire that hands a thread a different connection (by local port) than the one
 // it got from its previous acquire. The port is read with getsockname when the pool hands out a
 // fresh connection and remembered by descriptor, so counting adds no syscall per request.
@@ -47,8 +49,7 @@
 
 #include "connpool/connpool.hpp"
 #include "connpool/diag.hpp"
-#include "echo_server.hpp"
-#include "thread_server.hpp"
+#include "servers/server_process.hpp"
 
 #if defined(__cpp_impl_coroutine) && defined(ASIO_HAS_CO_AWAIT)
 #include <asio/co_spawn.hpp>
@@ -377,7 +378,7 @@ std::string list(const std::vector<std::string>& v) {
 std::string clients_label(int n) { return std::to_string(n) + (n == 1 ? " client thread" : " client threads"); }
 
 /// The Asio server's part: every mode, threads and coroutines.
-void run_asio_server(const config& cfg, bench::echo_server_process& server, output& out) {
+void run_asio_server(const config& cfg, test::echo_server_process& server, output& out) {
   std::printf("connpool pool-vs-short benchmark: request/response over loopback, echo server in a child process\n"
               "machine: %u cores; modes interleaved in %d rounds, %.2f s per mode and cell\n",
               std::thread::hardware_concurrency(), cfg.rounds, cfg.seconds);
@@ -587,7 +588,7 @@ class crew {
 };
 
 /// The thread-per-connection server's part: pool, dedicated and probed, in short slices.
-void run_thread_server(const config& cfg, bench::thread_echo_server_process& server, output& out) {
+void run_thread_server(const config& cfg, test::thread_echo_server_process& server, output& out) {
   const mode order[] = {pooled, dedicated, probed};
   std::vector<mode> modes;
   for (mode m : order)
@@ -862,11 +863,11 @@ int main(int argc, char** argv) {
   ::setrlimit(RLIMIT_NOFILE, &rl);
 
   // Both servers are forked before any thread starts.
-  std::unique_ptr<bench::echo_server_process> server;
-  if (asio_server) server = std::make_unique<bench::echo_server_process>(cfg.payloads.size() * cfg.clients.size() * mode_count);
-  std::unique_ptr<bench::thread_echo_server_process> threads_server;
+  std::unique_ptr<test::echo_server_process> server;
+  if (asio_server) server = std::make_unique<test::echo_server_process>(cfg.payloads.size() * cfg.clients.size() * mode_count);
+  std::unique_ptr<test::thread_echo_server_process> threads_server;
   if (thread_server)  // a port for the pool's connections and one for the dedicated ones, per cell
-    threads_server = std::make_unique<bench::thread_echo_server_process>(
+    threads_server = std::make_unique<test::thread_echo_server_process>(
         std::max<std::size_t>(1, cfg.thread_payloads.size() * cfg.thread_clients.size() * 2));
 
   output out;

@@ -47,7 +47,7 @@
 #include "connpool/connpool.hpp"
 
 #include "bench_util.hpp"
-#include "echo_server.hpp"
+#include "servers/server_process.hpp"
 
 namespace {
 
@@ -122,7 +122,7 @@ struct config {
 };
 
 struct servers {
-  std::unique_ptr<bench::echo_server_process> proc;
+  std::unique_ptr<test::echo_server_process> proc;
   tcp::endpoint waiters_async, waiters_threads, a, b, x, y, small, big;
 };
 
@@ -1260,7 +1260,7 @@ int main(int argc, char** argv) {
 
   // The echo server first, before any thread: one child process, one port per use.
   servers srv;
-  srv.proc = std::make_unique<bench::echo_server_process>(8);
+  srv.proc = std::make_unique<test::echo_server_process>(8);
   srv.waiters_async = srv.proc->endpoint(0);
   srv.waiters_threads = srv.proc->endpoint(1);
   srv.a = srv.proc->endpoint(2);

@@ -9,6 +9,7 @@
 #include <future>
 #include <optional>
 
+#include "servers/echo_server.hpp"
 #include "support.hpp"
 
 #include <asio/bind_cancellation_slot.hpp>

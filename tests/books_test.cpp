@@ -495,7 +495,9 @@ class fuzz_run {
     for (auto* e : slots_) ++model[static_cast<books::entry*>(e)->key].connecting;
     for (auto& [key, q] : queue_) model[key].waiting += q.size();
     std::size_t open = 0, idle = 0;
-    for (auto& [key, m] : model) {
+    for (auto& kv : model) {
+      const int key = kv.first;
+      const pool_counts& m = kv.second;
       const auto s = b_.stats(key);
       INFO("seed step " << step_ << " endpoint " << key);
       CHECK(s.idle == m.idle);
@@ -512,8 +514,9 @@ class fuzz_run {
       }
     }
     if (!b_.closed() && o.max_total && b_.open_total() >= o.max_total && idle > 0)
-      for (auto& [key, m] : model)
-        if (m.waiting && (!o.max_per_endpoint || m.idle + m.leased + m.connecting < o.max_per_endpoint))
+      for (auto& kv : model)
+        if (const pool_counts& m = kv.second;
+            m.waiting && (!o.max_per_endpoint || m.idle + m.leased + m.connecting < o.max_per_endpoint))
           FAIL("a waiter needs room while an idle connection could be evicted, step " << step_);
     const auto t = b_.stats();
     CHECK(t.open() == open);

@@ -5,6 +5,8 @@
 #include <thread>
 #include <vector>
 
+#include "servers/echo_server.hpp"
+#include "servers/outcome.hpp"
 #include "support.hpp"
 
 using namespace std::chrono_literals;
@@ -22,7 +24,8 @@ TEST_CASE("concurrency: no dead hand-out, no leak, no CLOSE_WAIT, every acquire 
     o.max_per_endpoint = 4;  // fewer slots than threads: waiting is exercised too
     o.acquire_timeout = 2000ms;
     constexpr int threads = 6, per_thread = 300;
-    std::atomic<int> ok{0}, raced{0}, dead_handouts{0}, acquire_failures{0};
+    std::atomic<int> ok{0}, acquire_failures{0};
+    test::failure_tally failed;  // failed exchanges: raced, late deliveries, dead hand-outs
     std::atomic<long long> slowest_acquire_us{0};
     {
       tcp_pool pool(o);
@@ -42,7 +45,7 @@ TEST_CASE("concurrency: no dead hand-out, no leak, no CLOSE_WAIT, every acquire 
               ++acquire_failures;
               continue;
             }
-            const unsigned short port = l.socket().local_endpoint().port();
+            const test::handout h = test::note_handout(l, start);  // with the client's own peek
             std::error_code io_ec;
             const std::string msg = "t" + std::to_string(t) + "-" + std::to_string(i);
             asio::write(l.socket(), asio::buffer(msg), io_ec);
@@ -53,24 +56,25 @@ TEST_CASE("concurrency: no dead hand-out, no leak, no CLOSE_WAIT, every acquire 
               l.release();
               continue;
             }
-            // Failed exchange: legitimate only if the server closed after this acquire began.
-            auto closed = server.closed_at(port);
-            if (l.reused() && closed && *closed < start)
-              ++dead_handouts;
-            else
-              ++raced;
+            // Failed exchange: a dead hand-out only if the server closed it before this acquire began
+            // and the peek at the hand-out saw the FIN (servers/outcome.hpp).
+            failed.add(server, h);
             l.discard();
           }
         });
       }
       for (auto& t : ts) t.join();
       auto s = pool.stats();
-      MESSAGE("ok=" << ok.load() << " raced=" << raced.load() << " dead=" << dead_handouts.load() << " acquire_failures=" << acquire_failures.load() << " created=" << s.created << " reused=" << s.reused
+      for (const auto& note : failed.notes()) MESSAGE(note);
+      MESSAGE("ok=" << ok.load() << " raced=" << failed.raced() << " late deliveries=" << failed.late_deliveries()
+                    << " dead=" << failed.dead_handouts() << " acquire_failures=" << acquire_failures.load()
+                    << " created=" << s.created << " reused=" << s.reused
                     << " peer_closed=" << s.peer_closed << " peer_reset=" << s.peer_reset
                     << " slowest acquire us=" << slowest_acquire_us.load());
-      CHECK(dead_handouts == 0);
+      CHECK(failed.dead_handouts() == 0);
       CHECK(acquire_failures == 0);
-      CHECK(ok + raced == threads * per_thread);
+      CHECK(static_cast<std::size_t>(ok.load()) + failed.raced() + failed.late_deliveries() ==
+            static_cast<std::size_t>(threads * per_thread));
       CHECK(slowest_acquire_us < 2000 * 1000 + 500 * 1000);
       CHECK(s.leased == 0);
       CHECK(s.waiting == 0);

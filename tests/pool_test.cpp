@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "servers/echo_server.hpp"
 #include "support.hpp"
 
 using namespace std::chrono_literals;

@@ -20,8 +20,9 @@
 #include <vector>
 
 #include "../support.hpp"
-#include "echo_server.hpp"
 #include "netns.hpp"
+#include "servers/echo_server.hpp"
+#include "servers/server_process.hpp"
 
 using namespace std::chrono_literals;
 using connpool::tcp_pool;
@@ -167,7 +168,7 @@ TEST_CASE("faults: stray bytes on idle connections: never handed out") {
 
 TEST_CASE("faults: server process killed with SIGKILL, connections idle and in use") {
   test::fd_guard fds;
-  bench::echo_server_process server(1);
+  test::echo_server_process server(1);
   const auto ep = server.endpoint(0);
   tcp_pool pool(opts());
   fill_idle(pool, ep, 6);
@@ -204,7 +205,7 @@ TEST_CASE("faults: server process killed with SIGKILL, connections idle and in u
 
 TEST_CASE("faults: listener gone (connection refused), then back on the same port") {
   test::fd_guard fds;
-  std::optional<bench::echo_server_process> server(std::in_place, 1);
+  std::optional<test::echo_server_process> server(std::in_place, 1);
   const auto ep = server->endpoint(0);
   tcp_pool pool(opts());
   {
@@ -224,7 +225,7 @@ TEST_CASE("faults: listener gone (connection refused), then back on the same por
   CHECK(pool.stats().connect_failed == 3);
   CHECK(pool.stats().open() == 0);
 
-  server.emplace(std::vector<asio::ip::tcp::endpoint>{ep});
+  server->restart();
   auto l = pool.acquire(ep);
   CHECK_FALSE(l.reused());
   CHECK(test::roundtrip(l, "two") == "two");
@@ -235,7 +236,7 @@ TEST_CASE("faults: listener gone (connection refused), then back on the same por
 
 TEST_CASE("faults: peer restarts on the same port under load") {
   test::fd_guard fds;
-  std::optional<bench::echo_server_process> server(std::in_place, 1);
+  std::optional<test::echo_server_process> server(std::in_place, 1);
   const auto ep = server->endpoint(0);
   auto o = opts(4);
   o.acquire_timeout = 1000ms;
@@ -287,7 +288,7 @@ TEST_CASE("faults: peer restarts on the same port under load") {
     // Settled: no connection towards the dead server is ESTABLISHED any more (each got its FIN).
     const bool settled = eventually([&] { return test::client_sockets(ep, tcp_state::established) == 0; });
     settled_ns = clock_type::now().time_since_epoch().count();
-    server.emplace(std::vector<asio::ip::tcp::endpoint>{ep});
+    server->restart();
     const int ok_at_restart = ok;
     const bool recovered = eventually([&] { return ok >= ok_at_restart + 200; }, 5000ms);
     stop_all();
@@ -310,7 +311,7 @@ TEST_CASE("faults: peer restarts on the same port under load") {
 
 TEST_CASE("faults: descriptor limit: acquire fails with EMFILE, the pool recovers") {
   test::fd_guard fds;
-  bench::echo_server_process server(1);
+  test::echo_server_process server(1);
   const auto ep = server.endpoint(0);
   tcp_pool pool(opts());  // fresh: its first connection is made under the limit
   rlimit saved{};

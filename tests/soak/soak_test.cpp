@@ -1,12 +1,13 @@
-// Chaos soak: a server that at random closes, resets, answers with garbage, stalls, or sends stray
-// bytes after answering, and restarts every few seconds; 8 client threads doing request/response
-// through connpool (7 synchronous threads on a default pool, 1 thread running 16 asynchronous
-// clients on a pool of its own io_context). Bounded: CONNPOOL_SOAK_SECONDS (default 30).
+// Chaos soak: a server (test::echo_server in chaos mode) that at random closes, resets, answers with
+// garbage, stalls, or sends stray bytes after answering, and restarts every few seconds; 8 client
+// threads doing request/response through connpool (7 synchronous threads on a default pool, 1
+// thread running 16 asynchronous clients on a pool of its own io_context). Bounded:
+// CONNPOOL_SOAK_SECONDS (default 30).
 //
-// Fails on any dead hand-out (a reused connection that fails although its peer had closed, reset or
-// sent stray bytes on it before the acquire began, and that had reached this end by the hand-out),
-// a leaked descriptor, a CLOSE_WAIT socket left, an acquire that outlived its deadline, or requests
-// that are not all accounted for.
+// Fails on any dead hand-out (servers/outcome.hpp: a reused connection that fails although its peer
+// had closed, reset or sent stray bytes on it before the acquire began, and that had reached this end
+// by the hand-out), a leaked descriptor, a CLOSE_WAIT socket left, an acquire that outlived its
+// deadline, or requests that are not all accounted for.
 #include <doctest/doctest.h>
 
 #include <poll.h>
@@ -16,11 +17,12 @@
 #include <map>
 #include <mutex>
 #include <random>
-#include <set>
 #include <thread>
 #include <vector>
 
 #include "../support.hpp"
+#include "servers/echo_server.hpp"
+#include "servers/outcome.hpp"
 
 using namespace std::chrono_literals;
 using connpool::tcp_pool;
@@ -37,167 +39,12 @@ constexpr auto acquire_timeout = 1000ms;
 /// A client's pause between requests (0-3 ms, at random), so that connections also sit idle.
 std::chrono::microseconds think_time(std::minstd_rand& rng) { return std::chrono::microseconds(rng() % 3000); }
 
-/// The chaos server: one thread, restartable on the same port.
-class chaos_server {
- public:
-  explicit chaos_server(const asio::ip::tcp::endpoint& where) : acceptor_(io_) {
-    open(where);
-    endpoint_ = acceptor_.local_endpoint();
-    thread_ = std::thread([this] { io_.run(); });
-  }
-  ~chaos_server() {
-    run([this] { shut(); });
-    work_.reset();
-    io_.stop();
-    thread_.join();
-  }
-
-  asio::ip::tcp::endpoint endpoint() const { return endpoint_; }
-
-  /// Close the listener and every connection (FIN), then listen again on the same port.
-  void restart() {
-    run([this] {
-      shut();
-      open(endpoint_);
-    });
-  }
-
-  /// When the server closed, reset or sent unrequested bytes on the connection from client port
-  /// `port`, if it did (since that port last connected).
-  std::optional<std::pair<clock_type::time_point, std::string>> poisoned_at(unsigned short port) {
-    std::lock_guard<std::mutex> lk(mu_);
-    auto it = poisoned_.find(port);
-    if (it == poisoned_.end()) return std::nullopt;
-    return it->second;
-  }
-
-  std::map<std::string, std::size_t> actions() {
-    std::lock_guard<std::mutex> lk(mu_);
-    return actions_;
-  }
-
- private:
-  struct session {
-    explicit session(asio::ip::tcp::socket s) : socket(std::move(s)), timer(socket.get_executor()) {}
-    asio::ip::tcp::socket socket;
-    asio::steady_timer timer;
-    char buf[message_size];
-    unsigned short port = 0;
-  };
-
-  void open(const asio::ip::tcp::endpoint& ep) {
-    acceptor_.open(ep.protocol());
-    acceptor_.set_option(asio::socket_base::reuse_address(true));
-    acceptor_.bind(ep);
-    acceptor_.listen();
-    accept();
-  }
-
-  void shut() {
-    std::error_code ignored;
-    acceptor_.close(ignored);
-    for (auto& s : sessions_) {
-      s->socket.shutdown(asio::socket_base::shutdown_both, ignored);
-      s->socket.close(ignored);
-      s->timer.cancel();
-      poison(s->port, "restart");
-    }
-    sessions_.clear();
-  }
-
-  void run(std::function<void()> f) { test::run_on(io_, std::move(f)); }
-
-  void poison(unsigned short port, const char* what) {
-    std::lock_guard<std::mutex> lk(mu_);
-    poisoned_[port] = {clock_type::now(), what};  // after the syscall that did it returned
-    ++actions_[what];
-  }
-
-  void count(const char* what) {
-    std::lock_guard<std::mutex> lk(mu_);
-    ++actions_[what];
-  }
-
-  void accept() {
-    acceptor_.async_accept([this](std::error_code ec, asio::ip::tcp::socket s) {
-      if (ec) return;
-      auto ss = std::make_shared<session>(std::move(s));
-      std::error_code ignored;
-      ss->port = ss->socket.remote_endpoint(ignored).port();
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        poisoned_.erase(ss->port);  // a new connection on a reused port starts clean
-      }
-      sessions_.insert(ss);
-      read(ss);
-      accept();
-    });
-  }
-
-  void drop(const std::shared_ptr<session>& s) {
-    std::error_code ignored;
-    s->socket.close(ignored);
-    s->timer.cancel();
-    sessions_.erase(s);
-  }
-
-  void read(std::shared_ptr<session> s) {
-    asio::async_read(s->socket, asio::buffer(s->buf), [this, s](std::error_code ec, std::size_t) {
-      if (ec) return drop(s);
-      const unsigned roll = rng_() % 100;
-      std::error_code ignored;
-      if (roll < 2) {  // close instead of answering
-        s->socket.shutdown(asio::socket_base::shutdown_both, ignored);
-        drop(s);
-        return poison(s->port, "close");
-      }
-      if (roll < 4) {  // reset instead of answering
-        s->socket.set_option(asio::socket_base::linger(true, 0), ignored);
-        drop(s);
-        return poison(s->port, "reset");
-      }
-      if (roll < 6) {  // stall: never answer, never read again
-        count("stall");
-        return;
-      }
-      if (roll < 8) {  // garbage instead of the echo
-        std::fill(std::begin(s->buf), std::end(s->buf), '#');
-        count("garbage");
-      }
-      const bool stray_later = roll >= 8 && roll < 10;
-      asio::async_write(s->socket, asio::buffer(s->buf), [this, s, stray_later](std::error_code wec, std::size_t) {
-        if (wec) return drop(s);
-        if (stray_later) {  // a little later, while the connection is likely idle in the pool
-          s->timer.expires_after(1ms);
-          s->timer.async_wait([this, s](std::error_code tec) {
-            if (tec || !s->socket.is_open()) return;
-            std::error_code ignored;
-            s->socket.write_some(asio::buffer("stray", 5), ignored);
-            if (!ignored) poison(s->port, "stray bytes");
-          });
-        }
-        read(s);
-      });
-    });
-  }
-
-  asio::io_context io_;
-  asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
-  asio::ip::tcp::acceptor acceptor_;
-  asio::ip::tcp::endpoint endpoint_;
-  std::set<std::shared_ptr<session>> sessions_;
-  std::minstd_rand rng_{20261125};
-  std::mutex mu_;
-  std::map<unsigned short, std::pair<clock_type::time_point, std::string>> poisoned_;
-  std::map<std::string, std::size_t> actions_;
-  std::thread thread_;
-};
-
 /// What the clients saw; every request ends in exactly one of these.
 struct tally {
   std::mutex mu;
-  std::size_t requests = 0, ok = 0, dead_handouts = 0, late_deliveries = 0;
+  std::size_t requests = 0, ok = 0;
   std::map<std::string, std::size_t> failures;
+  test::failure_tally failed;  // the failed exchanges classified: raced, late deliveries, dead hand-outs
   long long slowest_acquire_ms = 0;
 
   void acquire_done(clock_type::time_point start) {
@@ -228,32 +75,6 @@ std::string failure_of(std::error_code ec) {
   return "exchange: " + ec.message();
 }
 
-/// The client's own look at a connection the moment it got it: what the kernel had delivered.
-bool healthy_now(int fd) {
-  char c;
-  return ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-}
-
-/// Classify a failed exchange on a connection the server had poisoned (closed, reset, sent stray
-/// bytes on) before the acquire began. A dead hand-out: the pool handed it out reused although the
-/// poison had already reached this end (the client's own probe at hand-out saw it). On a loaded
-/// machine the kernel may deliver a loopback segment well after the sender's syscall returned
-/// (softirq work deferred to ksoftirqd); such a late delivery is counted, not failed.
-void classify(chaos_server& server, tally& t, bool reused, bool healthy_at_handout, unsigned short port,
-              clock_type::time_point acquire_start) {
-  const auto at = server.poisoned_at(port);
-  if (!reused || !at || at->first >= acquire_start) return;
-  std::lock_guard<std::mutex> lk(t.mu);
-  if (healthy_at_handout) {
-    ++t.late_deliveries;
-  } else {
-    ++t.dead_handouts;
-    MESSAGE("dead hand-out: " << at->second << " "
-            << std::chrono::duration_cast<std::chrono::microseconds>(acquire_start - at->first).count()
-            << " us before the acquire began");
-  }
-}
-
 /// Synchronous exchange on a blocking socket, bounded by `deadline`.
 std::error_code sync_exchange(int fd, const std::string& out, std::string& in, clock_type::time_point deadline) {
   if (::send(fd, out.data(), out.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(out.size()))
@@ -273,7 +94,7 @@ std::error_code sync_exchange(int fd, const std::string& out, std::string& in, c
   return {};
 }
 
-void sync_client(unsigned id, tcp_pool& pool, chaos_server& server, tally& t, const std::atomic<bool>& stop) {
+void sync_client(unsigned id, tcp_pool& pool, test::echo_server& server, tally& t, const std::atomic<bool>& stop) {
   const auto ep = server.endpoint();
   std::string in;
   std::minstd_rand rng(id);
@@ -287,8 +108,7 @@ void sync_client(unsigned id, tcp_pool& pool, chaos_server& server, tally& t, co
       t.end("acquire: " + ec.message());
       continue;
     }
-    const unsigned short port = l.socket().local_endpoint().port();
-    const bool healthy = healthy_now(l.socket().native_handle());
+    const test::handout h = test::note_handout(l, start);
     const std::string out = payload(id, i);
     ec = sync_exchange(l.socket().native_handle(), out, in, clock_type::now() + exchange_deadline);
     if (!ec && in == out) {
@@ -297,14 +117,14 @@ void sync_client(unsigned id, tcp_pool& pool, chaos_server& server, tally& t, co
       continue;
     }
     t.end(ec ? failure_of(ec) : "exchange: wrong answer");
-    classify(server, t, l.reused(), healthy, port, start);
+    t.failed.add(server, h);
     l.discard();
   }
 }
 
 /// One asynchronous client: acquire, write, read (against a deadline timer), release; again.
 struct async_client : std::enable_shared_from_this<async_client> {
-  async_client(unsigned id, tcp_pool& pool, chaos_server& server, tally& t, const std::atomic<bool>& stop)
+  async_client(unsigned id, tcp_pool& pool, test::echo_server& server, tally& t, const std::atomic<bool>& stop)
       : id(id), pool(pool), server(server), t(t), stop(stop), timer(pool.get_executor()) {}
 
   void next() {
@@ -328,8 +148,7 @@ struct async_client : std::enable_shared_from_this<async_client> {
   }
 
   void exchange() {
-    port = lease.socket().local_endpoint().port();
-    healthy = healthy_now(lease.socket().native_handle());
+    h = test::note_handout(lease, start);
     out = payload(id, i++);
     in.assign(out.size(), '\0');
     timed_out = false;
@@ -356,7 +175,7 @@ struct async_client : std::enable_shared_from_this<async_client> {
       t.end("ok");
     } else {
       t.end(ec ? failure_of(ec) : "exchange: wrong answer");
-      classify(server, t, lease.reused(), healthy, port, start);
+      t.failed.add(server, h);
       lease.discard();
     }
     next();
@@ -364,16 +183,16 @@ struct async_client : std::enable_shared_from_this<async_client> {
 
   unsigned id;
   tcp_pool& pool;
-  chaos_server& server;
+  test::echo_server& server;
   tally& t;
   const std::atomic<bool>& stop;
   asio::steady_timer timer;
   tcp_pool::lease lease;
   clock_type::time_point start;
-  unsigned short port = 0;
+  test::handout h;
   std::size_t i = 0, generation = 0;
   std::string out, in;
-  bool timed_out = false, healthy = true;
+  bool timed_out = false;
   std::minstd_rand rng{id};
 };
 
@@ -389,7 +208,8 @@ TEST_CASE("soak: chaos server, 8 client threads (sync and async), restarts") {
   std::size_t restarts = 0, close_wait_left = 0, close_wait_transient = 0;
   asio::ip::tcp::endpoint ep;
   {
-    chaos_server server(test::loopback());
+    test::echo_server server(test::loopback());
+    server.chaos(message_size);
     ep = server.endpoint();
     connpool::pool_options o;
     o.max_per_endpoint = 5;  // fewer than the 7 sync threads: waiting is exercised too
@@ -447,15 +267,16 @@ TEST_CASE("soak: chaos server, 8 client threads (sync and async), restarts") {
             ", unexpected_data " + std::to_string(stats.unexpected_data) + ", idle_timeout " +
             std::to_string(stats.idle_timeout) + ", max_lifetime " + std::to_string(stats.max_lifetime) +
             ", surplus " + std::to_string(stats.surplus) + ", pool_closed " + std::to_string(stats.pool_closed) + "\n";
-  report += "  dead hand-outs " + std::to_string(t.dead_handouts) +
+  for (const auto& note : t.failed.notes()) report += "  " + note + "\n";
+  report += "  dead hand-outs " + std::to_string(t.failed.dead_handouts()) +
             ", poison sent before the acquire but delivered after the hand-out " +
-            std::to_string(t.late_deliveries) + ", slowest acquire " +
+            std::to_string(t.failed.late_deliveries()) + ", slowest acquire " +
             std::to_string(t.slowest_acquire_ms) + " ms, CLOSE_WAIT sampled during the run (max) " +
             std::to_string(close_wait_transient) + ", left at the end " + std::to_string(close_wait_left) +
             ", descriptors " + (fds_back ? "all closed" : "LEAKED: " + leaked) + "\n";
   MESSAGE(report);
 
-  CHECK(t.dead_handouts == 0);
+  CHECK(t.failed.dead_handouts() == 0);
   CHECK(fds_back);
   CHECK(close_wait_left == 0);
   CHECK(t.slowest_acquire_ms < std::chrono::milliseconds(acquire_timeout).count() + 1000);
