@@ -458,6 +458,27 @@ TEST_CASE("leases: a lease that set non-blocking mode does not pass it to the ne
   CHECK(test::roundtrip(next, "blocking read") == "blocking read");  // would_block before the fix
 }
 
+TEST_CASE("leases: a connection half-closed through lease::shutdown() is never reused") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  tcp_pool pool(quick());
+  auto l = pool.acquire(server.endpoint());
+  CHECK(test::roundtrip(l, "before") == "before");
+  l.shutdown(asio::socket_base::shutdown_send);
+  l.release();  // closed, not kept: the next lease's first write would fail with EPIPE
+  CHECK(pool.stats().idle == 0);
+  CHECK(pool.stats().discarded == 1);
+  auto next = pool.acquire(server.endpoint());
+  CHECK_FALSE(next.reused());
+  CHECK(test::roundtrip(next, "after") == "after");
+  // A moved lease keeps the mark.
+  next.shutdown(asio::socket_base::shutdown_both);
+  auto moved = std::move(next);
+  moved.release();
+  CHECK(pool.stats().idle == 0);
+  CHECK(pool.stats().discarded == 2);
+}
+
 TEST_CASE("errors: OS errors reach the caller as Asio reports them") {
   test::fd_guard fds;
   asio::ip::tcp::endpoint dead;
@@ -571,6 +592,34 @@ TEST_CASE("local_pool: a connect to a full backlog waits, like TCP, until the de
   for (std::size_t i = 0; i < fillers.size(); ++i) acc.accept().close();  // the backlog drains
   t.join();
   CHECK_FALSE(later_ec);
+  // The same for async_acquire: the backlog is full again.
+  for (auto& f : fillers) f.close();
+  fillers.clear();
+  for (int i = 0; i < 16; ++i) {
+    fillers.emplace_back(io);
+    fillers.back().open();
+    fillers.back().non_blocking(true);
+    std::error_code fec;
+    fillers.back().connect(acc.local_endpoint(), fec);
+    if (fec) {
+      fillers.pop_back();
+      break;
+    }
+  }
+  asio::io_context aio;
+  o.connect_timeout = 200ms;
+  connpool::local_pool apool(aio, o);
+  std::error_code aec;
+  bool done = false;
+  const auto a0 = std::chrono::steady_clock::now();
+  apool.async_acquire(acc.local_endpoint(), [&](std::error_code e, connpool::local_pool::lease) {
+    aec = e;
+    done = true;
+  });
+  while (!done && std::chrono::steady_clock::now() - a0 < 3s) aio.run_one_for(10ms);
+  CHECK(done);
+  CHECK(aec == connpool::error::connect_timeout);  // ENOBUFS at once before
+  CHECK(std::chrono::steady_clock::now() - a0 >= 190ms);
   ::unlink(path.c_str());
 }
 

@@ -11,6 +11,7 @@
 #include <asio/basic_stream_socket.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
+#include <asio/socket_base.hpp>
 
 #include "connpool/detail/pool_state.hpp"
 #include "connpool/error.hpp"
@@ -174,6 +175,15 @@ class basic_pool<Protocol, Executor>::lease {
   /// Close the connection now and never reuse it. No effect on an empty lease.
   void discard(close_mode mode = close_mode::graceful) noexcept;
 
+  /// Shut down one or both directions of the connection (a half-close, for protocols that end a
+  /// request with EOF), and mark it so that release() closes it instead of keeping it: a
+  /// connection whose sending side is shut down would fail the next lease's first write. The pool
+  /// cannot see a shutdown made through socket() directly (that would cost a syscall on every
+  /// release): after one, call discard(). Throws std::system_error; precondition: not empty.
+  void shutdown(asio::socket_base::shutdown_type what);
+  /// As above, reporting errors in `ec`. The lease is marked even if the shutdown failed.
+  void shutdown(asio::socket_base::shutdown_type what, std::error_code& ec);
+
  private:
   friend class basic_pool;
   using connection = typename state_type::connection;
@@ -184,6 +194,7 @@ class basic_pool<Protocol, Executor>::lease {
   state_type* state_ = nullptr;
   connection* conn_ = nullptr;
   bool reused_ = false;
+  bool shut_ = false;  // shutdown() was called: never reuse
 };
 
 }  // namespace connpool

@@ -466,8 +466,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       asio::post(dialing->strand, [dialing] {
         if (dialing->done) return;
         dialing->aborted = true;
-        std::error_code ignored;
-        dialing->dial.cancel(ignored);
+        dialing->stop();
         dialing->timer.cancel();
       });
   }
@@ -640,9 +639,17 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// runs on `strand`; close() cancels it there too.
   struct dial_race {
     dial_race(const Executor& ex, std::unique_ptr<connection> c)
-        : strand(ex), timer(ex), dial(ex), conn(std::move(c)) {}
+        : strand(ex), timer(ex), retry(ex), dial(ex), conn(std::move(c)) {}
+    /// On the strand: stop the attempt in progress (its handler then sees the flag that was set).
+    void stop() {
+      std::error_code ignored;
+      dial.cancel(ignored);
+      retry.cancel();
+    }
     asio::strand<Executor> strand;
-    timer_type timer;
+    timer_type timer;  // the deadline
+    timer_type retry;  // the backoff before trying a full Unix backlog again
+    clock::duration backoff = std::chrono::milliseconds(1);
     socket_type dial;  // only for the connect: the connected descriptor moves to conn->socket
     std::unique_ptr<connection> conn;
     std::uint64_t id = 0;
@@ -702,32 +709,15 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     // Every step from here runs on the strand: the timer cannot cancel a connect not started yet,
     // and a close() that came first (its cancel is queued on the strand) stops the connect here.
-    auto on_connect = [self = this->shared_from_this(), rc, opp, acquire_bound](std::error_code cec) {
-      rc->done = true;
-      rc->timer.cancel();
-      // Stopped by close(): pool_closed. One that connected anyway goes on, and connected() counts
-      // it made, then closes it.
-      if (rc->cancelled && cec)
-        cec = error::pool_closed;
-      else if (rc->aborted && cec)
-        cec = asio::error::operation_aborted;
-      else if (rc->timed_out)
-        cec = acquire_bound ? error::acquire_timeout : error::connect_timeout;
-      if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, endpoint_of(opp->ep).protocol());
-      if (rc->dial.is_open()) close_socket(rc->dial, close_mode::abortive, false);
-      connection* out = self->connected(*opp->ep, std::move(rc->conn), cec, rc->id);
-      opp->finish(cec, out, false);
-    };
-    auto start = [rc, &ep, &dial, connect_deadline, on_connect] {
-      if (rc->cancelled) return on_connect(asio::error::operation_aborted);
-      dial.async_connect(ep, asio::bind_executor(rc->strand, on_connect));
+    auto start = [self = this->shared_from_this(), rc, opp, acquire_bound, connect_deadline] {
+      if (rc->cancelled || rc->aborted) return self->dialled(rc, opp, acquire_bound, asio::error::operation_aborted);
+      dial_once(self, rc, opp, acquire_bound);
       if (connect_deadline == never) return;
       rc->timer.expires_at(connect_deadline);
-      rc->timer.async_wait(asio::bind_executor(rc->strand, [rc, &dial](std::error_code tec) {
+      rc->timer.async_wait(asio::bind_executor(rc->strand, [rc](std::error_code tec) {
         if (tec || rc->done) return;
         rc->timed_out = true;
-        std::error_code ignored;
-        dial.cancel(ignored);
+        rc->stop();
       }));
     };
     try {
@@ -740,6 +730,45 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
   }
 
+  /// On the strand: one connect attempt. A Unix stream listener whose backlog is full makes the
+  /// connect fail at once (EAGAIN, which Asio reports as no_buffer_space) where TCP would wait: try
+  /// again after a backoff of 1 to 50 ms, until the deadline timer or a cancel stops it.
+  static void dial_once(std::shared_ptr<pool_state> self, std::shared_ptr<dial_race> rc,
+                        std::shared_ptr<async_op> opp, bool acquire_bound) {
+    rc->dial.async_connect(endpoint_of(opp->ep), asio::bind_executor(rc->strand, [self, rc, opp, acquire_bound](std::error_code cec) {
+      const bool backlog_full = (cec == asio::error::no_buffer_space || cec == asio::error::try_again) &&
+                                endpoint_of(opp->ep).protocol().family() == AF_UNIX;
+      if (!backlog_full || rc->timed_out || rc->cancelled || rc->aborted)
+        return self->dialled(rc, opp, acquire_bound, cec);
+      rc->retry.expires_after(rc->backoff);
+      rc->backoff = std::min<clock::duration>(2 * rc->backoff, std::chrono::milliseconds(50));
+      rc->retry.async_wait(asio::bind_executor(rc->strand, [self, rc, opp, acquire_bound](std::error_code tec) {
+        if (tec || rc->timed_out || rc->cancelled || rc->aborted)
+          return self->dialled(rc, opp, acquire_bound, asio::error::operation_aborted);
+        dial_once(self, rc, opp, acquire_bound);
+      }));
+    }));
+  }
+
+  /// On the strand: the connect ended. Stopped by close(): pool_closed; by the acquire's
+  /// cancellation: operation_aborted; by the deadline: acquire_timeout or connect_timeout. One that
+  /// connected anyway goes on, and connected() counts it made (then closes it if the pool closed).
+  void dialled(const std::shared_ptr<dial_race>& rc, const std::shared_ptr<async_op>& opp, bool acquire_bound,
+               std::error_code cec) {
+    rc->done = true;
+    rc->timer.cancel();
+    if (rc->cancelled && cec)
+      cec = error::pool_closed;
+    else if (rc->aborted && cec)
+      cec = asio::error::operation_aborted;
+    else if (rc->timed_out)
+      cec = acquire_bound ? error::acquire_timeout : error::connect_timeout;
+    if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, endpoint_of(opp->ep).protocol());
+    if (rc->dial.is_open()) close_socket(rc->dial, close_mode::abortive, false);
+    connection* out = connected(*opp->ep, std::move(rc->conn), cec, rc->id);
+    opp->finish(cec, out, false);
+  }
+
   /// Under the lock (close()): cancel every connect in flight; each completes with pool_closed.
   void cancel_dials() {
     for (auto& [id, weak] : dials_) {
@@ -747,8 +776,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         asio::post(rc->strand, [rc] {
           if (rc->done) return;
           rc->cancelled = true;
-          std::error_code ignored;
-          rc->dial.cancel(ignored);
+          rc->stop();
           rc->timer.cancel();
         });
       }

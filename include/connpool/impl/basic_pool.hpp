@@ -152,7 +152,10 @@ const pool_options& basic_pool<Protocol, Executor>::options() const noexcept {
 
 template <class Protocol, class Executor>
 basic_pool<Protocol, Executor>::lease::lease(lease&& o) noexcept
-    : state_(std::exchange(o.state_, nullptr)), conn_(std::exchange(o.conn_, nullptr)), reused_(o.reused_) {}
+    : state_(std::exchange(o.state_, nullptr)),
+      conn_(std::exchange(o.conn_, nullptr)),
+      reused_(o.reused_),
+      shut_(std::exchange(o.shut_, false)) {}
 
 template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease& basic_pool<Protocol, Executor>::lease::operator=(lease&& o) noexcept {
@@ -161,6 +164,7 @@ typename basic_pool<Protocol, Executor>::lease& basic_pool<Protocol, Executor>::
     state_ = std::exchange(o.state_, nullptr);
     conn_ = std::exchange(o.conn_, nullptr);
     reused_ = o.reused_;
+    shut_ = std::exchange(o.shut_, false);
   }
   return *this;
 }
@@ -185,12 +189,27 @@ typename basic_pool<Protocol, Executor>::endpoint_type basic_pool<Protocol, Exec
 template <class Protocol, class Executor>
 void basic_pool<Protocol, Executor>::lease::release() noexcept {
   if (!conn_) return;
+  if (shut_) return discard();
   std::exchange(state_, nullptr)->release(std::exchange(conn_, nullptr));
+}
+
+template <class Protocol, class Executor>
+void basic_pool<Protocol, Executor>::lease::shutdown(asio::socket_base::shutdown_type what) {
+  std::error_code ec;
+  shutdown(what, ec);
+  if (ec) throw std::system_error(ec, "connpool lease shutdown");
+}
+
+template <class Protocol, class Executor>
+void basic_pool<Protocol, Executor>::lease::shutdown(asio::socket_base::shutdown_type what, std::error_code& ec) {
+  shut_ = true;
+  socket().shutdown(what, ec);
 }
 
 template <class Protocol, class Executor>
 void basic_pool<Protocol, Executor>::lease::discard(close_mode mode) noexcept {
   if (!conn_) return;
+  shut_ = false;
   std::exchange(state_, nullptr)->discard(std::exchange(conn_, nullptr), mode);
 }
 
