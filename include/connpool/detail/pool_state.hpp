@@ -177,13 +177,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (e && e->waiters.empty()) c = take_mine_or_mru(*e);
     }
     if (c) {
-      const probe_result r = probe(c->socket.native_handle());
-      if (r == probe_result::healthy) {
-        reused = true;
-        return c;
-      }
       ep_node* e = c->node->ep;
-      return finish(*e, replace(*c, r, false), unset, reused, ec);
+      const grant g = probed(grant{c->node, false, {}}, false);
+      if (g.conn) {
+        reused = true;
+        return as_connection(g.conn);
+      }
+      return finish(*e, g, unset, reused, ec);
     }
     return acquire_wait(ep, reused, ec);
   }
@@ -198,12 +198,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       entry* e = books_.find(ep);
       if (e && e->waiters.empty()) c = take_mine_or_mru(*e);
     }
-    while (c) {
-      const probe_result r = probe(c->socket.native_handle());
-      if (r == probe_result::healthy) return c;
-      c = as_connection(replace(*c, r, /*idle_only=*/true).conn);
-    }
-    return nullptr;
+    return c ? as_connection(probed(grant{c->node, false, {}}, /*idle_only=*/true).conn) : nullptr;
   }
 
   // ---------------------------------------------------------------- asynchronous acquire
@@ -221,12 +216,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       }
     }
     // Served at once (an idle connection, or an error): no operation object and no timer.
-    while (g.conn) {
-      connection* c = as_connection(g.conn);
-      const probe_result r = probe(c->socket.native_handle());
-      if (r == probe_result::healthy) return handler->complete(this, {}, c, true);
-      g = replace(*c, r, false);
-    }
+    g = probed(g, false);
+    if (g.conn) return handler->complete(this, {}, as_connection(g.conn), true);
     if (g.ec) return handler->complete(this, g.ec, nullptr, false);
 
     auto op = std::make_shared<async_op>(this->shared_from_this(), std::move(handler));
@@ -403,18 +394,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
     // Not under the lock.
     void proceed(grant g) {
-      bool reused = false;
-      while (g.conn) {
-        connection* c = as_connection(g.conn);
-        const probe_result r = probe(c->socket.native_handle());
-        if (r == probe_result::healthy) {
-          reused = true;
-          break;
-        }
-        g = state->replace(*c, r, false);
-      }
+      g = state->probed(g, false);
       if (g.slot) return state->async_connect(this->shared_from_this());
-      finish(g.ec, as_connection(g.conn), reused);
+      finish(g.ec, as_connection(g.conn), g.conn != nullptr);
     }
 
     void finish(std::error_code ec, connection* c, bool reused) {
@@ -491,6 +473,18 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     op.finish(error::acquire_timeout, nullptr, false);
   }
 
+  /// The one probe-and-replace loop, for every acquire path: probe the granted idle connection,
+  /// outside the lock; while it is dead, close it and take what the books grant in its place.
+  /// Returns a healthy connection, a slot, an error, or (idle_only) nothing.
+  CONNPOOL_HOT grant probed(grant g, bool idle_only) {
+    while (g.conn) {
+      const probe_result r = probe(as_connection(g.conn)->socket.native_handle());
+      if (r == probe_result::healthy) break;
+      g = replace(*as_connection(g.conn), r, idle_only);
+    }
+    return g;
+  }
+
   /// A handed-out idle connection failed its probe: close it, and take the grant the books give in
   /// its place (see books::replace()).
   grant replace(connection& c, probe_result r, bool idle_only) {
@@ -548,14 +542,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// `e`: the endpoint the grant is for (a slot pins it). `deadline`: the acquire's, or `unset` if
   /// it has not been needed yet.
   connection* finish(ep_node& e, grant g, time_point deadline, bool& reused, std::error_code& ec) {
-    while (g.conn) {
-      connection* c = as_connection(g.conn);
-      const probe_result r = probe(c->socket.native_handle());
-      if (r == probe_result::healthy) {
-        reused = true;
-        return c;
-      }
-      g = replace(*c, r, false);
+    g = probed(g, false);
+    if (g.conn) {
+      reused = true;
+      return as_connection(g.conn);
     }
     if (g.ec) {
       ec = g.ec;
