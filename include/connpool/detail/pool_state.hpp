@@ -271,6 +271,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     const probe_result r = c->watched ? probe_result::healthy : probe(c->socket.native_handle());
     const time_point now = coarse_now();
     conn_node* n = c->node;
+    const std::uint64_t uid = uid_;  // once the section ends, the last lease may have freed the state
     std::uint64_t stamp;
     {
       section s(*this);
@@ -281,7 +282,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       else
         rearm();
     }
-    if (stamp) my_last() = {uid_, n, stamp};
+    if (stamp) my_last() = {uid, n, stamp};
   }
 
   /// Close a leased connection: discard() or a lease destroyed without release().
