@@ -1,6 +1,8 @@
 // Small helpers shared by the benchmarks: order statistics, the process's CPU time, context
-// switches and resident memory, a tiny argument parser, and a report (tables printed as text, and
-// written as JSON and CSV). Header-only, no dependency beyond the C++17 standard library and POSIX.
+// switches, resident memory and descriptor limit, a tiny argument parser, JSON and CSV text (objects,
+// arrays, lines, files), and a report (tables printed as text, and written as JSON and CSV).
+// Header-only, no dependency beyond the standard library and POSIX; C++14 is enough (watch_cost.cpp,
+// which does not link connpool, builds with the compiler's default standard).
 #ifndef CONNPOOL_BENCH_UTIL_HPP
 #define CONNPOOL_BENCH_UTIL_HPP
 
@@ -17,6 +19,7 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -41,14 +44,32 @@ inline double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/// The p-th quantile (p in [0, 1]) of the non-NaN values, by nearest rank; 0 for an empty sample.
-inline double percentile(std::vector<double> v, double p) {
-  v = finite(std::move(v));
+/// Which of n sorted samples s[0] .. s[n-1] stands for the p-th quantile.
+enum class rank {
+  nearest,  ///< s[ceil(p n) - 1]: the smallest with at least p of the samples at or below it
+  above,    ///< s[floor(p n)]: the smallest with more than p of them at or below it; for p = 0.5 and
+            ///< an even n, the upper of the two middle samples (pool_vs_short's and eviction's rule)
+};
+
+/// The p-th quantile (p in [0, 1]) of the samples (NaNs dropped) by `r`, as a double; 0 for an empty
+/// sample. Any arithmetic element type: latencies can stay 32-bit integers until here.
+template <class T>
+double percentile(std::vector<T> v, double p, rank r = rank::nearest) {
+  static_assert(std::is_arithmetic<T>::value, "samples are numbers");
+  auto nan = [](T x) { return std::isnan(static_cast<double>(x)); };
+  v.erase(std::remove_if(v.begin(), v.end(), nan), v.end());
   if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double rank = std::ceil(p * static_cast<double>(v.size()));
-  const std::size_t i = rank < 1 ? 0 : static_cast<std::size_t>(rank) - 1;
-  return v[std::min(v.size() - 1, i)];
+  const double x = p * static_cast<double>(v.size());
+  std::size_t i = 0;
+  if (r == rank::nearest) {
+    const double c = std::ceil(x);
+    i = c < 1 ? 0 : static_cast<std::size_t>(c) - 1;
+  } else {
+    i = x < 0 ? 0 : static_cast<std::size_t>(x);
+  }
+  i = std::min(v.size() - 1, i);
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(i), v.end());
+  return static_cast<double>(v[i]);
 }
 
 inline double max_of(std::vector<double> v) {
@@ -60,8 +81,10 @@ inline double min_of(std::vector<double> v) {
   return v.empty() ? 0 : *std::min_element(v.begin(), v.end());
 }
 
-/// Seconds (as a double) between two time points.
+/// A duration as a double: seconds, microseconds, nanoseconds.
 inline double seconds(clock_type::duration d) { return std::chrono::duration<double>(d).count(); }
+inline double us(clock_type::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
+inline double ns(clock_type::duration d) { return std::chrono::duration<double, std::nano>(d).count(); }
 
 // ------------------------------------------------------------------------- the process's resources
 
@@ -111,21 +134,38 @@ inline long long max_rss_bytes() {
 
 inline double mib(long long bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
 
+/// The soft limit on open descriptors (RLIMIT_NOFILE).
+inline unsigned long long descriptor_limit() {
+  rlimit rl{};
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  return static_cast<unsigned long long>(rl.rlim_cur);
+}
+
+/// Raises the soft limit on open descriptors to the hard limit; returns the soft limit now in force.
+inline unsigned long long raise_descriptor_limit() {
+  rlimit rl{};
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = rl.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &rl);
+  return descriptor_limit();
+}
+
 // ------------------------------------------------------------------------------------- arguments
 
-/// --json FILE, --csv FILE, --quick, --only a,b,c, --help; plus the `--name value` options a
-/// benchmark declares. Anything else is an error (listed in `errors`).
+/// --json FILE, --csv FILE and --help (or -h), always; besides, the `--name value` options and the
+/// switches (`--quick`) a benchmark declares. Anything else is an error (listed in `errors`, to
+/// which a benchmark adds its own checks before calling stop_code()). An option given twice: the
+/// last one counts.
 struct args {
   std::string json, csv;
-  bool quick = false, help = false;
-  std::vector<std::string> only;  // empty: everything
-  std::map<std::string, std::string> values;
+  bool help = false;
+  std::map<std::string, std::string> values;  // the declared options given, with their values
+  std::vector<std::string> switches;          // the declared switches given
   std::vector<std::string> errors;
 
-  bool selected(const std::string& name) const {
-    return only.empty() || std::find(only.begin(), only.end(), name) != only.end();
+  bool has(const std::string& key) const {
+    return values.count(key) != 0 || std::find(switches.begin(), switches.end(), key) != switches.end();
   }
-  bool has(const std::string& key) const { return values.count(key) != 0; }
   std::string get(const std::string& key, const std::string& fallback) const {
     auto it = values.find(key);
     return it == values.end() ? fallback : it->second;
@@ -134,12 +174,22 @@ struct args {
     auto it = values.find(key);
     return it == values.end() ? fallback : std::atof(it->second.c_str());
   }
+  /// A comma-separated list, empty entries dropped.
+  std::vector<std::string> strings(const std::string& key, std::vector<std::string> fallback = {}) const {
+    auto it = values.find(key);
+    return it == values.end() ? fallback : split(it->second);
+  }
   std::vector<long> list(const std::string& key, std::vector<long> fallback) const {
     auto it = values.find(key);
     if (it == values.end()) return fallback;
     std::vector<long> out;
     for (const auto& s : split(it->second)) out.push_back(std::atol(s.c_str()));
     return out;
+  }
+  /// Whether --only (where declared) names `name`, or is absent.
+  bool selected(const std::string& name) const {
+    const auto only = strings("--only");
+    return only.empty() || std::find(only.begin(), only.end(), name) != only.end();
   }
 
   static std::vector<std::string> split(const std::string& s, char sep = ',') {
@@ -158,32 +208,35 @@ struct args {
   }
 };
 
-/// `value_options`: the extra options that take a value, with their leading dashes ("--sizes").
-inline args parse_args(int argc, char** argv, const std::vector<std::string>& value_options = {}) {
+/// `value_options`: the options that take a value, with their leading dashes ("--sizes");
+/// `switches`: those that take none ("--quick").
+inline args parse_args(int argc, char** argv, const std::vector<std::string>& value_options = {},
+                       const std::vector<std::string>& switches = {}) {
   args a;
+  auto declared = [](const std::vector<std::string>& names, const std::string& s) {
+    return std::find(names.begin(), names.end(), s) != names.end();
+  };
   for (int i = 1; i < argc; ++i) {
     const std::string s = argv[i];
-    auto value = [&](std::string& out) {
+    auto value = [&](std::string& out) {  // false, and `out` as it was, where none follows
       if (i + 1 < argc) {
         out = argv[++i];
-      } else {
-        a.errors.push_back(s + " needs a value");
+        return true;
       }
+      a.errors.push_back(s + " needs a value");
+      return false;
     };
     if (s == "--json") {
       value(a.json);
     } else if (s == "--csv") {
       value(a.csv);
-    } else if (s == "--quick") {
-      a.quick = true;
     } else if (s == "--help" || s == "-h") {
       a.help = true;
-    } else if (s == "--only") {
+    } else if (declared(value_options, s)) {
       std::string v;
-      value(v);
-      for (auto& x : args::split(v)) a.only.push_back(x);
-    } else if (std::find(value_options.begin(), value_options.end(), s) != value_options.end()) {
-      value(a.values[s]);
+      if (value(v)) a.values[s] = v;
+    } else if (declared(switches, s)) {
+      if (!a.has(s)) a.switches.push_back(s);
     } else {
       a.errors.push_back("unknown argument " + s);
     }
@@ -191,14 +244,25 @@ inline args parse_args(int argc, char** argv, const std::vector<std::string>& va
   return a;
 }
 
-// ---------------------------------------------------------------------------------------- report
+/// For main(), after parse_args() and the benchmark's own checks: -1 to go on; else, after printing
+/// the errors (stderr) and the usage (`print_usage()`, stdout), the exit code: 0 after --help alone,
+/// 2 after an error.
+template <class PrintUsage>
+int stop_code(const args& a, PrintUsage print_usage) {
+  if (a.errors.empty() && !a.help) return -1;
+  for (const auto& e : a.errors) std::fprintf(stderr, "%s\n", e.c_str());
+  print_usage();
+  return a.errors.empty() ? 0 : 2;
+}
 
-/// One table cell: a number (printed with `precision` decimals; NaN prints "-" and writes null) or
-/// a string.
+// --------------------------------------------------------------------------- JSON and CSV text
+
+/// One cell, field or item: a number (printed with `precision` decimals; NaN prints "-" and writes
+/// null in JSON, nothing in CSV), a string or a boolean.
 struct value {
   std::string text;
   double number = 0;
-  bool numeric = false;
+  bool numeric = false, boolean = false;
   int precision = 1;
 
   value() = default;
@@ -211,7 +275,7 @@ struct value {
   value(long long v) : number(static_cast<double>(v)), numeric(true), precision(0) {}
   value(unsigned long v) : number(static_cast<double>(v)), numeric(true), precision(0) {}
   value(unsigned long long v) : number(static_cast<double>(v)), numeric(true), precision(0) {}
-  value(bool b) : text(b ? "true" : "false") {}
+  value(bool b) : text(b ? "true" : "false"), boolean(true) {}
 
   bool missing() const { return numeric && !std::isfinite(number); }
   std::string str() const {
@@ -223,8 +287,7 @@ struct value {
   }
   std::string json() const {
     if (numeric) return missing() ? "null" : str();
-    if (text == "true" || text == "false") return text;
-    return quote(text);
+    return boolean ? text : quote(text);
   }
   static std::string quote(const std::string& s) {
     std::string o = "\"";
@@ -249,6 +312,90 @@ struct value {
 };
 
 inline constexpr double na() { return std::numeric_limits<double>::quiet_NaN(); }
+
+/// A JSON object, its fields in the order added, written on one line or one field a line.
+class json_object {
+ public:
+  json_object& add(std::string key, const value& v) { return raw(std::move(key), v.json()); }
+  /// A field whose value is JSON text already (an array, an object).
+  json_object& raw(std::string key, std::string json) {
+    fields_.emplace_back(std::move(key), std::move(json));
+    return *this;
+  }
+  bool empty() const { return fields_.empty(); }
+
+  /// {"a": 1, "b": "x"}
+  std::string line() const { return join("{", ", ", "}"); }
+  /// One field a line at `indent`, the closing brace two spaces less: for the top level, "  ".
+  std::string lines(const std::string& indent = "  ") const {
+    return empty() ? "{}" : join("{\n" + indent, ",\n" + indent, "\n" + outdent(indent) + "}");
+  }
+
+  static std::string outdent(const std::string& indent) {
+    return indent.substr(0, indent.size() < 2 ? 0 : indent.size() - 2);
+  }
+
+ private:
+  std::string join(const std::string& open, const std::string& sep, const std::string& close) const {
+    std::string o = open;
+    for (std::size_t i = 0; i < fields_.size(); ++i)
+      o += (i ? sep : std::string()) + value::quote(fields_[i].first) + ": " + fields_[i].second;
+    return o + close;
+  }
+  std::vector<std::pair<std::string, std::string>> fields_;  // key, JSON text of the value
+};
+
+/// [1, 2, 3]
+inline std::string json_array(const std::vector<value>& items) {
+  std::string o = "[";
+  for (std::size_t i = 0; i < items.size(); ++i) o += (i ? ", " : "") + items[i].json();
+  return o + "]";
+}
+
+/// One item (JSON text already, such as json_object::line()) a line at `indent`, the closing bracket
+/// two spaces less; [] when empty.
+inline std::string json_array_lines(const std::vector<std::string>& items, const std::string& indent) {
+  if (items.empty()) return "[]";
+  std::string o = "[";
+  for (std::size_t i = 0; i < items.size(); ++i) o += (i ? ",\n" : "\n") + indent + items[i];
+  return o + "\n" + json_object::outdent(indent) + "]";
+}
+
+/// A CSV field, quoted where it holds a comma, a quote or a line break.
+inline std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string o = "\"";
+  for (char c : s) o += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return o + "\"";
+}
+
+/// One CSV line, its end included: numbers with their precision, a missing number empty.
+inline std::string csv_line(const std::vector<value>& cells) {
+  std::string o;
+  for (std::size_t i = 0; i < cells.size(); ++i)
+    o += (i ? "," : "") + csv_field(cells[i].missing() ? std::string() : cells[i].str());
+  return o + "\n";
+}
+
+/// Writes `text` to the file `path` (an empty path: nothing). False, saying so on stderr, if it
+/// could not.
+inline bool write_file(const std::string& path, const std::string& text) {
+  if (path.empty()) return true;
+  std::ofstream f(path);
+  f << text;
+  f.close();
+  if (!f) std::fprintf(stderr, "could not write %s\n", path.c_str());
+  return static_cast<bool>(f);
+}
+
+/// For main(), at the end: the JSON and CSV text to the files --json and --csv named (where they
+/// did). False if one could not be written.
+inline bool write_outputs(const args& a, const std::string& json, const std::string& csv) {
+  const bool json_ok = write_file(a.json, json), csv_ok = write_file(a.csv, csv);
+  return json_ok && csv_ok;
+}
+
+// ---------------------------------------------------------------------------------------- report
 
 /// A table: an id (JSON key, CSV first column), a title, column names (which should be
 /// identifier-like: they are the JSON keys), and rows of cells.
@@ -325,61 +472,51 @@ class report {
     t.print(out);
   }
 
+  /// {"meta": {...}, "tables": {id: [row, ...], ...}, "targets": [...]}, a row an object keyed by
+  /// its table's columns.
   std::string json() const {
-    std::string o = "{\n  \"meta\": {";
-    for (std::size_t i = 0; i < meta_.size(); ++i)
-      o += std::string(i ? ", " : "") + value::quote(meta_[i].first) + ": " + meta_[i].second.json();
-    o += "},\n  \"tables\": {";
-    for (std::size_t t = 0; t < tables_.size(); ++t) {
-      const table& tb = tables_[t];
-      o += std::string(t ? "," : "") + "\n    " + value::quote(tb.id) + ": [";
-      for (std::size_t r = 0; r < tb.rows.size(); ++r) {
-        o += std::string(r ? "," : "") + "\n      {";
-        for (std::size_t c = 0; c < tb.columns.size(); ++c)
-          o += std::string(c ? ", " : "") + value::quote(tb.columns[c]) + ": " + tb.rows[r][c].json();
-        o += "}";
+    json_object meta, tables;
+    for (const auto& m : meta_) meta.add(m.first, m.second);
+    for (const table& tb : tables_) {
+      std::vector<std::string> rows;
+      for (const auto& r : tb.rows) {
+        json_object o;
+        for (std::size_t c = 0; c < tb.columns.size(); ++c) o.add(tb.columns[c], r[c]);
+        rows.push_back(o.line());
       }
-      o += tb.rows.empty() ? "]" : "\n    ]";
+      tables.raw(tb.id, json_array_lines(rows, "      "));
     }
-    o += "\n  },\n  \"targets\": [";
-    for (std::size_t i = 0; i < targets_.size(); ++i) {
-      const target& g = targets_[i];
-      o += std::string(i ? "," : "") + "\n    {\"name\": " + value::quote(g.name) +
-           ", \"measured\": " + value(g.measured, 4).json() + ", \"limit\": " + value(g.limit, 4).json() +
-           ", \"unit\": " + value::quote(g.unit) + ", \"upper_bound\": " + (g.upper ? "true" : "false") +
-           ", \"verdict\": " + value::quote(g.verdict()) + ", \"note\": " + value::quote(g.comment) + "}";
-    }
-    o += targets_.empty() ? "]\n}\n" : "\n  ]\n}\n";
-    return o;
+    std::vector<std::string> targets;
+    for (const target& g : targets_)
+      targets.push_back(json_object()
+                            .add("name", g.name)
+                            .add("measured", value(g.measured, 4))
+                            .add("limit", value(g.limit, 4))
+                            .add("unit", g.unit)
+                            .add("upper_bound", g.upper)
+                            .add("verdict", g.verdict())
+                            .add("note", g.comment)
+                            .line());
+    return json_object()
+               .raw("meta", meta.line())
+               .raw("tables", tables.lines("    "))
+               .raw("targets", json_array_lines(targets, "    "))
+               .lines() +
+           "\n";
   }
 
   /// Long format, one measured cell per line: table,row,column,value (row: the first cell of the row).
   std::string csv() const {
-    auto field = [](const std::string& s) {
-      if (s.find_first_of(",\"\n") == std::string::npos) return s;
-      std::string o = "\"";
-      for (char c : s) o += c == '"' ? std::string("\"\"") : std::string(1, c);
-      return o + "\"";
-    };
     std::string o = "table,row,column,value\n";
-    for (const auto& [k, v] : meta_) o += "meta,," + field(k) + "," + field(v.missing() ? "" : v.str()) + "\n";
+    for (const auto& m : meta_) o += csv_line({"meta", "", m.first, m.second});
     for (const auto& tb : tables_)
       for (const auto& r : tb.rows)
         for (std::size_t c = 1; c < tb.columns.size(); ++c)
-          o += field(tb.id) + "," + field(r[0].str()) + "," + field(tb.columns[c]) + "," +
-               field(r[c].missing() ? "" : r[c].str()) + "\n";
+          o += csv_line({tb.id, r[0].str(), tb.columns[c], r[c]});
     for (const auto& g : targets_)
-      o += "targets," + field(g.name) + ",measured," + (g.measured_ok() ? value(g.measured, 4).str() : "") +
-           "\ntargets," + field(g.name) + ",verdict," + g.verdict() + "\n";
+      o += csv_line({"targets", g.name, "measured", value(g.measured, 4)}) +
+           csv_line({"targets", g.name, "verdict", g.verdict()});
     return o;
-  }
-
-  /// Writes where asked (empty path: nothing). False if a file could not be written.
-  bool write(const std::string& json_path, const std::string& csv_path) const {
-    bool ok = true;
-    if (!json_path.empty()) ok = static_cast<bool>(std::ofstream(json_path) << json()) && ok;
-    if (!csv_path.empty()) ok = static_cast<bool>(std::ofstream(csv_path) << csv()) && ok;
-    return ok;
   }
 
  private:

@@ -14,7 +14,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
-#include <fstream>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -23,9 +22,11 @@
 
 #include "connpool/connpool.hpp"
 
+#include "bench_util.hpp"
+
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using bench::clock_type;
 
 /// What most services write: a mutex, a deque, no checks.
 class handrolled_pool {
@@ -67,43 +68,25 @@ double ns_per_op(int threads, long iterations, Body body) {
   const auto t0 = clock_type::now();
   go = true;
   for (auto& th : ts) th.join();
-  const double ns = std::chrono::duration<double, std::nano>(clock_type::now() - t0).count();
-  return ns / static_cast<double>(iterations);
+  return bench::ns(clock_type::now() - t0) / static_cast<double>(iterations);
 }
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-std::string num(double v) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.1f", v);
-  return b;
-}
+/// A figure as written to JSON and CSV: one decimal.
+bench::value num(double v) { return bench::value(v, 1); }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  long iterations = 200000;
-  int rounds = 9;
-  std::string json, csv_path;
+  bench::args a = bench::parse_args(argc, argv, {"--iterations", "--rounds"});
+  const long iterations = static_cast<long>(a.number("--iterations", 200000));
+  const int rounds = static_cast<int>(a.number("--rounds", 9));
+  if (iterations < 1 || rounds < 1)
+    a.errors.push_back("--iterations and --rounds take a whole number of at least 1");
+  const int stop = bench::stop_code(a, [&] {
+    std::printf("usage: %s [--iterations 200000] [--rounds 9] [--json out.json] [--csv out.csv]\n", argv[0]);
+  });
+  if (stop >= 0) return stop;
   const std::vector<int> thread_counts{1, 2, 8};
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string("0"); };
-    if (a == "--iterations") iterations = std::stol(next());
-    else if (a == "--rounds") rounds = std::stoi(next());
-    else if (a == "--json") json = next();
-    else if (a == "--csv") csv_path = next();
-    else {
-      std::printf("usage: %s [--iterations 200000] [--rounds 9] [--json out.json] [--csv out.csv]\n", argv[0]);
-      return a == "--help" ? 0 : 2;
-    }
-  }
-  if (iterations < 1 || rounds < 1) return 2;
 
   // Idle connections to a listener that never accepts: the kernel completes the handshakes, and a
   // probe of such a connection says "would block", as for a healthy idle one.
@@ -138,7 +121,7 @@ int main(int argc, char** argv) {
     });
   };
 
-  std::string out = "{\n  \"probes_per_pair\": " + std::to_string(probes_per_pair) + ",\n  \"results\": [\n";
+  std::vector<std::string> rows;  // JSON
   std::string csv = "threads,connpool_ns,handrolled_ns,probe_ns,bookkeeping_ns,connpool_pairs_per_s,handrolled_pairs_per_s\n";
   double pairs_per_s_at_1 = 0, pairs_per_s_at_max = 0, bookkeeping_at_1 = 0, ratio_at_1 = 0;
   for (int threads : thread_counts) {
@@ -186,15 +169,20 @@ int main(int argc, char** argv) {
                   threads);
       return 1;
     }
-    const double P = median(pool_ns), H = median(hand_ns), Q = median(probe_ns), B = median(book_ns);
+    const double P = bench::median(pool_ns), H = bench::median(hand_ns), Q = bench::median(probe_ns),
+                 B = bench::median(book_ns);
     const double pool_rate = 1e9 * threads / P, hand_rate = 1e9 * threads / H;
     std::printf("  %-8d %12.0f %15.0f %9.0f %15.0f %13.0f %13.0f\n", threads, P, H, Q, B, pool_rate, hand_rate);
-    out += std::string(threads == thread_counts.front() ? "" : ",\n") + "    {\"threads\": " +
-           std::to_string(threads) + ", \"connpool_ns\": " + num(P) + ", \"handrolled_ns\": " + num(H) +
-           ", \"probe_ns\": " + num(Q) + ", \"bookkeeping_ns\": " + num(B) +
-           ", \"connpool_pairs_per_s\": " + num(pool_rate) + ", \"handrolled_pairs_per_s\": " + num(hand_rate) + "}";
-    csv += std::to_string(threads) + "," + num(P) + "," + num(H) + "," + num(Q) + "," + num(B) + "," + num(pool_rate) +
-           "," + num(hand_rate) + "\n";
+    rows.push_back(bench::json_object()
+                       .add("threads", threads)
+                       .add("connpool_ns", num(P))
+                       .add("handrolled_ns", num(H))
+                       .add("probe_ns", num(Q))
+                       .add("bookkeeping_ns", num(B))
+                       .add("connpool_pairs_per_s", num(pool_rate))
+                       .add("handrolled_pairs_per_s", num(hand_rate))
+                       .line());
+    csv += bench::csv_line({threads, num(P), num(H), num(Q), num(B), num(pool_rate), num(hand_rate)});
     if (threads == 1) {
       pairs_per_s_at_1 = pool_rate;
       bookkeeping_at_1 = B;
@@ -224,20 +212,20 @@ int main(int argc, char** argv) {
       step();
       aio.restart();
       while (left > 0) aio.run_one();
-      async_ns.push_back(std::chrono::duration<double, std::nano>(clock_type::now() - t0).count() / iterations);
+      async_ns.push_back(bench::ns(clock_type::now() - t0) / static_cast<double>(iterations));
       t0 = clock_type::now();
       for (long i = 0; i < iterations; ++i) {
         auto l = apool.try_acquire(ep);
         if (!l) std::abort();
         l.release();
       }
-      try_ns.push_back(std::chrono::duration<double, std::nano>(clock_type::now() - t0).count() / iterations);
+      try_ns.push_back(bench::ns(clock_type::now() - t0) / static_cast<double>(iterations));
     }
     apool.close();
     aio.restart();
     aio.poll();
   }
-  const double T = median(try_ns), A = median(async_ns);
+  const double T = bench::median(try_ns), A = bench::median(async_ns);
   std::printf("\n  one thread, pool on its io_context: try_acquire + release %.0f ns, async_acquire + release "
               "(completion posted) %.0f ns\n",
               T, A);
@@ -247,8 +235,12 @@ int main(int argc, char** argv) {
               ratio_at_1, ratio_at_1 <= 1.30 ? "met" : "NOT met", bookkeeping_at_1,
               bookkeeping_at_1 <= 60 ? "met" : "NOT met", max_threads, pairs_per_s_at_max / 1e6,
               pairs_per_s_at_1 / 1e6, pairs_per_s_at_max >= pairs_per_s_at_1 ? "met" : "NOT met");
-  out += "\n  ],\n  \"try_acquire_pair_ns\": " + num(T) + ",\n  \"async_pair_ns\": " + num(A) + "\n}\n";
-  if (!json.empty()) std::ofstream(json) << out;
-  if (!csv_path.empty()) std::ofstream(csv_path) << csv;
-  return 0;
+  const std::string json = bench::json_object()
+                               .add("probes_per_pair", probes_per_pair)
+                               .raw("results", bench::json_array_lines(rows, "    "))
+                               .add("try_acquire_pair_ns", num(T))
+                               .add("async_pair_ns", num(A))
+                               .lines() +
+                           "\n";
+  return bench::write_outputs(a, json, csv) ? 0 : 1;
 }

@@ -28,7 +28,6 @@
 // it got from its previous acquire. The port is read with getsockname when the pool hands out a
 // fresh connection and remembered by descriptor, so counting adds no syscall per request.
 #include <netinet/in.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
 
@@ -39,7 +38,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -49,6 +47,8 @@
 
 #include "connpool/connpool.hpp"
 #include "connpool/diag.hpp"
+
+#include "bench_util.hpp"
 #include "servers/server_process.hpp"
 
 #if defined(__cpp_impl_coroutine) && defined(ASIO_HAS_CO_AWAIT)
@@ -61,7 +61,7 @@
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using bench::clock_type;
 using namespace std::chrono_literals;
 
 enum mode { short_fin, short_rst, pooled, dedicated, probed, mode_count };
@@ -73,7 +73,6 @@ struct config {
   double seconds = 1.0;  // per cell (payload, clients, mode), split across rounds
   int rounds = 8;
   std::vector<bool> modes = std::vector<bool>(mode_count, true);  // which modes run
-  std::string json, csv;
   std::string server = "asio";  // asio, threads or both
   // The thread-per-connection server's part has defaults of its own; --payloads, --clients (without
   // the coroutine entries) and --rounds, when given, set them too.
@@ -160,17 +159,6 @@ struct totals {
   }
   double switches_per_1k() const {
     return requests ? 1000.0 * static_cast<double>(switches) / static_cast<double>(requests) : 0;
-  }
-};
-
-struct usage {
-  double cpu;
-  long switches;
-  static usage now() {
-    rusage r{};
-    ::getrusage(RUSAGE_SELF, &r);
-    return {r.ru_utime.tv_sec + r.ru_stime.tv_sec + (r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6,
-            r.ru_nvcsw + r.ru_nivcsw};
   }
 };
 
@@ -269,35 +257,20 @@ asio::awaitable<void> coroutine_client(mode m, asio::ip::tcp::endpoint ep, std::
 }
 #endif
 
-double percentile(std::vector<std::uint32_t>& v, double p) {
-  if (v.empty()) return 0;
-  const std::size_t k = std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())));
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
-  return v[k] / 1000.0;
-}
-
-std::vector<std::string> split(const std::string& list) {
-  std::vector<std::string> out;
-  for (std::size_t p = 0; p < list.size();) {
-    const std::size_t q = list.find(',', p);
-    out.push_back(list.substr(p, q == std::string::npos ? std::string::npos : q - p));
-    p = q == std::string::npos ? list.size() : q + 1;
-  }
-  return out;
-}
-
 /// A mode's figures in one cell, as printed and written.
 struct figures {
   double rps = 0, p50 = 0, p99 = 0, p999 = 0, cpu_per = 0, cs_per = 0;
   std::size_t connects = 0, tw = 0, errors = 0;
 };
 
-figures figures_of(totals& T, std::size_t tw) {
+figures figures_of(const totals& T, std::size_t tw) {
+  // The sample at floor(p n), as this benchmark has always taken it.
+  auto us_at = [&](double p) { return bench::percentile(T.latency_ns, p, bench::rank::above) / 1000.0; };
   figures f;
   f.rps = T.wall > 0 ? static_cast<double>(T.requests) / T.wall : 0;
-  f.p50 = percentile(T.latency_ns, 0.50);
-  f.p99 = percentile(T.latency_ns, 0.99);
-  f.p999 = percentile(T.latency_ns, 0.999);
+  f.p50 = us_at(0.50);
+  f.p99 = us_at(0.99);
+  f.p999 = us_at(0.999);
   f.cpu_per = T.requests ? T.cpu * 1e6 / static_cast<double>(T.requests) : 0;
   f.cs_per = T.requests ? static_cast<double>(T.ctx_switches) / static_cast<double>(T.requests) : 0;
   f.connects = T.connects;
@@ -308,7 +281,8 @@ figures figures_of(totals& T, std::size_t tw) {
 
 /// The ratio a/b within each round (the modes of a round ran back to back, so a ratio within a
 /// round sees the same machine state): median and middle half over rounds. The median is less moved
-/// by a burst of noise than the ratio of totals.
+/// by a burst of noise than the ratio of totals. The quartiles are the ratios at floor(p n) of the n
+/// sorted; the median is the true median.
 struct round_ratios {
   double median = 0, q1 = 0, q3 = 0;
 };
@@ -317,55 +291,53 @@ round_ratios ratios_by_round(const totals& a, const totals& b) {
   std::vector<double> r;
   for (std::size_t i = 0; i < std::min(a.round_rps.size(), b.round_rps.size()); ++i)
     if (b.round_rps[i] > 0) r.push_back(a.round_rps[i] / b.round_rps[i]);
-  std::sort(r.begin(), r.end());
   if (r.empty()) return {};
-  return {r[r.size() / 2], r[r.size() / 4], r[(3 * r.size()) / 4]};
+  auto at = [&](double p) { return bench::percentile(r, p, bench::rank::above); };
+  // The median is the true one (with an even number of rounds, the mean of the two middle ratios):
+  // the upper of the two, which earlier runs took, flattered the pool by up to half a step.
+  return {bench::median(r), at(0.25), at(0.75)};
 }
 
-std::string fmt(const char* f, double x) {
-  char b[64];
-  std::snprintf(b, sizeof b, f, x);
-  return b;
-}
+/// `x` with `decimals` decimals, as printed and written.
+std::string fmt(double x, int decimals) { return bench::value(x, decimals).str(); }
 
 /// Everything written to --json and --csv.
 struct output {
-  std::string results;         // JSON rows of the Asio server's part ("results", read by scripts/plot.sh)
-  bool first_result = true;
-  std::string thread_results;  // JSON rows of the thread-per-connection server's part
-  bool first_thread_result = true;
-  std::string thread_targets;
+  std::vector<std::string> results;         // JSON rows of the Asio server's part (read by scripts/plot.sh)
+  std::vector<std::string> thread_results;  // JSON rows of the thread-per-connection server's part
+  std::vector<std::string> thread_targets;
   std::string csv =
       "payload,clients,mode,rps,p50_us,p99_us,p999_us,connects,time_wait,errors,cpu_us_per_req,cs_per_req,"
       "server,switches_per_1k_req,pool_vs_dedicated,pool_vs_probed\n";
+
+  /// The first fields of every JSON row: which cell, and which mode (or "ratios").
+  static bench::json_object cell(std::size_t payload, const std::string& clients, const char* mode) {
+    bench::json_object j;
+    j.add("payload", payload).add("clients", clients).add("mode", mode);
+    return j;
+  }
 
   /// One mode's row in a cell. `switches`: switches per 1000 requests, where counted (else < 0);
   /// `vs_dedicated`, `vs_probed`: pool rows, median of per-round ratios (else < 0).
   void row(const char* server, std::size_t payload, const std::string& clients, int m, const figures& f,
            double switches, double vs_dedicated, double vs_probed) {
-    auto opt = [](double x, const char* f2) { return x < 0 ? std::string() : fmt(f2, x); };
-    char line[512];
-    std::snprintf(line, sizeof line, "%zu,%s,%s,%.1f,%.2f,%.2f,%.2f,%zu,%zu,%zu,%.3f,%.3f,%s,%s,%s,%s\n", payload,
-                  clients.c_str(), mode_names[m], f.rps, f.p50, f.p99, f.p999, f.connects, f.tw, f.errors, f.cpu_per,
-                  f.cs_per, server, opt(switches, "%.3f").c_str(), opt(vs_dedicated, "%.3f").c_str(),
-                  opt(vs_probed, "%.3f").c_str());
-    csv += line;
-    std::snprintf(line, sizeof line,
-                  "    {\"payload\": %zu, \"clients\": \"%s\", \"mode\": \"%s\", \"rps\": %.1f, \"p50_us\": %.2f, "
-                  "\"p99_us\": %.2f, \"p999_us\": %.2f, \"connects\": %zu, \"time_wait\": %zu, \"errors\": %zu, "
-                  "\"cpu_us_per_req\": %.3f, \"cs_per_req\": %.3f",
-                  payload, clients.c_str(), mode_names[m], f.rps, f.p50, f.p99, f.p999, f.connects, f.tw, f.errors,
-                  f.cpu_per, f.cs_per);
-    std::string j = line;
-    if (switches >= 0) j += ", \"switches_per_1k_req\": " + fmt("%.3f", switches);
-    j += "}";
-    add(std::string(server) == "asio", j);
-  }
-  void add(bool asio, const std::string& j) {
-    std::string& to = asio ? results : thread_results;
-    bool& first = asio ? first_result : first_thread_result;
-    to += std::string(first ? "" : ",\n") + j;
-    first = false;
+    auto opt = [](double x) { return x < 0 ? bench::value(bench::na()) : bench::value(x, 3); };
+    csv += bench::csv_line({payload, clients, mode_names[m], bench::value(f.rps, 1), bench::value(f.p50, 2),
+                            bench::value(f.p99, 2), bench::value(f.p999, 2), f.connects, f.tw, f.errors,
+                            bench::value(f.cpu_per, 3), bench::value(f.cs_per, 3), server, opt(switches),
+                            opt(vs_dedicated), opt(vs_probed)});
+    bench::json_object j = cell(payload, clients, mode_names[m]);
+    j.add("rps", bench::value(f.rps, 1))
+        .add("p50_us", bench::value(f.p50, 2))
+        .add("p99_us", bench::value(f.p99, 2))
+        .add("p999_us", bench::value(f.p999, 2))
+        .add("connects", f.connects)
+        .add("time_wait", f.tw)
+        .add("errors", f.errors)
+        .add("cpu_us_per_req", bench::value(f.cpu_per, 3))
+        .add("cs_per_req", bench::value(f.cs_per, 3));
+    if (switches >= 0) j.add("switches_per_1k_req", bench::value(switches, 3));
+    (std::string(server) == "asio" ? results : thread_results).push_back(j.line());
   }
 };
 
@@ -417,7 +389,7 @@ void run_asio_server(const config& cfg, test::echo_server_process& server, outpu
           const mode m = static_cast<mode>((mi + round) % mode_count);  // rotate the order per round
           if (!cfg.modes[static_cast<std::size_t>(m)]) continue;
           std::vector<slice_result> rs(static_cast<std::size_t>(n));
-          const usage u0 = usage::now();
+          const bench::usage u0 = bench::usage::now();
           const auto t0 = clock_type::now();
           const auto until = t0 + slice;
           if (coroutines) {
@@ -439,13 +411,13 @@ void run_asio_server(const config& cfg, test::echo_server_process& server, outpu
             for (auto& th : ts) th.join();
           }
           const auto t1 = clock_type::now();
-          const usage u1 = usage::now();
+          const bench::usage used = bench::usage::now() - u0;
           auto& T = tot[m];
-          const double wall = std::chrono::duration<double>(t1 - t0).count();
+          const double wall = bench::seconds(t1 - t0);
           const std::size_t before = T.requests;
           T.wall += wall;
-          T.cpu += u1.cpu - u0.cpu;
-          T.ctx_switches += u1.switches - u0.switches;
+          T.cpu += used.cpu_ms() / 1e3;
+          T.ctx_switches += used.switches();
           for (auto& r : rs) T.add(r);
           T.round_rps.push_back(static_cast<double>(T.requests - before) / wall);
         }
@@ -478,7 +450,7 @@ void run_asio_server(const config& cfg, test::echo_server_process& server, outpu
                 pool_row ? vs_dedicated : -1, pool_row ? vs_probed : -1);
       }
       std::string line = "  pool against the others, median of per-round ratios (ratio of totals):";
-      std::string ratio_json;
+      bench::json_object ratio_row = output::cell(payload, clients, "ratios");
       double pd = 0;
       for (int other : {dedicated, short_fin, short_rst, probed}) {
         if (!runs(pooled) || !runs(other)) continue;
@@ -488,15 +460,13 @@ void run_asio_server(const config& cfg, test::echo_server_process& server, outpu
         char part[160];
         std::snprintf(part, sizeof part, "\n    pool/%-10s %.2fx (%.2fx)", mode_names[other], med, total);
         line += part;
-        std::snprintf(part, sizeof part, ", \"pool_vs_%s\": %.3f", mode_names[other], med);
-        ratio_json += part;
+        ratio_row.add(std::string("pool_vs_") + mode_names[other], bench::value(med, 3));
       }
       std::printf("%s\n", line.c_str());
       if (runs(pooled) && !coroutines)
         std::printf("  pool: %.2f switches of connection between threads per 1000 requests (a thread per slice)\n",
                     tot[pooled].switches_per_1k());
-      out.add(true, "    {\"payload\": " + std::to_string(payload) + ", \"clients\": \"" + clients +
-                        "\", \"mode\": \"ratios\"" + ratio_json + "}");
+      out.results.push_back(ratio_row.line());
       const std::string name = std::to_string(payload) + " B x " + clients;
       if (runs(pooled) && runs(dedicated)) {
         worst_pd = std::min(worst_pd, pd);
@@ -648,7 +618,7 @@ void run_thread_server(const config& cfg, test::thread_echo_server_process& serv
           for (std::size_t k = 0; k < modes.size(); ++k) {
             const mode m = modes[(k + static_cast<std::size_t>(round)) % modes.size()];  // rotate per round
             std::vector<slice_result> rs(static_cast<std::size_t>(n));
-            const usage u0 = usage::now();
+            const bench::usage u0 = bench::usage::now();
             const auto t0 = clock_type::now();
             if (!threads.run(m, t0 + slice, rs, 10s)) {
               // A client blocked reading from a server that stopped answering: killing the server ends
@@ -662,13 +632,13 @@ void run_thread_server(const config& cfg, test::thread_echo_server_process& serv
               }
             }
             const auto t1 = clock_type::now();
-            const usage u1 = usage::now();
+            const bench::usage used = bench::usage::now() - u0;
             auto& T = tot[m];
-            const double wall = std::chrono::duration<double>(t1 - t0).count();
+            const double wall = bench::seconds(t1 - t0);
             const std::size_t before = T.requests, switches_before = T.switches;
             T.wall += wall;
-            T.cpu += u1.cpu - u0.cpu;
-            T.ctx_switches += u1.switches - u0.switches;
+            T.cpu += used.cpu_ms() / 1e3;
+            T.ctx_switches += used.switches();
             for (auto& r : rs) T.add(r);
             T.round_rps.push_back(static_cast<double>(T.requests - before) / wall);
             T.round_switches.push_back(T.switches - switches_before);
@@ -694,7 +664,7 @@ void run_thread_server(const config& cfg, test::thread_echo_server_process& serv
                                                               m == pooled ? pool_ep : own_ep, ec);
         const figures f = figures_of(T, tw);
         rps[m] = f.rps;
-        const std::string sw = m == pooled ? fmt("%.2f", T.switches_per_1k()) : "-";
+        const std::string sw = m == pooled ? fmt(T.switches_per_1k(), 2) : "-";
         std::printf("  %-10s %10.0f %9.1f %9.1f %9.1f %9zu %10zu %8zu %9.2f %7.2f %11s\n", mode_names[m], f.rps,
                     f.p50, f.p99, f.p999, f.connects, tw, f.errors, f.cpu_per, f.cs_per, sw.c_str());
         for (auto& [k, cnt] : T.error_kinds) std::printf("             error: %s x%zu\n", k.c_str(), cnt);
@@ -702,7 +672,7 @@ void run_thread_server(const config& cfg, test::thread_echo_server_process& serv
         out.row("threads", payload, clients, m, f, pool_row ? T.switches_per_1k() : -1,
                 pool_row && with_pd ? pd.median : -1, pool_row && with_pp ? pp.median : -1);
       }
-      std::string ratio_json;
+      bench::json_object ratio_row = output::cell(payload, clients, "ratios");
       if (with_pd || with_pp) {
         std::printf("  pool against the others, median of per-round ratios (ratio of totals) [middle half of rounds]:\n");
         for (int other : {dedicated, probed}) {
@@ -710,10 +680,10 @@ void run_thread_server(const config& cfg, test::thread_echo_server_process& serv
           const round_ratios& r = other == dedicated ? pd : pp;
           const double total = rps[other] > 0 ? rps[pooled] / rps[other] : 0;
           std::printf("    pool/%-10s %.2fx (%.2fx) [%.2fx-%.2fx]\n", mode_names[other], r.median, total, r.q1, r.q3);
-          char part[200];
-          std::snprintf(part, sizeof part, ", \"pool_vs_%s\": %.3f, \"pool_vs_%s_q1\": %.3f, \"pool_vs_%s_q3\": %.3f",
-                        mode_names[other], r.median, mode_names[other], r.q1, mode_names[other], r.q3);
-          ratio_json += part;
+          const std::string key = std::string("pool_vs_") + mode_names[other];
+          ratio_row.add(key, bench::value(r.median, 3))
+              .add(key + "_q1", bench::value(r.q1, 3))
+              .add(key + "_q3", bench::value(r.q3, 3));
         }
       }
       if (runs(pooled)) {
@@ -722,26 +692,24 @@ void run_thread_server(const config& cfg, test::thread_echo_server_process& serv
             T.round_switches.begin(), T.round_switches.end(), [](std::size_t s) { return s > 0; }));
         std::printf("  pool: %.2f switches per 1000 requests (%zu in %zu acquires); pool slices with a switch: %zu of %zu\n",
                     T.switches_per_1k(), T.switches, T.acquires, with_switch, T.round_switches.size());
-        ratio_json += ", \"switches_per_1k_req\": " + fmt("%.3f", T.switches_per_1k()) +
-                      ", \"switches\": " + std::to_string(T.switches) + ", \"acquires\": " + std::to_string(T.acquires);
+        ratio_row.add("switches_per_1k_req", bench::value(T.switches_per_1k(), 3))
+            .add("switches", T.switches)
+            .add("acquires", T.acquires);
       }
       // Per-round figures, for a look at what the medians summarize.
-      ratio_json += ", \"round_rps\": {";
-      bool first = true;
+      bench::json_object round_rps;
       for (mode m : modes) {
-        std::string v;
-        for (double x : tot[m].round_rps) v += (v.empty() ? "" : ", ") + fmt("%.0f", x);
-        ratio_json += std::string(first ? "" : ", ") + "\"" + mode_names[m] + "\": [" + v + "]";
-        first = false;
+        std::vector<bench::value> v;
+        for (double x : tot[m].round_rps) v.emplace_back(x, 0);
+        round_rps.raw(mode_names[m], bench::json_array(v));
       }
-      ratio_json += "}";
+      ratio_row.raw("round_rps", round_rps.line());
       if (runs(pooled)) {
-        std::string v;
-        for (std::size_t s : tot[pooled].round_switches) v += (v.empty() ? "" : ", ") + std::to_string(s);
-        ratio_json += ", \"round_switches\": [" + v + "]";
+        std::vector<bench::value> v;
+        for (std::size_t sw : tot[pooled].round_switches) v.emplace_back(sw);
+        ratio_row.raw("round_switches", bench::json_array(v));
       }
-      out.add(false, "    {\"payload\": " + std::to_string(payload) + ", \"clients\": \"" + clients +
-                         "\", \"mode\": \"ratios\"" + ratio_json + "}");
+      out.thread_results.push_back(ratio_row.line());
       if (with_pd || with_pp)
         summary.push_back({payload, n, with_pd ? pd.median : -1, with_pp ? pp.median : -1,
                            runs(pooled) ? tot[pooled].switches_per_1k() : -1});
@@ -749,13 +717,14 @@ void run_thread_server(const config& cfg, test::thread_echo_server_process& serv
     }
   }
   if (summary.empty()) return;
-  auto x = [](double v) { return v < 0 ? std::string("-") : fmt("%.2fx", v); };
+  auto x = [](double v) { return v < 0 ? std::string("-") : fmt(v, 2) + "x"; };
   std::printf("\nthread-per-connection server: pool against the others (median of per-round ratios), switches\n");
   std::printf("  %8s %-16s %15s %12s %18s\n", "payload", "clients", "pool/dedicated", "pool/probed", "switches/1k req");
   for (const auto& s : summary)
     std::printf("  %6zu B %-16s %15s %12s %18s\n", s.payload,
-                (std::to_string(s.n) + (s.n == 1 ? " thread" : " threads")).c_str(), x(s.vs_dedicated).c_str(),
-                x(s.vs_probed).c_str(), s.switches < 0 ? "-" : fmt("%.2f", s.switches).c_str());
+                (std::to_string(s.n) + (s.n == 1 ? " thread" : " threads")).c_str(),
+                x(s.vs_dedicated).c_str(), x(s.vs_probed).c_str(),
+                s.switches < 0 ? "-" : fmt(s.switches, 2).c_str());
   // Targets of issue 16: pool >= 0.95x dedicated at 1 and 2 threads, >= 0.93x at 8. Printed, not asserted.
   std::vector<std::string> missed;
   std::size_t checked = 0;
@@ -772,11 +741,13 @@ void run_thread_server(const config& cfg, test::thread_echo_server_process& serv
     lines += b;
     if (!met) missed.push_back(name);
     ++checked;
-    std::snprintf(b, sizeof b,
-                  "%s    {\"payload\": %zu, \"clients\": \"%d\", \"pool_vs_dedicated\": %.3f, \"at_least\": %.2f, "
-                  "\"met\": %s}",
-                  out.thread_targets.empty() ? "" : ",\n", s.payload, s.n, s.vs_dedicated, want, met ? "true" : "false");
-    out.thread_targets += b;
+    out.thread_targets.push_back(bench::json_object()
+                                     .add("payload", s.payload)
+                                     .add("clients", std::to_string(s.n))
+                                     .add("pool_vs_dedicated", bench::value(s.vs_dedicated, 3))
+                                     .add("at_least", bench::value(want, 2))
+                                     .add("met", met)
+                                     .line());
   }
   if (checked > 0)
     std::printf("\ntargets, thread-per-connection server (issue 16; median of per-round ratios):\n%s"
@@ -808,59 +779,45 @@ void print_usage(const char* self) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  bench::args a = bench::parse_args(argc, argv,
+                                    {"--clients", "--threads", "--payloads", "--payload", "--seconds",
+                                     "--modes", "--rounds", "--slice", "--server"});
   config cfg;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--clients" || a == "--threads") {
-      cfg.clients = split(next());
-      cfg.thread_clients.clear();
-      for (auto& c : cfg.clients)
-        if (!c.empty() && c.back() != 'c') cfg.thread_clients.push_back(c);
-    } else if (a == "--payloads" || a == "--payload") {
-      cfg.payloads.clear();
-      for (auto& p : split(next())) cfg.payloads.push_back(std::stoul(p));
-      cfg.thread_payloads = cfg.payloads;
-    } else if (a == "--seconds") {
-      cfg.seconds = std::stod(next());
-    } else if (a == "--modes") {
-      cfg.modes.assign(mode_count, false);
-      for (auto& name : split(next()))
-        for (int m = 0; m < mode_count; ++m)
-          if (name == mode_names[m]) cfg.modes[static_cast<std::size_t>(m)] = true;
-    } else if (a == "--rounds") {
-      cfg.rounds = cfg.thread_rounds = std::stoi(next());
-    } else if (a == "--slice") {
-      cfg.slice = std::stod(next());
-    } else if (a == "--server") {
-      cfg.server = next();
-      if (cfg.server != "asio" && cfg.server != "threads" && cfg.server != "both") {
-        print_usage(argv[0]);
-        return 2;
-      }
-    } else if (a == "--json") {
-      cfg.json = next();
-    } else if (a == "--csv") {
-      cfg.csv = next();
-    } else {
-      print_usage(argv[0]);
-      return a == "--help" ? 0 : 2;
-    }
+  if (a.has("--clients") || a.has("--threads")) {  // --threads: the older name
+    cfg.clients = a.strings(a.has("--clients") ? "--clients" : "--threads");
+    cfg.thread_clients.clear();
+    for (auto& c : cfg.clients)
+      if (c.back() != 'c') cfg.thread_clients.push_back(c);
   }
-  if (cfg.rounds < 1 || !(cfg.slice > 0)) {
-    print_usage(argv[0]);
-    return 2;
+  if (a.has("--payloads") || a.has("--payload")) {
+    cfg.payloads.clear();
+    for (long p : a.list(a.has("--payloads") ? "--payloads" : "--payload", {}))
+      cfg.payloads.push_back(static_cast<std::size_t>(p));
+    cfg.thread_payloads = cfg.payloads;
   }
+  cfg.seconds = a.number("--seconds", cfg.seconds);
+  if (a.has("--modes")) {
+    cfg.modes.assign(mode_count, false);
+    for (auto& name : a.strings("--modes"))
+      for (int m = 0; m < mode_count; ++m)
+        if (name == mode_names[m]) cfg.modes[static_cast<std::size_t>(m)] = true;
+  }
+  if (a.has("--rounds")) cfg.rounds = cfg.thread_rounds = static_cast<int>(a.number("--rounds", 0));
+  cfg.slice = a.number("--slice", cfg.slice);
+  cfg.server = a.get("--server", cfg.server);
+  if (cfg.server != "asio" && cfg.server != "threads" && cfg.server != "both")
+    a.errors.push_back("--server takes asio, threads or both");
+  if (cfg.rounds < 1 || !(cfg.slice > 0) || !(cfg.seconds > 0))
+    a.errors.push_back("--rounds takes a whole number of at least 1, --seconds and --slice a time above 0");
+  const int stop = bench::stop_code(a, [&] { print_usage(argv[0]); });
+  if (stop >= 0) return stop;
 #ifndef CONNPOOL_BENCH_COROUTINES
   cfg.clients.erase(std::remove_if(cfg.clients.begin(), cfg.clients.end(),
                                    [](const std::string& c) { return c.back() == 'c'; }),
                     cfg.clients.end());
 #endif
   const bool asio_server = cfg.server != "threads", thread_server = cfg.server != "asio";
-  rlimit rl{};
-  ::getrlimit(RLIMIT_NOFILE, &rl);
-  rl.rlim_cur = rl.rlim_max;
-  ::setrlimit(RLIMIT_NOFILE, &rl);
+  bench::raise_descriptor_limit();
 
   // Both servers are forked before any thread starts.
   std::unique_ptr<test::echo_server_process> server;
@@ -878,16 +835,19 @@ int main(int argc, char** argv) {
 
   utsname un{};
   ::uname(&un);
-  std::string json = "{\n  \"cores\": " + std::to_string(std::thread::hardware_concurrency()) +
-                     ",\n  \"kernel\": \"" + un.sysname + " " + un.release + "\",\n  \"rounds\": " +
-                     std::to_string(cfg.rounds) + ",\n  \"seconds_per_cell\": " + std::to_string(cfg.seconds) +
-                     ",\n  \"server\": \"" + cfg.server + "\",\n  \"results\": [\n" + out.results + "\n  ]";
+  bench::json_object top;
+  top.add("cores", std::thread::hardware_concurrency())
+      .add("kernel", std::string(un.sysname) + " " + un.release)
+      .add("rounds", cfg.rounds)
+      .add("seconds_per_cell", bench::value(cfg.seconds, 6))
+      .add("server", cfg.server)
+      .raw("results", bench::json_array_lines(out.results, "    "));
   if (thread_server)
-    json += ",\n  \"thread_server\": {\n  \"rounds\": " + std::to_string(cfg.thread_rounds) +
-            ",\n  \"slice_seconds\": " + fmt("%.3f", cfg.slice) + ",\n  \"results\": [\n" + out.thread_results +
-            "\n  ],\n  \"targets\": [\n" + out.thread_targets + "\n  ]\n  }";
-  json += "\n}\n";
-  if (!cfg.json.empty()) std::ofstream(cfg.json) << json;
-  if (!cfg.csv.empty()) std::ofstream(cfg.csv) << out.csv;
-  return 0;
+    top.raw("thread_server", bench::json_object()
+                                 .add("rounds", cfg.thread_rounds)
+                                 .add("slice_seconds", bench::value(cfg.slice, 3))
+                                 .raw("results", bench::json_array_lines(out.thread_results, "      "))
+                                 .raw("targets", bench::json_array_lines(out.thread_targets, "      "))
+                                 .lines("    "));
+  return bench::write_outputs(a, top.lines() + "\n", out.csv) ? 0 : 1;
 }

@@ -22,7 +22,6 @@
 // copies of the library; pool_options::endpoint_grace is set where the build has it.
 #include <pthread.h>
 #include <sched.h>
-#include <sys/resource.h>
 #include <unistd.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -51,7 +50,7 @@
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using bench::clock_type;
 using std::chrono::milliseconds;
 using tcp = asio::ip::tcp;
 using lease = connpool::tcp_pool::lease;
@@ -74,14 +73,6 @@ bool build_has_grace() {
 }
 
 // ------------------------------------------------------------------------ helpers
-
-double us_between(clock_type::time_point a, clock_type::time_point b) {
-  return std::chrono::duration<double, std::micro>(b - a).count();
-}
-
-double ns_between(clock_type::time_point a, clock_type::time_point b) {
-  return std::chrono::duration<double, std::nano>(b - a).count();
-}
 
 clock_type::duration secs(double s) {
   return std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(s));
@@ -197,7 +188,7 @@ void waiters_async(const config& cfg, const servers& srv, bench::report& rep) {
       ++c->active;
       c->pool->async_acquire(c->ep, async_step{c.get()});
     }
-    const double setup_ms = us_between(t0, clock_type::now()) / 1e3;
+    const double setup_ms = bench::us(clock_type::now() - t0) / 1e3;
     c->io.run_for(secs(cfg.async_warmup_s));
     std::printf("  N=%-6ld set up in %.1f ms; %zu waiting after warm-up\n", n, setup_ms, c->pool->stats(c->ep).waiting);
     cells.push_back(std::move(c));
@@ -214,7 +205,7 @@ void waiters_async(const config& cfg, const servers& srv, bench::report& rep) {
       c.io.run_for(secs(cfg.async_slice_s));
       const auto t1 = clock_type::now();
       const std::uint64_t done = c.cycles - c0;
-      const double us = done ? us_between(t0, t1) / static_cast<double>(done) : bench::na();
+      const double us = done ? bench::us(t1 - t0) / static_cast<double>(done) : bench::na();
       c.us.push_back(us);
       round[(j + static_cast<std::size_t>(r)) % k] = us;
     }
@@ -395,7 +386,7 @@ thread_result run_threads(const config& cfg, const tcp::endpoint& ep, long n, bo
     ts.push_back(th);
   }
   pthread_attr_destroy(&attr);
-  res.start_ms = us_between(t0, clock_type::now()) / 1e3;
+  res.start_ms = bench::us(clock_type::now() - t0) / 1e3;
   if (static_cast<long>(ts.size()) < n) {
     res.skipped = "only " + std::to_string(ts.size()) + " threads could be created: " + std::strerror(err);
   } else {
@@ -405,7 +396,7 @@ thread_result run_threads(const config& cfg, const tcp::endpoint& ep, long n, bo
     const auto give_up = s0 + std::chrono::seconds(30);
     auto settled = [&] { return cell.started.load() >= n && static_cast<long>(cell.waiting()) + 16 >= n; };
     while (clock_type::now() < give_up && !settled()) std::this_thread::sleep_for(milliseconds(5));
-    res.settle_ms = us_between(s0, clock_type::now()) / 1e3;
+    res.settle_ms = bench::us(clock_type::now() - s0) / 1e3;
     if (!settled())
       res.note = "not settled after 30 s: " + std::to_string(cell.started.load()) + " started, " +
                  std::to_string(cell.waiting()) + " waiting";
@@ -421,7 +412,7 @@ thread_result run_threads(const config& cfg, const tcp::endpoint& ep, long n, bo
       const auto du = bench::usage::now() - u0;
       const std::uint64_t done = c1 - c0;
       res.cycles += done;
-      us.push_back(done ? us_between(w0, w1) / static_cast<double>(done) : bench::na());
+      us.push_back(done ? bench::us(w1 - w0) / static_cast<double>(done) : bench::na());
       cs.push_back(done ? static_cast<double>(du.switches()) / static_cast<double>(done) : bench::na());
     }
     res.us = bench::median(us);
@@ -603,7 +594,7 @@ double time_b(parked_pool& p, const tcp::endpoint& b, double budget) {
     n += 16;
     t1 = clock_type::now();
   } while (t1 < until);
-  return ns_between(t0, t1) / static_cast<double>(n);
+  return bench::ns(t1 - t0) / static_cast<double>(n);
 }
 
 void finish_parked(parked_pool& p) {
@@ -639,7 +630,7 @@ void other_endpoint(const config& cfg, const servers& srv, bench::report& rep) {
   for (long w : cfg.other_waiters) {
     const auto t0 = clock_type::now();
     const bool parked_ok = park(p, srv.a, w);
-    const double park_ms = us_between(t0, clock_type::now()) / 1e3;
+    const double park_ms = bench::us(clock_type::now() - t0) / 1e3;
     const std::size_t seen = p.pool->stats(srv.a).waiting;
     if (!parked_ok) std::printf("  W=%ld: the pool counts %zu waiting on A, not %ld\n", w, seen, w);
     std::vector<double> ns, ctl, rr;
@@ -711,7 +702,7 @@ alternation alternate(connpool::tcp_pool& pool, const tcp::endpoint& x, const tc
       ++a.errors;
       a.last_error = ec;
     }
-    a.us.push_back(us_between(t0, t1));
+    a.us.push_back(bench::us(t1 - t0));
     if (t1 > until && i >= 20) break;
   }
   return a;
@@ -724,7 +715,7 @@ double time_stats_us(connpool::tcp_pool& pool) {
     const connpool::pool_stats s = pool.stats();
     const auto t1 = clock_type::now();
     if (s.created == static_cast<std::size_t>(-1)) std::abort();  // keep the call
-    v.push_back(us_between(t0, t1));
+    v.push_back(bench::us(t1 - t0));
   }
   return bench::median(v);
 }
@@ -784,13 +775,15 @@ void churn(const config& cfg, const servers& srv, bench::report& rep) {
   }
   const auto c2 = clock_type::now();
   const long long rss_churned = bench::rss_bytes();
-  std::printf("  churn: %ld refused acquires in %.2f s (%.1f us each; %ld refused, %ld connected, %ld other%s%s),\n"
-              "         %ld try_acquire misses in %.2f s (%.0f ns each; %ld hits); RSS %.1f MiB\n",
-              cfg.churn_refused, bench::seconds(c1 - c0),
-              cfg.churn_refused ? us_between(c0, c1) / static_cast<double>(cfg.churn_refused) : 0.0, refused, connected,
-              other, other ? ": " : "", other ? other_ec.message().c_str() : "", cfg.churn_misses,
-              bench::seconds(c2 - c1), cfg.churn_misses ? ns_between(c1, c2) / static_cast<double>(cfg.churn_misses) : 0.0,
-              hits, bench::mib(rss_churned));
+  std::printf(
+      "  churn: %ld refused acquires in %.2f s (%.1f us each; %ld refused, %ld connected, %ld other%s%s),\n"
+      "         %ld try_acquire misses in %.2f s (%.0f ns each; %ld hits); RSS %.1f MiB\n",
+      cfg.churn_refused, bench::seconds(c1 - c0),
+      cfg.churn_refused ? bench::us(c1 - c0) / static_cast<double>(cfg.churn_refused) : 0.0, refused,
+      connected, other, other ? ": " : "", other ? other_ec.message().c_str() : "", cfg.churn_misses,
+      bench::seconds(c2 - c1),
+      cfg.churn_misses ? bench::ns(c2 - c1) / static_cast<double>(cfg.churn_misses) : 0.0, hits,
+      bench::mib(rss_churned));
 
   std::this_thread::sleep_for(cfg.grace_wait);
   const long long rss_after = bench::rss_bytes();
@@ -987,7 +980,7 @@ retire_result run_retire(const config& cfg, const servers& srv, long k) {
       if (a < t0) continue;
       const auto w = static_cast<std::size_t>(bench::seconds(a - t0) / window_s);
       if (w >= nwin) continue;
-      const double ns = ns_between(a, b);
+      const double ns = bench::ns(b - a);
       wins[w].add(ns);
       if (s.idle_timeout != last_retired) {
         wins[w].pass = true;
@@ -1002,7 +995,7 @@ retire_result run_retire(const config& cfg, const servers& srv, long k) {
   }
   const auto b0 = clock_type::now();
   for (auto& l : big) l.release();
-  res.burst_ms = us_between(b0, clock_type::now()) / 1e3;
+  res.burst_ms = bench::us(clock_type::now() - b0) / 1e3;
   const double end_s = 2 * T - 0.2;  // the big ones expire at about 2T - step + slack
   std::this_thread::sleep_until(t0 + secs(end_s));
   stop = true;
@@ -1049,22 +1042,24 @@ retire_result run_retire(const config& cfg, const servers& srv, long k) {
 }
 
 void retire_pass(const config& cfg, const servers& srv, bench::report& rep) {
-  rlimit rl{};
-  ::getrlimit(RLIMIT_NOFILE, &rl);
+  const unsigned long long fd_limit = bench::descriptor_limit();
   const long m = static_cast<long>(cfg.idle_timeout / cfg.step);
-  std::printf("== retire_pass (INDIRECT): K idle connections, idle_timeout %lld ms, %ld others expiring one per %lld ms;\n"
-              "   a thread calls pool.stats(ep) in a tight loop and times each call, per 100 ms window. A retire pass\n"
-              "   holds the lock; the call that returns with the new retirement count is the one that waited for it\n"
-              "   ('observer'). Windows with a pass against those without, and against K=0.\n"
-              "   Descriptor limit %llu (server in a child process with the same limit).\n\n",
-              static_cast<long long>(cfg.idle_timeout.count()), m, static_cast<long long>(cfg.step.count()),
-              static_cast<unsigned long long>(rl.rlim_cur));
+  std::printf(
+      "== retire_pass (INDIRECT): K idle connections, idle_timeout %lld ms, %ld others expiring one per %lld "
+      "ms;\n"
+      "   a thread calls pool.stats(ep) in a tight loop and times each call, per 100 ms window. A retire "
+      "pass\n"
+      "   holds the lock; the call that returns with the new retirement count is the one that waited for it\n"
+      "   ('observer'). Windows with a pass against those without, and against K=0.\n"
+      "   Descriptor limit %llu (server in a child process with the same limit).\n\n",
+      static_cast<long long>(cfg.idle_timeout.count()), m, static_cast<long long>(cfg.step.count()),
+      fd_limit);
   std::vector<retire_result> rs;
   bool all_pinned = true;
   for (long k : cfg.idle_sizes) {
     retire_result r;
     r.k = k;
-    if (static_cast<unsigned long long>(k + m + 256) > rl.rlim_cur) {
+    if (static_cast<unsigned long long>(k + m + 256) > fd_limit) {
       r.note = "skipped: needs a descriptor limit of " + std::to_string(k + m + 256);
       std::printf("  K=%-6ld %s\n", k, r.note.c_str());
     } else {
@@ -1178,7 +1173,7 @@ void retire_books(const config& cfg, bench::report& rep) {
       const auto a0 = clock_type::now();
       b.expire(t0 + milliseconds(4000), dead);
       const auto a1 = clock_type::now();
-      us.push_back(us_between(a0, a1));
+      us.push_back(bench::us(a1 - a0));
       retired = dead.size();
       if (b.idle_total() != static_cast<std::size_t>(k)) std::abort();
     }
@@ -1207,27 +1202,25 @@ void retire_books(const config& cfg, bench::report& rep) {
 int main(int argc, char** argv) {
   const std::vector<std::string> scenarios{"waiters_async", "waiters_threads", "other_endpoint", "churn", "retire_pass",
                                            "retire_books"};
-  const bench::args a = bench::parse_args(
-      argc, argv, {"--async-sizes", "--thread-sizes", "--other-waiters", "--idle-sizes", "--refused", "--misses"});
-  bool bad = !a.errors.empty();
-  for (const auto& e : a.errors) std::fprintf(stderr, "%s\n", e.c_str());
-  for (const auto& s : a.only)
-    if (std::find(scenarios.begin(), scenarios.end(), s) == scenarios.end()) {
-      std::fprintf(stderr, "unknown scenario %s\n", s.c_str());
-      bad = true;
-    }
-  if (bad || a.help) {
+  bench::args a = bench::parse_args(argc, argv,
+                                    {"--only", "--async-sizes", "--thread-sizes", "--other-waiters",
+                                     "--idle-sizes", "--refused", "--misses"},
+                                    {"--quick"});
+  for (const auto& s : a.strings("--only"))
+    if (std::find(scenarios.begin(), scenarios.end(), s) == scenarios.end())
+      a.errors.push_back("unknown scenario " + s);
+  const int stop = bench::stop_code(a, [&] {
     std::printf("usage: %s [--quick] [--only waiters_async,waiters_threads,other_endpoint,churn,retire_pass,retire_books]\n"
                 "          [--json out.json] [--csv out.csv] [--async-sizes 10,100,...] [--thread-sizes 10,100,...]\n"
                 "          [--other-waiters 0,1000,...] [--idle-sizes 0,1000,...] [--refused 20000] [--misses 500000]\n"
                 "  The first size of each list is the reference of its ratios. About 1.5 to 2 minutes; --quick about 15 s.\n",
                 argv[0]);
-    return a.help && !bad ? 0 : 2;
-  }
+  });
+  if (stop >= 0) return stop;
 
   config cfg;
-  cfg.quick = a.quick;
-  if (a.quick) {
+  cfg.quick = a.has("--quick");
+  if (cfg.quick) {
     cfg.async_rounds = 3;
     cfg.async_slice_s = 0.1;
     cfg.async_warmup_s = 0.05;
@@ -1252,11 +1245,7 @@ int main(int argc, char** argv) {
   cfg.churn_refused = static_cast<long>(a.number("--refused", static_cast<double>(cfg.churn_refused)));
   cfg.churn_misses = static_cast<long>(a.number("--misses", static_cast<double>(cfg.churn_misses)));
 
-  rlimit rl{};
-  ::getrlimit(RLIMIT_NOFILE, &rl);
-  rl.rlim_cur = rl.rlim_max;
-  ::setrlimit(RLIMIT_NOFILE, &rl);
-  ::getrlimit(RLIMIT_NOFILE, &rl);
+  const unsigned long long fd_limit = bench::raise_descriptor_limit();
 
   // The echo server first, before any thread: one child process, one port per use.
   servers srv;
@@ -1271,15 +1260,16 @@ int main(int argc, char** argv) {
   srv.big = srv.proc->endpoint(7);
 
   const bool grace = build_has_grace();
-  std::printf("connpool scale benchmark: the pool's cost against unrelated state (issue 10)\n"
-              "machine: %u cores; descriptor limit %llu; %s run\n"
-              "this build %s pool_options::endpoint_grace\n\n",
-              std::thread::hardware_concurrency(), static_cast<unsigned long long>(rl.rlim_cur),
-              a.quick ? "quick" : "full", grace ? "HAS" : "does NOT have");
+  std::printf(
+      "connpool scale benchmark: the pool's cost against unrelated state (issue 10)\n"
+      "machine: %u cores; descriptor limit %llu; %s run\n"
+      "this build %s pool_options::endpoint_grace\n\n",
+      std::thread::hardware_concurrency(), fd_limit, cfg.quick ? "quick" : "full",
+      grace ? "HAS" : "does NOT have");
   bench::report rep;
   rep.meta("cores", static_cast<unsigned long>(std::thread::hardware_concurrency()));
-  rep.meta("descriptor_limit", static_cast<unsigned long long>(rl.rlim_cur));
-  rep.meta("quick", a.quick);
+  rep.meta("descriptor_limit", fd_limit);
+  rep.meta("quick", cfg.quick);
   rep.meta("has_endpoint_grace", grace);
 
   const auto start = clock_type::now();
@@ -1300,9 +1290,5 @@ int main(int argc, char** argv) {
 
   rep.print_targets();
   std::printf("total %.1f s\n", total_s);
-  if (!rep.write(a.json, a.csv)) {
-    std::fprintf(stderr, "could not write %s %s\n", a.json.c_str(), a.csv.c_str());
-    return 1;
-  }
-  return 0;
+  return bench::write_outputs(a, rep.json(), rep.csv()) ? 0 : 1;
 }

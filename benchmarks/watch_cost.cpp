@@ -9,15 +9,13 @@
 //     EPOLLIN|EPOLLRDHUP|EPOLLET (what noticing stray bytes without re-arming would need), or not
 //     at all. Reports watcher wake-ups per request, process CPU time (client, echo thread and watcher)
 //     per request and requests/s, interleaved in rounds.
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <arpa/inet.h>
 
 #include <atomic>
 #include <chrono>
@@ -26,9 +24,11 @@
 #include <cstring>
 #include <thread>
 
+#include "bench_util.hpp"
+
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using bench::clock_type;
 
 [[noreturn]] void die(const char* what) {
   std::perror(what);
@@ -55,17 +55,11 @@ void connected_pair(int& client, int& server) {
   ::setsockopt(server, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-double cpu_seconds() {
-  rusage r{};
-  ::getrusage(RUSAGE_SELF, &r);
-  return r.ru_utime.tv_sec + r.ru_stime.tv_sec + (r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
-}
-
 template <class F>
 double ns_per_call(int n, F f) {
   const auto t0 = clock_type::now();
   for (int i = 0; i < n; ++i) f();
-  return std::chrono::duration<double, std::nano>(clock_type::now() - t0).count() / n;
+  return bench::ns(clock_type::now() - t0) / n;
 }
 
 enum watch_kind { no_watch, rdhup_only, in_and_rdhup, kinds };
@@ -141,7 +135,7 @@ int main(int argc, char** argv) {
         if (::epoll_ctl(ep, EPOLL_CTL_ADD, c, &w) != 0) die("epoll_ctl add");
       }
       const long w0 = wakeups.load();
-      const double c0 = cpu_seconds();
+      const bench::usage u0 = bench::usage::now();
       const auto t0 = clock_type::now();
       for (int i = 0; i < requests / rounds; ++i) {
         if (::send(c, msg, sizeof msg, 0) != sizeof msg) die("send");
@@ -151,9 +145,9 @@ int main(int argc, char** argv) {
           got += static_cast<size_t>(n);
         }
       }
-      secs[k] += std::chrono::duration<double>(clock_type::now() - t0).count();
+      secs[k] += bench::seconds(clock_type::now() - t0);
       wakes[k] += static_cast<double>(wakeups.load() - w0);
-      cpu[k] += cpu_seconds() - c0;
+      cpu[k] += (bench::usage::now() - u0).cpu_ms() / 1e3;
       if (k != no_watch) ::epoll_ctl(ep, EPOLL_CTL_DEL, c, nullptr);
     }
   }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build connpool's benchmarks (Release) and run them against loopback servers they start themselves.
-# Installs missing Debian packages first. Results (tables as printed, JSON, CSV, chart) go to
+# Installs missing Debian packages first. Results (tables as printed, JSON, CSV, charts) go to
 # $RESULTS (default build-release/results).
 #   scripts/bench.sh                  the headline: pool vs short connections vs dedicated (about 1.5 min)
 #   scripts/bench.sh all              also the pool's own cost, eviction at scale, the idle-watch costs,
-#                                     and the cost against unrelated state (waiters, endpoints, churn, idle; about 2 min)
+#                                     and the cost against unrelated state (waiters, endpoints, churn, idle; about 2 min;
+#                                     charted in scale.png; scripts/plot_scale.sh draws it against another run's scale.json)
 #   scripts/bench.sh -- ARGS...       the headline with its own arguments, e.g. -- --clients 1,8 --seconds 4
 #                                     (with all, too: scripts/bench.sh all -- ARGS...)
 # The headline runs against the Asio echo server; with all, also against a thread-per-connection
@@ -14,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 need_packages g++ cmake ninja-build libasio-dev
-want_packages gnuplot-nox python3  # the chart only
+want_packages gnuplot-nox python3  # the charts only
 build=${BUILD_DIR:-build-release}
 results=${RESULTS:-$build/results}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONNPOOL_BUILD_TESTS=OFF \
@@ -44,5 +45,8 @@ if [ "$mode" = all ]; then
   "$build/benchmarks/connpool_watch_cost" | tee "$results/watch_cost.txt"
   echo
   "$build/benchmarks/connpool_scale" --json "$results/scale.json" --csv "$results/scale.csv" | tee "$results/scale.txt"
+  if command -v gnuplot >/dev/null && command -v python3 >/dev/null; then
+    bash scripts/plot_scale.sh "$results/scale.png" "$results/scale.json"
+  fi
 fi
 echo "results in $results"
