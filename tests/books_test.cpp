@@ -532,7 +532,7 @@ class fuzz_run {
   time_point now_ = t0;
   d::graveyard dead_;
   std::set<rec*> live_, leased_;
-  std::pair<const d::conn_node*, std::uint64_t> last_{nullptr, 0};  // the last released: a hint, maybe stale
+  std::pair<const d::conn_node*, std::uint32_t> last_{nullptr, 0};  // the last released: a hint, maybe stale
   std::vector<d::ep_node*> slots_;
   std::map<int, std::deque<waiter*>> queue_;
   std::vector<std::unique_ptr<waiter>> waiters_;

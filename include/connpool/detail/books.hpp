@@ -30,6 +30,7 @@
 // queue O(log endpoints); a retire pass O(retired + log n); an endpoint lookup O(1) on average.
 
 #include <cassert>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <random>
@@ -68,18 +69,21 @@ enum class conn_state : unsigned char { leased, idle, closed };
 /// The books' part of a connection. Layout: a lock holder on one core touches what another core
 /// touched last, so what take_idle() and release() write shares as few cache lines as possible.
 struct alignas(64) conn_node {
+  // The first cache line: everything take_idle() and released() read or write.
   ep_node* ep = nullptr;
   list_hook<conn_node> ep_link;   // the endpoint's idle list; the arena's free list
   list_hook<conn_node> all_link;  // the idle list across endpoints
   time_point idle_since{};        // coarse clock
-  time_point expires = never;     // jittered max_lifetime
-  std::uint64_t id = 0;           // never reused within a pool; 0 while the node is free
-  std::uint64_t stamp = 0;        // names its current idle period; 0 while free
   void* payload = nullptr;        // the caller's connection
-  std::size_t heap_pos = not_in_heap;  // in the lifetime heap
+  std::uint32_t stamp = 0;        // names its current idle period (wraps; a hint only); 0 while free
   conn_state state = conn_state::closed;
   probe_result seen = probe_result::healthy;  // what the watch saw while it was leased
+  // The second: read only with max_lifetime, at connect and close.
+  time_point expires = never;     // jittered max_lifetime
+  std::uint64_t id = 0;           // never reused within a pool; 0 while the node is free
+  std::size_t heap_pos = not_in_heap;  // in the lifetime heap
 };
+static_assert(offsetof(conn_node, expires) == 64, "the hot fields of a connection node fill its first cache line");
 
 /// What an acquire was given: an idle connection to probe, a slot to connect in, or an error.
 struct grant {
@@ -96,9 +100,10 @@ struct waiter_node {
   waiter_node& operator=(const waiter_node&) = delete;
   virtual ~waiter_node() = default;
   virtual void granted(grant g) = 0;
-  bool queued() const noexcept { return link.linked; }
+  bool queued() const noexcept { return queued_; }
   ep_node* ep;
   list_hook<waiter_node> link;
+  bool queued_ = false;  // on its endpoint's queue; set by the books
   std::uint64_t ticket = 0;  // arrival order across endpoints
 };
 
@@ -196,7 +201,7 @@ class books {
   /// period (not retired, not leased since, same endpoint); else the most recently released one.
   /// `mine` must be a node of these books (or null). Does not look at waiters: callers that must
   /// not pass one check `e.waiters.empty()`.
-  CONNPOOL_HOT conn_node* take_idle(ep_node& e, const conn_node* mine = nullptr, std::uint64_t stamp = 0) noexcept {
+  CONNPOOL_HOT conn_node* take_idle(ep_node& e, const conn_node* mine = nullptr, std::uint32_t stamp = 0) noexcept {
     conn_node* c = e.idle.back();
     if (mine && mine != c && mine->stamp == stamp && mine->ep == &e && mine->state == conn_state::idle)
       c = const_cast<conn_node*>(mine);
@@ -228,6 +233,7 @@ class books {
     CONNPOOL_ASSERT(!w.queued() && e.idle.empty());
     w.ticket = ++tickets_;
     e.waiters.push_back(&w);
+    w.queued_ = true;
     update_room(e);
     unlink_unused(e);
   }
@@ -236,6 +242,7 @@ class books {
   void leave(waiter_node& w, bool timed_out, time_point now) noexcept {
     ep_node& e = *w.ep;
     e.waiters.erase(&w);
+    w.queued_ = false;
     if (timed_out) ++e.counters.acquire_timeouts;
     changed(e, now);
   }
@@ -314,7 +321,7 @@ class books {
   /// else healthy. Kept (to the endpoint's oldest waiter, else idle) unless the pool closed, the
   /// probe or the watch found the peer gone, or its lifetime passed. Returns the stamp of its idle
   /// period if it went idle (for take_idle()), else 0.
-  std::uint64_t released(conn_node& c, probe_result r, time_point now, graveyard& dead) {
+  std::uint32_t released(conn_node& c, probe_result r, time_point now, graveyard& dead) {
     ep_node& e = *c.ep;
     ++e.released;
     if (r == probe_result::healthy) r = c.seen;
@@ -322,7 +329,7 @@ class books {
       retire(c, close_reason::pool_closed, opts_.retire_close, now, dead);
     } else if (r != probe_result::healthy) {
       retire(c, reason_of(r), close_mode::graceful, now, dead);
-    } else if (c.expires <= now) {
+    } else if (max_lifetime_.count() > 0 && c.expires <= now) {
       retire(c, close_reason::max_lifetime, opts_.retire_close, now, dead);
     } else if (waiter_node* w = e.waiters.front()) {
       ++e.idle_taken;  // handed over as an idle connection, probed by the waiter
@@ -331,7 +338,7 @@ class books {
     } else {
       c.idle_since = now;
       set_state(c, conn_state::idle);
-      const std::uint64_t stamp = c.stamp;
+      const std::uint32_t stamp = c.stamp;
       if (max_idle_per_endpoint_ && e.idle.size() > max_idle_per_endpoint_)
         retire(*e.idle.front(), close_reason::surplus, opts_.retire_close, now, dead);
       if (!room_.empty()) serve(now, dead);
@@ -440,6 +447,7 @@ class books {
       ep_node& e = *kv.second;
       while (waiter_node* w = e.waiters.front()) {
         e.waiters.erase(w);
+        w->queued_ = false;
         grant g;
         g.ec = error::pool_closed;
         w->granted(g);
@@ -492,7 +500,7 @@ class books {
           !e.waiters.empty() && !(opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint);
       if (wants_room != (e.room_pos != not_in_heap)) fail("room queue membership wrong");
       if (wants_room) ++rooms;
-      if (e.unused() != ilist<ep_node, &ep_node::empty_link>::linked(&e) && !closed_)
+      if (e.unused() != unused_.linked(&e) && !closed_)
         fail("list of unused endpoints wrong");
       if (e.unused()) ++unused;
       if (opts_.max_per_endpoint && e.open() > opts_.max_per_endpoint) fail("endpoint over max_per_endpoint");
@@ -554,7 +562,8 @@ class books {
     if (to == conn_state::idle) {
       // Released in order, read from a coarse clock on several threads: keep the lists in idle order.
       if (conn_node* last = all_idle_.back(); last && last->idle_since > c.idle_since) c.idle_since = last->idle_since;
-      c.stamp = ++stamps_;
+      if (++stamps_ == 0) ++stamps_;  // 0 names no idle period
+      c.stamp = stamps_;
       e.idle.push_back(&c);
       all_idle_.push_back(&c);
     } else if (to == conn_state::leased) {
@@ -638,6 +647,7 @@ class books {
     ep_node& e = *w.ep;
     CONNPOOL_ASSERT(e.waiters.front() == &w);
     e.waiters.erase(&w);
+    w.queued_ = false;
     update_room(e);
     w.granted(g);
   }
@@ -726,7 +736,7 @@ class books {
   bool closed_ = false;
   std::size_t open_total_ = 0;
   std::size_t leased_total_ = 0;
-  std::uint64_t stamps_ = 0;
+  std::uint32_t stamps_ = 0;
   const std::size_t max_idle_per_endpoint_;
   const clock::duration idle_timeout_, max_lifetime_, endpoint_grace_;
   ilist<conn_node, &conn_node::all_link> all_idle_;  // front: least recently released

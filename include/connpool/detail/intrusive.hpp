@@ -11,11 +11,11 @@
 
 namespace connpool::detail {
 
+/// Two pointers, nothing else, so that a connection's hot fields fit one cache line.
 template <class T>
 struct list_hook {
   T* prev = nullptr;
   T* next = nullptr;
-  bool linked = false;
 };
 
 /// A FIFO/LRU list through the hook `H` of each element: front() is the oldest.
@@ -31,13 +31,13 @@ class ilist {
   bool empty() const noexcept { return head_ == nullptr; }
   std::size_t size() const noexcept { return size_; }
   static T* next(const T* x) noexcept { return (x->*H).next; }
-  static bool linked(const T* x) noexcept { return (x->*H).linked; }
+  /// Whether `x` is on this list (an element is on at most one list per hook).
+  bool linked(const T* x) const noexcept { return (x->*H).prev != nullptr || head_ == x; }
 
   void push_back(T* x) noexcept {
     list_hook<T>& h = x->*H;
     h.prev = tail_;
     h.next = nullptr;
-    h.linked = true;
     (tail_ ? (tail_->*H).next : head_) = x;
     tail_ = x;
     ++size_;
@@ -48,7 +48,6 @@ class ilist {
     (h.prev ? (h.prev->*H).next : head_) = h.next;
     (h.next ? (h.next->*H).prev : tail_) = h.prev;
     h.prev = h.next = nullptr;
-    h.linked = false;
     --size_;
   }
 

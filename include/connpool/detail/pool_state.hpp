@@ -105,7 +105,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   struct last_released {
     std::uint64_t pool = 0;  // the pool's uid_: never reused, unlike its address
     const conn_node* node = nullptr;
-    std::uint64_t stamp = 0;
+    std::uint32_t stamp = 0;
   };
   static last_released& my_last() noexcept {
     static thread_local last_released mine;
@@ -272,7 +272,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     const time_point now = coarse_now();
     conn_node* n = c->node;
     const std::uint64_t uid = uid_;  // once the section ends, the last lease may have freed the state
-    std::uint64_t stamp;
+    std::uint32_t stamp;
     {
       section s(*this);
       stamp = books_.released(*n, r, now, s.dead);

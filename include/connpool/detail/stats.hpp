@@ -9,7 +9,7 @@
 namespace connpool::detail {
 
 /// What a non-blocking look at an idle connection found.
-enum class probe_result { healthy, peer_closed, peer_reset, unexpected_data };
+enum class probe_result : unsigned char { healthy, peer_closed, peer_reset, unexpected_data };
 
 /// Why a connection is closed; each maps to one pool_stats counter.
 enum class close_reason {
