@@ -342,8 +342,6 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (s_.anchor_ && s_.books_.leased_total() == 0) last_owner_ = std::move(s_.anchor_);
     }
 
-    std::unique_lock<spin_mutex>& lock() noexcept { return lk_; }
-
    private:
     std::shared_ptr<pool_state> last_owner_;  // first: destroyed last
     pool_state& s_;
@@ -364,7 +362,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       done = true;
       cv.notify_one();
     }
-    std::condition_variable_any cv;
+    std::condition_variable cv;  // waited on through mu_ (spin_mutex::wait_until)
     grant result;
     bool done = false;
   };
@@ -524,9 +522,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
           }
         } guard{books_, w};
         while (!w.done) {
-          if (deadline == never) {
-            w.cv.wait(s.lock());
-          } else if (w.cv.wait_until(s.lock(), deadline) == std::cv_status::timeout && !w.done) {
+          if (mu_.wait_until(w.cv, deadline) == std::cv_status::timeout && !w.done) {
             books_.leave(w, /*timed_out=*/true, coarse_now());
             rearm();
             ec = error::acquire_timeout;

@@ -10,6 +10,8 @@
 // kernel in the common case.
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <mutex>
 
 namespace connpool::detail {
@@ -22,8 +24,8 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
-/// BasicLockable and Lockable: use with std::lock_guard, std::unique_lock and
-/// std::condition_variable_any.
+/// BasicLockable and Lockable: use with std::lock_guard and std::unique_lock; wait with
+/// wait_until().
 class spin_mutex {
  public:
   void lock() {
@@ -44,6 +46,24 @@ class spin_mutex {
   void unlock() noexcept {
     held_.store(false, std::memory_order_relaxed);
     m_.unlock();
+  }
+
+  /// With this mutex held: wait on `cv` until notified or `deadline` (time_point::max(): no
+  /// deadline), the mutex released meanwhile and held again on return. A std::condition_variable
+  /// on the inner std::mutex, rather than std::condition_variable_any on this one: no allocation
+  /// and no second mutex per wait.
+  template <class Clock, class Duration>
+  std::cv_status wait_until(std::condition_variable& cv, std::chrono::time_point<Clock, Duration> deadline) {
+    held_.store(false, std::memory_order_relaxed);
+    std::unique_lock<std::mutex> lk(m_, std::adopt_lock);
+    std::cv_status status = std::cv_status::no_timeout;
+    if (deadline == std::chrono::time_point<Clock, Duration>::max())
+      cv.wait(lk);
+    else
+      status = cv.wait_until(lk, deadline);
+    lk.release();
+    held_.store(true, std::memory_order_relaxed);
+    return status;
   }
 
  private:
