@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     closer.join();
-    std::error_code ec;
+    connpool::error_code ec;
     std::size_t close_wait = 0;
     for (int tries = 0; tries < 200; ++tries) {  // the last closes follow the idle count by a moment
       close_wait = connpool::diag::census(ep, ec)[connpool::diag::tcp_state::close_wait];

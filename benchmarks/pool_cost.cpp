@@ -24,6 +24,8 @@
 
 #include "bench_util.hpp"
 
+namespace net = connpool::net;
+
 namespace {
 
 using bench::clock_type;
@@ -31,24 +33,24 @@ using bench::clock_type;
 /// What most services write: a mutex, a deque, no checks.
 class handrolled_pool {
  public:
-  explicit handrolled_pool(std::vector<asio::ip::tcp::socket>& sockets) {
+  explicit handrolled_pool(std::vector<net::ip::tcp::socket>& sockets) {
     for (auto& s : sockets) idle_.push_back(&s);
   }
-  asio::ip::tcp::socket* acquire() {
+  net::ip::tcp::socket* acquire() {
     std::lock_guard<std::mutex> lk(mu_);
     if (idle_.empty()) return nullptr;
     auto* s = idle_.back();
     idle_.pop_back();
     return s;
   }
-  void release(asio::ip::tcp::socket* s) {
+  void release(net::ip::tcp::socket* s) {
     std::lock_guard<std::mutex> lk(mu_);
     idle_.push_back(s);
   }
 
  private:
   std::mutex mu_;
-  std::deque<asio::ip::tcp::socket*> idle_;
+  std::deque<net::ip::tcp::socket*> idle_;
 };
 
 /// Run `body(iterations)` on `threads` threads started together; ns per operation as one thread
@@ -90,13 +92,13 @@ int main(int argc, char** argv) {
 
   // Idle connections to a listener that never accepts: the kernel completes the handshakes, and a
   // probe of such a connection says "would block", as for a healthy idle one.
-  asio::io_context io;
-  asio::ip::tcp::acceptor listener(io, {asio::ip::make_address("127.0.0.1"), 0});
+  net::io_context io;
+  net::ip::tcp::acceptor listener(io, {net::ip::make_address("127.0.0.1"), 0});
   listener.listen(4096);
   const auto ep = listener.local_endpoint();
   const int max_threads = *std::max_element(thread_counts.begin(), thread_counts.end());
 
-  std::vector<asio::ip::tcp::socket> raw;
+  std::vector<net::ip::tcp::socket> raw;
   for (int i = 0; i < max_threads; ++i) {
     raw.emplace_back(io);
     raw.back().connect(ep);
@@ -195,12 +197,12 @@ int main(int argc, char** argv) {
   // async_acquire (completion posted to the context), each followed by release().
   std::vector<double> try_ns, async_ns;
   {
-    asio::io_context aio(1);
+    net::io_context aio(1);
     connpool::tcp_pool apool(aio);
     apool.acquire(ep).release();
     long left = 0;
     std::function<void()> step = [&] {
-      apool.async_acquire(ep, [&](std::error_code ec, connpool::tcp_pool::lease l) {
+      apool.async_acquire(ep, [&](connpool::error_code ec, connpool::tcp_pool::lease l) {
         if (ec) std::abort();
         l.release();
         if (--left > 0) step();

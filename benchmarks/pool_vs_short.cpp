@@ -51,11 +51,8 @@
 #include "bench_util.hpp"
 #include "servers/server_process.hpp"
 
-#if defined(__cpp_impl_coroutine) && defined(ASIO_HAS_CO_AWAIT)
-#include <asio/co_spawn.hpp>
-#include <asio/detached.hpp>
-#include <asio/redirect_error.hpp>
-#include <asio/use_awaitable.hpp>
+#if defined(__cpp_impl_coroutine) && defined(CONNPOOL_HAS_CO_AWAIT)
+#include "servers/net.hpp"
 #define CONNPOOL_BENCH_COROUTINES 1
 #endif
 
@@ -119,7 +116,7 @@ struct slice_result {
   std::vector<std::uint32_t> latency_ns;
   std::map<std::string, std::size_t> error_kinds;
 
-  void record(clock_type::time_point t0, std::error_code ec) {
+  void record(clock_type::time_point t0, connpool::error_code ec) {
     if (ec) {
       ++errors;
       ++error_kinds[ec.message()];
@@ -164,28 +161,28 @@ struct totals {
 
 /// One client thread's loop for one slice, synchronous I/O. With `book`, pool acquires are checked
 /// for switches of connection against `last` (the thread's previous pooled connection, by port).
-void thread_client(mode m, const asio::ip::tcp::endpoint& ep, std::size_t payload, connpool::tcp_pool& pool,
-                   asio::ip::tcp::socket& mine, clock_type::time_point until, slice_result& r, port_book* book,
+void thread_client(mode m, const net::ip::tcp::endpoint& ep, std::size_t payload, connpool::tcp_pool& pool,
+                   net::ip::tcp::socket& mine, clock_type::time_point until, slice_result& r, port_book* book,
                    std::uint16_t& last) {
-  asio::io_context unrun;  // sockets are used synchronously; nobody runs this context
+  net::io_context unrun;  // sockets are used synchronously; nobody runs this context
   std::string out(payload, 'x'), in(payload, '\0');
-  auto exchange = [&](asio::ip::tcp::socket& s, std::error_code& ec) {
-    asio::write(s, asio::buffer(out), ec);
-    if (!ec) asio::read(s, asio::buffer(in), ec);
+  auto exchange = [&](net::ip::tcp::socket& s, connpool::error_code& ec) {
+    net::write(s, net::buffer(out), ec);
+    if (!ec) net::read(s, net::buffer(in), ec);
   };
   while (clock_type::now() < until) {
     for (int batch = 0; batch < 16; ++batch) {
       const auto t0 = clock_type::now();
-      std::error_code ec;
+      connpool::error_code ec;
       if (m == short_fin || m == short_rst) {
-        asio::ip::tcp::socket s(unrun);
+        net::ip::tcp::socket s(unrun);
         s.connect(ep, ec);
         if (!ec) {
           ++r.connects;
-          s.set_option(asio::ip::tcp::no_delay(true), ec);
+          s.set_option(net::ip::tcp::no_delay(true), ec);
           exchange(s, ec);
-          std::error_code ignored;
-          if (m == short_rst) s.set_option(asio::socket_base::linger(true, 0), ignored);
+          connpool::error_code ignored;
+          if (m == short_rst) s.set_option(net::socket_base::linger(true, 0), ignored);
           s.close(ignored);
         }
       } else if (m == pooled) {
@@ -197,7 +194,7 @@ void thread_client(mode m, const asio::ip::tcp::endpoint& ep, std::size_t payloa
         }
       } else {
         if (m == probed && connpool::detail::probe(mine.native_handle()) != connpool::detail::probe_result::healthy)
-          ec = asio::error::connection_reset;
+          ec = net::error::connection_reset;
         if (!ec) exchange(mine, ec);
       }
       r.record(t0, ec);
@@ -207,39 +204,39 @@ void thread_client(mode m, const asio::ip::tcp::endpoint& ep, std::size_t payloa
 
 #ifdef CONNPOOL_BENCH_COROUTINES
 /// One coroutine client for one slice, asynchronous I/O on the thread's io_context.
-asio::awaitable<void> coroutine_client(mode m, asio::ip::tcp::endpoint ep, std::size_t payload,
-                                       connpool::tcp_pool& pool, asio::ip::tcp::socket& mine,
+net::awaitable<void> coroutine_client(mode m, net::ip::tcp::endpoint ep, std::size_t payload,
+                                       connpool::tcp_pool& pool, net::ip::tcp::socket& mine,
                                        clock_type::time_point until, slice_result& r, int& live) {
   struct leave {
     int& live;
     ~leave() { --live; }
   } on_exit{live};
-  auto ex = co_await asio::this_coro::executor;
+  auto ex = co_await net::this_coro::executor;
   std::string out(payload, 'x'), in(payload, '\0');
   while (clock_type::now() < until) {
     const auto t0 = clock_type::now();
-    std::error_code ec;
-    auto exchange = [&](asio::ip::tcp::socket& s) -> asio::awaitable<void> {
-      co_await asio::async_write(s, asio::buffer(out), asio::redirect_error(asio::use_awaitable, ec));
-      if (!ec) co_await asio::async_read(s, asio::buffer(in), asio::redirect_error(asio::use_awaitable, ec));
+    connpool::error_code ec;
+    auto exchange = [&](net::ip::tcp::socket& s) -> net::awaitable<void> {
+      co_await net::async_write(s, net::buffer(out), net::redirect_error(net::use_awaitable, ec));
+      if (!ec) co_await net::async_read(s, net::buffer(in), net::redirect_error(net::use_awaitable, ec));
     };
     if (m == short_fin || m == short_rst) {
-      asio::ip::tcp::socket s(ex);
-      co_await s.async_connect(ep, asio::redirect_error(asio::use_awaitable, ec));
+      net::ip::tcp::socket s(ex);
+      co_await s.async_connect(ep, net::redirect_error(net::use_awaitable, ec));
       if (!ec) {
         ++r.connects;
-        s.set_option(asio::ip::tcp::no_delay(true), ec);
+        s.set_option(net::ip::tcp::no_delay(true), ec);
         co_await exchange(s);
-        std::error_code ignored;
-        if (m == short_rst) s.set_option(asio::socket_base::linger(true, 0), ignored);
+        connpool::error_code ignored;
+        if (m == short_rst) s.set_option(net::socket_base::linger(true, 0), ignored);
         s.close(ignored);
       }
     } else if (m == pooled) {
       connpool::tcp_pool::lease l = pool.try_acquire(ep);  // an idle connection without a completion hop
       if (!l) {
         try {
-          l = co_await pool.async_acquire(ep, asio::use_awaitable);
-        } catch (const std::system_error& e) {
+          l = co_await pool.async_acquire(ep, net::use_awaitable);
+        } catch (const connpool::system_error& e) {
           ec = e.code();
         }
       }
@@ -249,7 +246,7 @@ asio::awaitable<void> coroutine_client(mode m, asio::ip::tcp::endpoint ep, std::
       }
     } else {
       if (m == probed && connpool::detail::probe(mine.native_handle()) != connpool::detail::probe_result::healthy)
-        ec = asio::error::connection_reset;
+        ec = net::error::connection_reset;
       if (!ec) co_await exchange(mine);
     }
     r.record(t0, ec);
@@ -362,17 +359,17 @@ void run_asio_server(const config& cfg, test::echo_server_process& server, outpu
       const bool coroutines = clients.back() == 'c';
       const int n = std::stoi(clients);
       auto port = [&](int m) { return server.endpoint(cell * mode_count + static_cast<std::size_t>(m)); };
-      asio::io_context io(1);  // coroutines: everything runs here; threads: the dedicated sockets only
+      net::io_context io(1);  // coroutines: everything runs here; threads: the dedicated sockets only
       connpool::pool_options opts;
       opts.max_per_endpoint = static_cast<std::size_t>(n);
       opts.max_idle_per_endpoint = opts.max_per_endpoint;
       std::unique_ptr<connpool::tcp_pool> pool = coroutines ? std::make_unique<connpool::tcp_pool>(io, opts)
                                                             : std::make_unique<connpool::tcp_pool>(opts);
-      std::vector<asio::ip::tcp::socket> mine;
+      std::vector<net::ip::tcp::socket> mine;
       for (int t = 0; t < n; ++t) {
         mine.emplace_back(io);
         mine.back().connect(port(dedicated));
-        mine.back().set_option(asio::ip::tcp::no_delay(true));
+        mine.back().set_option(net::ip::tcp::no_delay(true));
       }
       port_book book;
       {  // steady state: the pool holds its connections before anything is measured, as dedicated does
@@ -396,8 +393,8 @@ void run_asio_server(const config& cfg, test::echo_server_process& server, outpu
 #ifdef CONNPOOL_BENCH_COROUTINES
             int live = n;
             for (int c = 0; c < n; ++c)
-              asio::co_spawn(io, coroutine_client(m, port(m), payload, *pool, mine[c], until, rs[c], live),
-                             asio::detached);
+              net::co_spawn(io, coroutine_client(m, port(m), payload, *pool, mine[c], until, rs[c], live),
+                             net::detached);
             io.restart();
             while (live > 0 && clock_type::now() < until + 5s) io.run_one_for(100ms);  // bounded
 #endif
@@ -437,7 +434,7 @@ void run_asio_server(const config& cfg, test::echo_server_process& server, outpu
       for (int m = 0; m < mode_count; ++m) {
         if (!runs(m)) continue;
         auto& T = tot[m];
-        std::error_code ec;
+        connpool::error_code ec;
         const std::size_t tw = connpool::diag::kernel_sockets(connpool::diag::tcp_state::time_wait, port(m), ec);
         time_wait[m] = tw;
         const figures f = figures_of(T, tw);
@@ -580,17 +577,17 @@ void run_thread_server(const config& cfg, test::thread_echo_server_process& serv
   for (std::size_t payload : cfg.thread_payloads) {
     for (const std::string& clients : cfg.thread_clients) {
       const int n = std::stoi(clients);
-      const asio::ip::tcp::endpoint pool_ep = server.endpoint(2 * cell), own_ep = server.endpoint(2 * cell + 1);
-      asio::io_context io(1);  // the dedicated sockets, used synchronously
+      const net::ip::tcp::endpoint pool_ep = server.endpoint(2 * cell), own_ep = server.endpoint(2 * cell + 1);
+      net::io_context io(1);  // the dedicated sockets, used synchronously
       connpool::pool_options opts;
       opts.max_per_endpoint = static_cast<std::size_t>(n);
       opts.max_idle_per_endpoint = opts.max_per_endpoint;
       connpool::tcp_pool pool(opts);
-      std::vector<asio::ip::tcp::socket> mine;
+      std::vector<net::ip::tcp::socket> mine;
       for (int t = 0; t < n; ++t) {
         mine.emplace_back(io);
         mine.back().connect(own_ep);
-        mine.back().set_option(asio::ip::tcp::no_delay(true));
+        mine.back().set_option(net::ip::tcp::no_delay(true));
       }
       port_book book;
       {  // steady state: the pool holds its connections before anything is measured, as dedicated does
@@ -600,10 +597,10 @@ void run_thread_server(const config& cfg, test::thread_echo_server_process& serv
         for (auto& l : warm) l.release();
       }
       struct context {
-        const asio::ip::tcp::endpoint &pool_ep, &own_ep;
+        const net::ip::tcp::endpoint &pool_ep, &own_ep;
         std::size_t payload;
         connpool::tcp_pool& pool;
-        std::vector<asio::ip::tcp::socket>& mine;
+        std::vector<net::ip::tcp::socket>& mine;
         port_book& book;
       } ctx{pool_ep, own_ep, payload, pool, mine, book};
       auto work = [](void* c, int t, mode m, clock_type::time_point until, slice_result& r, std::uint16_t& last) {
@@ -659,7 +656,7 @@ void run_thread_server(const config& cfg, test::thread_echo_server_process& serv
       for (mode m : order) {
         if (!runs(m)) continue;
         auto& T = tot[m];
-        std::error_code ec;
+        connpool::error_code ec;
         const std::size_t tw = connpool::diag::kernel_sockets(connpool::diag::tcp_state::time_wait,
                                                               m == pooled ? pool_ep : own_ep, ec);
         const figures f = figures_of(T, tw);

@@ -52,7 +52,7 @@ namespace {
 
 using bench::clock_type;
 using std::chrono::milliseconds;
-using tcp = asio::ip::tcp;
+using tcp = net::ip::tcp;
 using lease = connpool::tcp_pool::lease;
 
 // ------------------------------------------------------------------------ build detection
@@ -78,7 +78,7 @@ clock_type::duration secs(double s) {
   return std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(s));
 }
 
-std::string ec_text(const std::error_code& ec) { return ec ? ec.message() : std::string("none"); }
+std::string ec_text(const connpool::error_code& ec) { return ec ? ec.message() : std::string("none"); }
 
 /// The value measured at size `n` in a (size, value) list; NaN if absent.
 double at_size(const std::vector<long>& sizes, const std::vector<double>& values, long n) {
@@ -122,13 +122,13 @@ struct servers {
 struct async_cell {
   explicit async_cell(long clients) : n(clients) {}
   long n;
-  asio::io_context io{1};
+  net::io_context io{1};
   std::unique_ptr<connpool::tcp_pool> pool;  // after io: destroyed first
   tcp::endpoint ep;
   std::uint64_t cycles = 0;
   long active = 0;  // clients with an acquire in flight
   long errors = 0;
-  std::error_code last_error;
+  connpool::error_code last_error;
   bool stop = false;
   std::vector<double> us;  // per round
   std::size_t waiting_seen = 0;
@@ -137,7 +137,7 @@ struct async_cell {
 /// One async client: acquire, release at once, acquire again (until stop).
 struct async_step {
   async_cell* c;
-  void operator()(std::error_code ec, lease l) const {
+  void operator()(connpool::error_code ec, lease l) const {
     if (ec) {
       --c->active;
       if (ec != connpool::error::pool_closed) {
@@ -331,7 +331,7 @@ void* thread_client(void* p) {
     return nullptr;
   }
   while (!c.stop.load(std::memory_order_relaxed)) {
-    std::error_code ec;
+    connpool::error_code ec;
     lease l = c.pool->acquire(c.ep, ec);
     if (ec) {
       if (ec != connpool::error::pool_closed) c.errors.fetch_add(1, std::memory_order_relaxed);
@@ -532,16 +532,16 @@ void waiters_threads(const config& cfg, const servers& srv, bench::report& rep) 
 // ============================================================================ 3. other_endpoint
 
 struct parked_pool {
-  asio::io_context io{1};
+  net::io_context io{1};
   std::unique_ptr<connpool::tcp_pool> pool;  // after io: destroyed first
   lease held_a;                               // A's only connection; after pool: destroyed first
   long parked = 0, completions = 0, errors = 0, b_errors = 0;
-  std::error_code last_error;
+  connpool::error_code last_error;
 };
 
 struct parked_done {
   parked_pool* p;
-  void operator()(std::error_code ec, lease l) const {
+  void operator()(connpool::error_code ec, lease l) const {
     ++p->completions;
     if (ec && ec != connpool::error::pool_closed) {
       ++p->errors;
@@ -583,7 +583,7 @@ double time_b(parked_pool& p, const tcp::endpoint& b, double budget) {
   clock_type::time_point t1;
   do {
     for (int i = 0; i < 16; ++i) {
-      std::error_code ec;
+      connpool::error_code ec;
       lease l = p.pool->acquire(b, ec);
       if (ec) {
         ++p.b_errors;
@@ -684,7 +684,7 @@ void other_endpoint(const config& cfg, const servers& srv, bench::report& rep) {
 struct alternation {
   std::vector<double> us;
   long errors = 0;
-  std::error_code last_error;
+  connpool::error_code last_error;
 };
 
 /// acquire + release, alternating x and y, each timed: up to `samples` or `budget` seconds.
@@ -694,7 +694,7 @@ alternation alternate(connpool::tcp_pool& pool, const tcp::endpoint& x, const tc
   const auto until = clock_type::now() + secs(budget);
   for (int i = 0; i < samples; ++i) {
     const auto t0 = clock_type::now();
-    std::error_code ec;
+    connpool::error_code ec;
     lease l = pool.acquire(i % 2 ? y : x, ec);
     l.release();
     const auto t1 = clock_type::now();
@@ -731,10 +731,10 @@ void churn(const config& cfg, const servers& srv, bench::report& rep) {
   connpool::tcp_pool pool(o);
   // A port nothing listens on: bound here (127.0.0.1, no SO_REUSEADDR, never listening), so no one
   // can listen on it on any 127.x address while we connect there.
-  asio::io_context io;
+  net::io_context io;
   tcp::acceptor reserve(io);
   reserve.open(tcp::v4());
-  reserve.bind({asio::ip::make_address("127.0.0.1"), 0});
+  reserve.bind({net::ip::make_address("127.0.0.1"), 0});
   const unsigned short refused_port = reserve.local_endpoint().port();
 
   alternate(pool, srv.x, srv.y, 20, 1.0);  // warm
@@ -746,12 +746,12 @@ void churn(const config& cfg, const servers& srv, bench::report& rep) {
 
   // Churn: sync acquires of distinct refused endpoints, then try_acquire misses on distinct endpoints.
   long refused = 0, connected = 0, other = 0;
-  std::error_code other_ec;
+  connpool::error_code other_ec;
   const auto c0 = clock_type::now();
   for (long i = 0; i < cfg.churn_refused; ++i) {
     const auto host = static_cast<std::uint32_t>(0x7F030000u + ((i / 250) << 8) + (i % 250) + 1);  // 127.3.x.1-250
-    const tcp::endpoint ep(asio::ip::address_v4(host), refused_port);
-    std::error_code ec;
+    const tcp::endpoint ep(net::ip::address_v4(host), refused_port);
+    connpool::error_code ec;
     lease l = pool.acquire(ep, ec);
     if (!ec) {
       ++connected;
@@ -767,7 +767,7 @@ void churn(const config& cfg, const servers& srv, bench::report& rep) {
   long hits = 0;
   for (long i = 0; i < cfg.churn_misses; ++i) {
     const auto host = static_cast<std::uint32_t>(0x7F100000u + i);  // 127.16.0.0 upwards
-    lease l = pool.try_acquire(tcp::endpoint(asio::ip::address_v4(host), 9));
+    lease l = pool.try_acquire(tcp::endpoint(net::ip::address_v4(host), 9));
     if (l) {
       ++hits;
       l.discard();
@@ -946,7 +946,7 @@ retire_result run_retire(const config& cfg, const servers& srv, long k) {
   const auto c0 = clock_type::now();
   std::vector<lease> big, small;
   big.reserve(static_cast<std::size_t>(k));
-  std::error_code ec;
+  connpool::error_code ec;
   for (long i = 0; i < k && !ec; ++i) big.push_back(pool.acquire(srv.big, ec));
   for (long i = 0; i < m && !ec; ++i) small.push_back(pool.acquire(srv.small, ec));
   res.connect_s = bench::seconds(clock_type::now() - c0);

@@ -12,15 +12,19 @@
 #include "servers/echo_server.hpp"
 #include "support.hpp"
 
-#include <asio/bind_cancellation_slot.hpp>
-#include <asio/cancellation_signal.hpp>
+#include "servers/net.hpp"
 
-#if defined(__cpp_impl_coroutine) && defined(ASIO_HAS_CO_AWAIT)
-#include <asio/co_spawn.hpp>
-#include <asio/detached.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/use_awaitable.hpp>
+#if defined(__cpp_impl_coroutine) && defined(CONNPOOL_HAS_CO_AWAIT)
 #define CONNPOOL_TEST_COROUTINES 1
+// The awaitable operators came with cancellation slots (Asio 1.19, Boost 1.77).
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
+#if defined(CONNPOOL_USE_BOOST_ASIO)
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#else
+#include <asio/experimental/awaitable_operators.hpp>
+#endif
+#define CONNPOOL_TEST_AWAITABLE_OPERATORS 1
+#endif
 #endif
 
 using namespace std::chrono_literals;
@@ -29,13 +33,13 @@ using test::eventually;
 
 namespace {
 struct result {
-  std::error_code ec;
+  connpool::error_code ec;
   tcp_pool::lease lease;
   bool done = false;
 };
 
 /// Run `io` until `r.done`, for at most `limit`.
-bool run_until(asio::io_context& io, const result& r, std::chrono::milliseconds limit = 3000ms) {
+bool run_until(net::io_context& io, const result& r, std::chrono::milliseconds limit = 3000ms) {
   const auto end = std::chrono::steady_clock::now() + limit;
   io.restart();
   while (!r.done && std::chrono::steady_clock::now() < end) io.run_one_for(10ms);
@@ -59,7 +63,7 @@ std::vector<unsigned> epoll_masks(int fd) {
 }
 
 auto into(result& r) {
-  return [&r](std::error_code ec, tcp_pool::lease l) {
+  return [&r](connpool::error_code ec, tcp_pool::lease l) {
     r.ec = ec;
     r.lease = std::move(l);
     r.done = true;
@@ -71,7 +75,7 @@ TEST_CASE("async: callback on a user io_context, fresh then reused") {
   test::fd_guard fds;
   {
     test::echo_server server(test::loopback());
-    asio::io_context io;
+    net::io_context io;
     tcp_pool pool(io);
     result r;
     pool.async_acquire(server.endpoint(), into(r));
@@ -96,7 +100,7 @@ TEST_CASE("async: callback on a user io_context, fresh then reused") {
 TEST_CASE("async: a connection made by async_acquire is registered for reading only") {
   test::fd_guard fds;
   test::echo_server server(test::loopback());
-  asio::io_context io;
+  net::io_context io;
   tcp_pool pool(io);
   result r;
   pool.async_acquire(server.endpoint(), into(r));
@@ -120,7 +124,7 @@ TEST_CASE("async: use_future on the default pool") {
   test::fd_guard fds;
   {
     tcp_pool pool;
-    auto f = pool.async_acquire(server.endpoint(), asio::use_future);
+    auto f = pool.async_acquire(server.endpoint(), net::use_future);
     REQUIRE(f.wait_for(3s) == std::future_status::ready);
     auto l = f.get();
     // Dialled on the pool's thread, then moved to the unrun socket context: the pool's thread
@@ -128,19 +132,19 @@ TEST_CASE("async: use_future on the default pool") {
     CHECK(l.socket().get_executor() != pool.get_executor());
     CHECK(test::roundtrip(l, "future") == "future");
     l.release();
-    std::error_code ec;
-    asio::ip::tcp::endpoint dead;
+    connpool::error_code ec;
+    net::ip::tcp::endpoint dead;
     {
       test::echo_server gone(test::loopback());
       dead = gone.endpoint();
     }
-    auto f2 = pool.async_acquire(dead, asio::use_future);
+    auto f2 = pool.async_acquire(dead, net::use_future);
     REQUIRE(f2.wait_for(3s) == std::future_status::ready);
     try {
       f2.get();
       FAIL("connect to a closed port succeeded");
-    } catch (const std::system_error& e) {
-      CHECK(e.code() == asio::error::connection_refused);
+    } catch (const connpool::system_error& e) {
+      CHECK(e.code() == net::error::connection_refused);
     }
     CHECK(pool.stats().idle == 1);
   }
@@ -148,7 +152,7 @@ TEST_CASE("async: use_future on the default pool") {
 
 TEST_CASE("async: a waiter gets the released connection; acquire_timeout; close() fails waiters") {
   test::echo_server server(test::loopback());
-  asio::io_context io;
+  net::io_context io;
   auto o = connpool::pool_options{};
   o.max_per_endpoint = 1;
   o.acquire_timeout = 200ms;
@@ -192,12 +196,12 @@ TEST_CASE("async: a waiter gets the released connection; acquire_timeout; close(
 
 TEST_CASE("async: completion runs on the handler's associated executor") {
   test::echo_server server(test::loopback());
-  asio::io_context pool_io, handler_io;
+  net::io_context pool_io, handler_io;
   tcp_pool pool(pool_io);
   result r;
   std::thread::id ran_on;
   pool.async_acquire(server.endpoint(),
-                     asio::bind_executor(handler_io, [&](std::error_code ec, tcp_pool::lease l) {
+                     net::bind_executor(handler_io, [&](connpool::error_code ec, tcp_pool::lease l) {
                        ran_on = std::this_thread::get_id();
                        r.ec = ec;
                        r.lease = std::move(l);
@@ -238,8 +242,8 @@ TEST_CASE("async: destroying the default pool fails a queued acquire and a conne
     o.acquire_timeout = 20s;
     tcp_pool pool(o);
     held = pool.acquire(server.endpoint());
-    queued = pool.async_acquire(server.endpoint(), asio::use_future);
-    dialling = pool.async_acquire(fb.acc.local_endpoint(), asio::use_future);
+    queued = pool.async_acquire(server.endpoint(), net::use_future);
+    dialling = pool.async_acquire(fb.acc.local_endpoint(), net::use_future);
     REQUIRE(eventually([&] {
       auto s = pool.stats();
       return s.waiting == 1 && s.connecting == 1;
@@ -250,7 +254,7 @@ TEST_CASE("async: destroying the default pool fails a queued acquire and a conne
     try {
       f->get();
       FAIL("acquire succeeded on a destroyed pool");
-    } catch (const std::system_error& e) {
+    } catch (const connpool::system_error& e) {
       CHECK(e.code() == connpool::error::pool_closed);
     }
   }
@@ -264,7 +268,7 @@ TEST_CASE("async: destroying the default pool fails a queued acquire and a conne
 TEST_CASE("async: a grant that fails its probe after the pool is gone completes and frees the pool") {
   test::fd_guard fds;
   test::echo_server server(test::loopback());
-  asio::io_context io;
+  net::io_context io;
   result r;
   {
     connpool::pool_options o;
@@ -295,12 +299,12 @@ TEST_CASE("async: a grant destroyed unrun with its context gives its connection 
   test::echo_server server(test::loopback());
   bool called = false;
   {
-    asio::io_context io;
+    net::io_context io;
     connpool::pool_options o;
     o.max_per_endpoint = 1;
     auto pool = std::make_unique<tcp_pool>(io, o);
     auto l = pool->acquire(server.endpoint());
-    pool->async_acquire(server.endpoint(), [&](std::error_code, tcp_pool::lease) { called = true; });
+    pool->async_acquire(server.endpoint(), [&](connpool::error_code, tcp_pool::lease) { called = true; });
     l.release();  // granted to the queued acquire: a handler posted to `io`, never run
     CHECK(pool->stats().leased == 1);
     pool.reset();
@@ -314,7 +318,7 @@ TEST_CASE("async: a default pool destroyed from its own completion handler") {
   test::echo_server server(test::loopback());
   auto pool = std::make_unique<tcp_pool>();
   std::promise<std::thread::id> done;
-  pool->async_acquire(server.endpoint(), [&](std::error_code ec, tcp_pool::lease l) {
+  pool->async_acquire(server.endpoint(), [&](connpool::error_code ec, tcp_pool::lease l) {
     if (!ec) l.release();
     pool.reset();  // on the pool's own thread
     done.set_value(std::this_thread::get_id());
@@ -330,21 +334,21 @@ TEST_CASE("async: 200 coroutines on one thread share 8 connections") {
   test::fd_guard fds;
   {
     test::echo_server server(test::loopback());
-    asio::io_context io(1);
+    net::io_context io(1);
     connpool::pool_options o;
     o.max_per_endpoint = 8;
     tcp_pool pool(io, o);
     int ok = 0, failed = 0;
     auto ep = server.endpoint();
     for (int i = 0; i < 200; ++i) {
-      asio::co_spawn(
+      net::co_spawn(
           io,
-          [&, i]() -> asio::awaitable<void> {
-            auto l = co_await pool.async_acquire(ep, asio::use_awaitable);
+          [&, i]() -> net::awaitable<void> {
+            auto l = co_await pool.async_acquire(ep, net::use_awaitable);
             const std::string msg = "m" + std::to_string(i);
-            co_await asio::async_write(l.socket(), asio::buffer(msg), asio::use_awaitable);
+            co_await net::async_write(l.socket(), net::buffer(msg), net::use_awaitable);
             std::string back(msg.size(), '\0');
-            co_await asio::async_read(l.socket(), asio::buffer(back), asio::use_awaitable);
+            co_await net::async_read(l.socket(), net::buffer(back), net::use_awaitable);
             if (back == msg)
               ++ok;
             else
@@ -366,26 +370,27 @@ TEST_CASE("async: 200 coroutines on one thread share 8 connections") {
 }
 #endif
 
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
 TEST_CASE("async: cancellation stops a waiting acquire and a connect in flight, promptly, leaving the pool as it was") {
   test::fd_guard fds;
   test::echo_server server(test::loopback());
-  asio::io_context io;
+  net::io_context io;
   connpool::pool_options o;
   o.max_per_endpoint = 1;
   o.acquire_timeout = 5000ms;
   o.connect_timeout = 5000ms;
   tcp_pool pool(io, o);
   auto held = pool.acquire(server.endpoint());
-  for (auto type : {asio::cancellation_type::terminal, asio::cancellation_type::partial, asio::cancellation_type::total}) {
-    asio::cancellation_signal sig;
+  for (auto type : {net::cancellation_type::terminal, net::cancellation_type::partial, net::cancellation_type::total}) {
+    net::cancellation_signal sig;
     result r;
-    pool.async_acquire(server.endpoint(), asio::bind_cancellation_slot(sig.slot(), into(r)));
+    pool.async_acquire(server.endpoint(), net::bind_cancellation_slot(sig.slot(), into(r)));
     CHECK(pool.stats().waiting == 1);
     const auto t0 = std::chrono::steady_clock::now();
     sig.emit(type);
     REQUIRE(run_until(io, r));
     CHECK(std::chrono::steady_clock::now() - t0 < 1s);  // not the 5 s acquire_timeout
-    CHECK(r.ec == asio::error::operation_aborted);
+    CHECK(r.ec == net::error::operation_aborted);
     CHECK_FALSE(r.lease);
     CHECK(pool.stats().waiting == 0);
     CHECK(pool.stats().acquire_timeouts == 0);
@@ -395,41 +400,48 @@ TEST_CASE("async: cancellation stops a waiting acquire and a connect in flight, 
 
   // A connect that would hang until its deadline (the listener's queue is full).
   test::full_backlog fb;
-  asio::cancellation_signal sig;
+  net::cancellation_signal sig;
   result r;
-  pool.async_acquire(fb.acc.local_endpoint(), asio::bind_cancellation_slot(sig.slot(), into(r)));
+  pool.async_acquire(fb.acc.local_endpoint(), net::bind_cancellation_slot(sig.slot(), into(r)));
   CHECK(eventually([&] {
     io.restart();
     io.poll();
     return pool.stats(fb.acc.local_endpoint()).connecting == 1;
   }));
   const auto t0 = std::chrono::steady_clock::now();
-  sig.emit(asio::cancellation_type::terminal);
+  sig.emit(net::cancellation_type::terminal);
   REQUIRE(run_until(io, r));
   CHECK(std::chrono::steady_clock::now() - t0 < 1s);
-  CHECK(r.ec == asio::error::operation_aborted);
+  CHECK(r.ec == net::error::operation_aborted);
   const auto s = pool.stats(fb.acc.local_endpoint());
   CHECK(s.connecting == 0);
   CHECK(s.connect_failed == 0);
   CHECK(s.open() == 0);
   // A cancellation after the acquire completed does nothing.
-  asio::cancellation_signal late;
+  net::cancellation_signal late;
   result ok;
-  pool.async_acquire(server.endpoint(), asio::bind_cancellation_slot(late.slot(), into(ok)));
+  pool.async_acquire(server.endpoint(), net::bind_cancellation_slot(late.slot(), into(ok)));
   REQUIRE(run_until(io, ok));
   CHECK_FALSE(ok.ec);
-  late.emit(asio::cancellation_type::terminal);
+  late.emit(net::cancellation_type::terminal);
   CHECK(ok.lease);
   ok.lease.release();
   CHECK(pool.stats().idle == 1);
 }
 
-#if defined(CONNPOOL_TEST_COROUTINES)
+#else
+TEST_CASE("async: cancellation (skipped: this Asio has no cancellation slots)") {
+  MESSAGE("SKIPPED: Asio " << CONNPOOL_ASIO_VERSION / 100000 << "." << CONNPOOL_ASIO_VERSION / 100 % 1000
+                           << " has no per-operation cancellation (Asio 1.19 / Boost 1.77 added it)");
+}
+#endif
+
+#if defined(CONNPOOL_TEST_AWAITABLE_OPERATORS)
 TEST_CASE("async: awaitable operators: an acquire raced against a timer is cancelled when the timer wins") {
-  using namespace asio::experimental::awaitable_operators;
+  using namespace net::experimental::awaitable_operators;
   test::fd_guard fds;
   test::echo_server server(test::loopback());
-  asio::io_context io;
+  net::io_context io;
   connpool::pool_options o;
   o.max_per_endpoint = 1;
   o.acquire_timeout = 5000ms;
@@ -438,17 +450,17 @@ TEST_CASE("async: awaitable operators: an acquire raced against a timer is cance
   bool timer_won = false;
   std::size_t waiting_after = 99;
   result done;
-  asio::co_spawn(
+  net::co_spawn(
       io,
-      [&]() -> asio::awaitable<void> {
-        asio::steady_timer t(io, 50ms);
-        auto which = co_await (pool.async_acquire(server.endpoint(), asio::use_awaitable) ||
-                               t.async_wait(asio::use_awaitable));
+      [&]() -> net::awaitable<void> {
+        net::steady_timer t(io, 50ms);
+        auto which = co_await (pool.async_acquire(server.endpoint(), net::use_awaitable) ||
+                               t.async_wait(net::use_awaitable));
         timer_won = which.index() == 1;
         waiting_after = pool.stats().waiting;
         done.done = true;
       },
-      asio::detached);
+      net::detached);
   const auto t0 = std::chrono::steady_clock::now();
   REQUIRE(run_until(io, done));
   CHECK(std::chrono::steady_clock::now() - t0 < 2s);  // not the 5 s acquire_timeout

@@ -21,6 +21,9 @@ using books = d::books<int, std::hash<int>, std::equal_to<int>>;
 using d::time_point;
 
 namespace {
+/// A failed connect's error, as the I/O layer would pass it on (the books only carry it).
+connpool::error_code connect_error() { return connpool::error::connect_timeout; }
+
 
 const time_point t0 = time_point(std::chrono::hours(1));
 
@@ -152,7 +155,7 @@ TEST_CASE("books: under max_total, room goes to the oldest waiter that needs it,
   CHECK(f.b.stats(2).surplus == 1);
   f.b.check_invariants();
   // The slot fails: its room goes to the next waiter.
-  f.b.connect_failed(*f.b.find(3), std::make_error_code(std::errc::connection_refused), t0, f.dead);
+  f.b.connect_failed(*f.b.find(3), connect_error(), t0, f.dead);
   CHECK(w4.done);
   CHECK(f.b.stats(3).connect_failed == 1);
   f.b.check_invariants();
@@ -223,7 +226,7 @@ TEST_CASE("books: an endpoint nobody uses is forgotten after endpoint_grace; its
   CHECK(f.b.next_due() == t0 + 3s);
   // Used again within the grace: not forgotten.
   CHECK(f.acquire(1, t0 + 2s).slot);
-  f.b.connect_failed(*f.b.find(1), std::make_error_code(std::errc::connection_refused), t0 + 2s, f.dead);
+  f.b.connect_failed(*f.b.find(1), connect_error(), t0 + 2s, f.dead);
   CHECK(f.b.endpoint_count() == 1);
   f.b.check_invariants();
   // Lookups that find nothing make no entry; get() makes one that is forgotten in turn.
@@ -389,7 +392,7 @@ class fuzz_run {
           d::ep_node* e = *it;
           slots_.erase(it);
           if (roll(4) == 0) {
-            b_.connect_failed(*e, std::make_error_code(std::errc::connection_refused), now_, dead_);
+            b_.connect_failed(*e, connect_error(), now_, dead_);
           } else if (b_.closed()) {
             b_.connected_after_close(*e, now_);
           } else {

@@ -34,7 +34,7 @@ TEST_CASE("concurrency: no dead hand-out, no leak, no CLOSE_WAIT, every acquire 
         ts.emplace_back([&, t] {
           for (int i = 0; i < per_thread; ++i) {
             const auto start = std::chrono::steady_clock::now();
-            std::error_code ec;
+            connpool::error_code ec;
             auto l = pool.acquire(ep, ec);
             const auto took = std::chrono::duration_cast<std::chrono::microseconds>(
                 std::chrono::steady_clock::now() - start);
@@ -46,11 +46,11 @@ TEST_CASE("concurrency: no dead hand-out, no leak, no CLOSE_WAIT, every acquire 
               continue;
             }
             const test::handout h = test::note_handout(l, start);  // with the client's own peek
-            std::error_code io_ec;
+            connpool::error_code io_ec;
             const std::string msg = "t" + std::to_string(t) + "-" + std::to_string(i);
-            asio::write(l.socket(), asio::buffer(msg), io_ec);
+            net::write(l.socket(), net::buffer(msg), io_ec);
             std::string back(msg.size(), '\0');
-            if (!io_ec) asio::read(l.socket(), asio::buffer(back), io_ec);
+            if (!io_ec) net::read(l.socket(), net::buffer(back), io_ec);
             if (!io_ec && back == msg) {
               ++ok;
               l.release();

@@ -12,25 +12,25 @@ namespace {
 /// A listener and one accepted connection to it, on `address`, all synchronous.
 struct pair_on {
   explicit pair_on(const char* address)
-      : listener(io, {asio::ip::make_address(address), 0}), client(io), server(io) {
+      : listener(io, {net::ip::make_address(address), 0}), client(io), server(io) {
     client.connect(listener.local_endpoint());
     listener.accept(server);
   }
-  asio::ip::tcp::endpoint endpoint() const { return listener.local_endpoint(); }
-  asio::io_context io;
-  asio::ip::tcp::acceptor listener;
-  asio::ip::tcp::socket client, server;
+  net::ip::tcp::endpoint endpoint() const { return listener.local_endpoint(); }
+  net::io_context io;
+  net::ip::tcp::acceptor listener;
+  net::ip::tcp::socket client, server;
 };
 
-std::size_t count(const asio::ip::tcp::endpoint& remote, tcp_state st) {
-  std::error_code ec;
+std::size_t count(const net::ip::tcp::endpoint& remote, tcp_state st) {
+  connpool::error_code ec;
   const auto c = connpool::diag::census(remote, ec);
   REQUIRE_FALSE(ec);
   return c[st];
 }
 
-std::size_t kernel(tcp_state st, const asio::ip::tcp::endpoint& remote) {
-  std::error_code ec;
+std::size_t kernel(tcp_state st, const net::ip::tcp::endpoint& remote) {
+  connpool::error_code ec;
   const std::size_t n = connpool::diag::kernel_sockets(st, remote, ec);
   REQUIRE_FALSE(ec);
   return n;
@@ -47,7 +47,7 @@ TEST_CASE("diag: names of TCP states") {
 TEST_CASE("diag: census follows a connection through ESTABLISHED, CLOSE_WAIT and closed; descriptors") {
   for (const char* address : {"127.0.0.1", "::1"}) {
     CAPTURE(address);
-    std::error_code ec;
+    connpool::error_code ec;
     const std::size_t fds_before = connpool::diag::census(ec).descriptors;
     REQUIRE_FALSE(ec);
     {
@@ -77,12 +77,12 @@ TEST_CASE("diag: kernel_sockets counts TIME_WAIT left by an active close, owned 
     const auto ep = p.endpoint();
     // An earlier test's server may have had this port: count what this one adds.
     const std::size_t before = kernel(tcp_state::time_wait, ep);
-    p.client.shutdown(asio::socket_base::shutdown_both);
+    p.client.shutdown(net::socket_base::shutdown_both);
     p.client.close();  // we close first: FIN_WAIT2, an orphan...
     char c;
-    std::error_code ec;
-    p.server.read_some(asio::buffer(&c, 1), ec);
-    CHECK(ec == asio::error::eof);
+    connpool::error_code ec;
+    p.server.read_some(net::buffer(&c, 1), ec);
+    CHECK(ec == net::error::eof);
     p.server.close();  // ...then TIME_WAIT once the peer's FIN arrives
     CHECK(eventually([&] { return kernel(tcp_state::time_wait, ep) == before + 1; }));
     CHECK(count(ep, tcp_state::time_wait) == 0);  // no descriptor holds it

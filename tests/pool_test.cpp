@@ -37,8 +37,8 @@ unsigned short local_port(tcp_pool::lease& l) { return l.socket().local_endpoint
 
 }  // namespace
 
-TEST_CASE("errors: category, messages, std::error_code support") {
-  std::error_code ec = connpool::error::acquire_timeout;
+TEST_CASE("errors: category, messages, connpool::error_code support") {
+  connpool::error_code ec = connpool::error::acquire_timeout;
   CHECK(std::string(ec.category().name()) == "connpool");
   CHECK(ec.message() == "timed out waiting to acquire a connection");
   CHECK(ec == connpool::error::acquire_timeout);
@@ -53,7 +53,7 @@ TEST_CASE("options: bad values are rejected with invalid_options") {
   try {
     tcp_pool pool(o);
     FAIL("constructor accepted a negative idle_timeout");
-  } catch (const std::system_error& e) {
+  } catch (const connpool::system_error& e) {
     CHECK(e.code() == connpool::error::invalid_options);
   }
 }
@@ -140,7 +140,7 @@ TEST_CASE("affinity: a pool recreated at the same address never takes the old po
 TEST_CASE("probe before hand-out: EOF, reset and stray bytes are never handed out") {
   test::fd_guard fds;
   test::echo_server server(test::loopback());
-  asio::io_context unrun;
+  net::io_context unrun;
   tcp_pool pool(unrun, quick());
   auto ep = server.endpoint();
 
@@ -158,7 +158,7 @@ TEST_CASE("probe before hand-out: EOF, reset and stray bytes are never handed ou
   SUBCASE("peer reset") {
     pool.acquire(ep).release();
     REQUIRE(server.wait_accepted(1));
-    std::error_code ec;
+    connpool::error_code ec;
     const auto closed_before = connpool::diag::census(ec)[tcp_state::close];
     server.reset_all();
     // A reset socket has no peer any more, so it cannot be filtered by endpoint.
@@ -222,7 +222,7 @@ TEST_CASE("release: a FIN or RST that came during the lease is not kept; unread 
   SUBCASE("RST while leased") {
     auto l = pool.acquire(ep);
     REQUIRE(server.wait_accepted(1));
-    std::error_code ec;
+    connpool::error_code ec;
     const auto closed_before = connpool::diag::census(ec)[tcp_state::close];
     server.reset_all();
     // The reset has arrived when the socket is in CLOSE (it has no peer any more to filter by).
@@ -233,9 +233,9 @@ TEST_CASE("release: a FIN or RST that came during the lease is not kept; unread 
   }
   SUBCASE("unread response: kept without a syscall, then caught by the probe before hand-out") {
     auto l = pool.acquire(ep);
-    asio::write(l.socket(), asio::buffer("hello", 5));
+    net::write(l.socket(), net::buffer("hello", 5));
     char c;
-    l.socket().receive(asio::buffer(&c, 1), asio::socket_base::message_peek);  // response arrived, unread
+    l.socket().receive(net::buffer(&c, 1), net::socket_base::message_peek);  // response arrived, unread
     l.release();
     CHECK(pool.stats().idle == 1);
     auto next = pool.acquire(ep);
@@ -332,7 +332,7 @@ TEST_CASE("limits: acquire_timeout bounds the wait") {
   o.acquire_timeout = 100ms;
   tcp_pool pool(o);
   auto held = pool.acquire(server.endpoint());
-  std::error_code ec;
+  connpool::error_code ec;
   const auto t0 = std::chrono::steady_clock::now();
   auto l = pool.acquire(server.endpoint(), ec);
   const auto waited = std::chrono::steady_clock::now() - t0;
@@ -342,7 +342,7 @@ TEST_CASE("limits: acquire_timeout bounds the wait") {
   CHECK(waited < 2s);
   CHECK(pool.stats().acquire_timeouts == 1);
   CHECK(pool.stats().waiting == 0);
-  CHECK_THROWS_AS(pool.acquire(server.endpoint()), std::system_error);
+  CHECK_THROWS_AS(pool.acquire(server.endpoint()), connpool::system_error);
 }
 
 TEST_CASE("limits: max_total evicts the least recently used idle connection of another endpoint") {
@@ -384,7 +384,7 @@ TEST_CASE("options: out-of-range values are rejected, naming the field; the kern
     try {
       tcp_pool pool(o);
       FAIL("constructor accepted a bad " << field);
-    } catch (const std::system_error& e) {
+    } catch (const connpool::system_error& e) {
       CHECK(e.code() == connpool::error::invalid_options);
       CHECK(std::string(e.what()).find(field) != std::string::npos);
     }
@@ -433,7 +433,7 @@ TEST_CASE("options: durations up to milliseconds::max() mean never, without over
   CHECK(pool.stats().idle == 1);
   l = pool.acquire(server.endpoint());
   CHECK(l.reused());
-  std::error_code waited;
+  connpool::error_code waited;
   std::thread waiter([&] {
     auto w = pool.acquire(server.endpoint(), waited);  // an overflowed deadline failed this at once
     if (w) w.release();
@@ -464,7 +464,7 @@ TEST_CASE("leases: a connection half-closed through lease::shutdown() is never r
   tcp_pool pool(quick());
   auto l = pool.acquire(server.endpoint());
   CHECK(test::roundtrip(l, "before") == "before");
-  l.shutdown(asio::socket_base::shutdown_send);
+  l.shutdown(net::socket_base::shutdown_send);
   l.release();  // closed, not kept: the next lease's first write would fail with EPIPE
   CHECK(pool.stats().idle == 0);
   CHECK(pool.stats().discarded == 1);
@@ -472,7 +472,7 @@ TEST_CASE("leases: a connection half-closed through lease::shutdown() is never r
   CHECK_FALSE(next.reused());
   CHECK(test::roundtrip(next, "after") == "after");
   // A moved lease keeps the mark.
-  next.shutdown(asio::socket_base::shutdown_both);
+  next.shutdown(net::socket_base::shutdown_both);
   auto moved = std::move(next);
   moved.release();
   CHECK(pool.stats().idle == 0);
@@ -481,23 +481,61 @@ TEST_CASE("leases: a connection half-closed through lease::shutdown() is never r
 
 TEST_CASE("errors: OS errors reach the caller as Asio reports them") {
   test::fd_guard fds;
-  asio::ip::tcp::endpoint dead;
+  net::ip::tcp::endpoint dead;
   {
     test::echo_server gone(test::loopback());
     dead = gone.endpoint();
   }
   tcp_pool pool(quick());
-  std::error_code ec;
+  connpool::error_code ec;
   auto l = pool.acquire(dead, ec);
   // The two forms that work, as for the errors of Asio's own reads and writes:
-  CHECK(ec == asio::error::connection_refused);
-  CHECK((ec.category() == asio::error::get_system_category() && ec.value() == ECONNREFUSED));
+  CHECK(ec == net::error::connection_refused);
+  CHECK((ec.category() == net::error::get_system_category() && ec.value() == ECONNREFUSED));
   try {
     pool.acquire(dead);
     FAIL("acquire of a refused endpoint did not throw");
-  } catch (const std::system_error& e) {
-    CHECK(e.code() == asio::error::connection_refused);
+  } catch (const connpool::system_error& e) {
+    CHECK(e.code() == net::error::connection_refused);
   }
+  // The very code a socket of the same Asio reports for the same connect.
+  net::io_context io;
+  net::ip::tcp::socket raw(io);
+  connpool::error_code raw_ec;
+  raw.connect(dead, raw_ec);
+  CHECK(ec == raw_ec);
+  CHECK(&ec.category() == &raw_ec.category());
+}
+
+TEST_CASE("errors: the error types are the Asio in use's own (std:: or boost::system::)") {
+#if defined(CONNPOOL_USE_BOOST_ASIO)
+  static_assert(std::is_same_v<connpool::error_code, boost::system::error_code>);
+  static_assert(std::is_same_v<connpool::system_error, boost::system::system_error>);
+  static_assert(std::is_base_of_v<boost::system::error_category,
+                                  std::remove_reference_t<decltype(connpool::error_category())>>);
+  static_assert(boost::system::is_error_code_enum<connpool::error>::value);
+  // A Boost.Asio user who wants std::error_code converts, and the comparisons hold.
+  const std::error_code refused = connpool::error_code(net::error::connection_refused);
+  CHECK(refused == std::errc::connection_refused);
+  const std::error_code timeout = connpool::error_code(connpool::error::acquire_timeout);
+  CHECK(std::string(timeout.category().name()) == "connpool");
+  CHECK(timeout.message() == "timed out waiting to acquire a connection");
+#else
+  static_assert(std::is_same_v<connpool::error_code, std::error_code>);
+  static_assert(std::is_same_v<connpool::error_code, net::error_code>);
+  static_assert(std::is_same_v<connpool::system_error, std::system_error>);
+  static_assert(std::is_error_code_enum_v<connpool::error>);
+#endif
+  // The throwing overloads throw what Asio's own throw.
+  tcp_pool pool(quick());
+  pool.close();
+  bool thrown = false;
+  try {
+    pool.acquire(test::loopback());
+  } catch (const connpool::system_error& e) {
+    thrown = e.code() == connpool::error::pool_closed;
+  }
+  CHECK(thrown);
 }
 
 TEST_CASE("exec: pooled sockets are close-on-exec, so a spawned child holds none of them") {
@@ -505,16 +543,16 @@ TEST_CASE("exec: pooled sockets are close-on-exec, so a spawned child holds none
   test::echo_server server(test::loopback());
   const std::string path = "/tmp/connpool-exec-" + std::to_string(::getpid()) + ".sock";
   ::unlink(path.c_str());
-  test::basic_echo_server<asio::local::stream_protocol> unix_server{asio::local::stream_protocol::endpoint(path)};
+  test::basic_echo_server<net::local::stream_protocol> unix_server{net::local::stream_protocol::endpoint(path)};
   tcp_pool pool(quick());
   connpool::local_pool local(quick());
-  asio::io_context io;
+  net::io_context io;
   tcp_pool async_pool(io, quick());
   auto leased = pool.acquire(server.endpoint());
   pool.acquire(server.endpoint()).release();  // one idle as well
   auto unix_lease = local.acquire(unix_server.endpoint());
   std::optional<tcp_pool::lease> async_lease;
-  async_pool.async_acquire(server.endpoint(), [&](std::error_code ec, tcp_pool::lease l) {
+  async_pool.async_acquire(server.endpoint(), [&](connpool::error_code ec, tcp_pool::lease l) {
     REQUIRE_FALSE(ec);
     async_lease = std::move(l);
   });
@@ -552,12 +590,12 @@ TEST_CASE("local_pool: a connect to a full backlog waits, like TCP, until the de
   test::fd_guard fds;
   const std::string path = "/tmp/connpool-backlog-" + std::to_string(::getpid()) + ".sock";
   ::unlink(path.c_str());
-  asio::io_context io;
-  asio::local::stream_protocol::acceptor acc(io);
+  net::io_context io;
+  net::local::stream_protocol::acceptor acc(io);
   acc.open();
-  acc.bind(asio::local::stream_protocol::endpoint(path));
+  acc.bind(net::local::stream_protocol::endpoint(path));
   acc.listen(0);
-  std::vector<asio::local::stream_protocol::socket> fillers;
+  std::vector<net::local::stream_protocol::socket> fillers;
   auto fill = [&] {  // fill the backlog: a non-blocking connect then fails with EAGAIN
     for (auto& f : fillers) f.close();
     fillers.clear();
@@ -565,7 +603,7 @@ TEST_CASE("local_pool: a connect to a full backlog waits, like TCP, until the de
       fillers.emplace_back(io);
       fillers.back().open();
       fillers.back().non_blocking(true);
-      std::error_code ec;
+      connpool::error_code ec;
       fillers.back().connect(acc.local_endpoint(), ec);
       if (ec) {
         fillers.pop_back();
@@ -579,7 +617,7 @@ TEST_CASE("local_pool: a connect to a full backlog waits, like TCP, until the de
   o.connect_timeout = 200ms;
   connpool::local_pool pool(o);
   const auto t0 = std::chrono::steady_clock::now();
-  std::error_code ec;
+  connpool::error_code ec;
   auto l = pool.acquire(acc.local_endpoint(), ec);
   const auto took = std::chrono::steady_clock::now() - t0;
   CHECK(ec == connpool::error::connect_timeout);  // EAGAIN in 0.06 ms before
@@ -588,7 +626,7 @@ TEST_CASE("local_pool: a connect to a full backlog waits, like TCP, until the de
   // Room appears while an acquire waits: it connects.
   o.connect_timeout = 5000ms;
   connpool::local_pool patient(o);
-  std::error_code later_ec;
+  connpool::error_code later_ec;
   std::thread t([&] {
     auto w = patient.acquire(acc.local_endpoint(), later_ec);
     if (w) w.release();
@@ -599,13 +637,13 @@ TEST_CASE("local_pool: a connect to a full backlog waits, like TCP, until the de
   CHECK_FALSE(later_ec);
   // The same for async_acquire: the backlog is full again.
   REQUIRE(fill());
-  asio::io_context aio;
+  net::io_context aio;
   o.connect_timeout = 200ms;
   connpool::local_pool apool(aio, o);
-  std::error_code aec;
+  connpool::error_code aec;
   bool done = false;
   const auto a0 = std::chrono::steady_clock::now();
-  apool.async_acquire(acc.local_endpoint(), [&](std::error_code e, connpool::local_pool::lease) {
+  apool.async_acquire(acc.local_endpoint(), [&](connpool::error_code e, connpool::local_pool::lease) {
     aec = e;
     done = true;
   });
@@ -618,7 +656,7 @@ TEST_CASE("local_pool: a connect to a full backlog waits, like TCP, until the de
 
 TEST_CASE("connect: refused reaches the caller and frees the slot") {
   test::fd_guard fds;
-  asio::ip::tcp::endpoint dead;
+  net::ip::tcp::endpoint dead;
   {
     test::echo_server gone(test::loopback());
     dead = gone.endpoint();
@@ -627,9 +665,9 @@ TEST_CASE("connect: refused reaches the caller and frees the slot") {
   o.max_per_endpoint = 1;
   tcp_pool pool(o);
   for (int i = 0; i < 3; ++i) {  // a leaked slot would turn the 2nd attempt into acquire_timeout
-    std::error_code ec;
+    connpool::error_code ec;
     auto l = pool.acquire(dead, ec);
-    CHECK(ec == asio::error::connection_refused);
+    CHECK(ec == net::error::connection_refused);
     CHECK_FALSE(l);
   }
   auto s = pool.stats();
@@ -646,7 +684,7 @@ TEST_CASE("connect: connect_timeout and acquire_timeout bound a connect that nev
     auto o = quick();
     o.connect_timeout = 150ms;
     tcp_pool pool(o);
-    std::error_code ec;
+    connpool::error_code ec;
     const auto t0 = std::chrono::steady_clock::now();
     auto l = pool.acquire(ep, ec);
     CHECK(ec == connpool::error::connect_timeout);
@@ -659,7 +697,7 @@ TEST_CASE("connect: connect_timeout and acquire_timeout bound a connect that nev
     o.connect_timeout = 5000ms;
     o.acquire_timeout = 150ms;
     tcp_pool pool(o);
-    std::error_code ec;
+    connpool::error_code ec;
     const auto t0 = std::chrono::steady_clock::now();
     auto l = pool.acquire(ep, ec);
     CHECK(ec == connpool::error::acquire_timeout);
@@ -679,10 +717,10 @@ TEST_CASE("connect: socket options are applied") {
   o.user_timeout = 1500ms;
   tcp_pool pool(o);
   auto l = pool.acquire(server.endpoint());
-  asio::ip::tcp::no_delay nd;
+  net::ip::tcp::no_delay nd;
   l.socket().get_option(nd);
   CHECK(nd.value());
-  asio::socket_base::keep_alive ka;
+  net::socket_base::keep_alive ka;
   l.socket().get_option(ka);
   CHECK(ka.value());
   int v = 0;
@@ -717,7 +755,7 @@ TEST_CASE("retiring: max_lifetime, closed with RST when retire_close is abortive
   o.retire_close = connpool::close_mode::abortive;
   // TIME_WAIT towards this port left by an earlier test whose server had the same port can only
   // expire meanwhile: count what this test adds.
-  std::error_code ec;
+  connpool::error_code ec;
   const auto time_wait_before = connpool::diag::kernel_sockets(tcp_state::time_wait, server.endpoint(), ec);
   tcp_pool pool(o);
   std::vector<tcp_pool::lease> ls;
@@ -733,7 +771,7 @@ TEST_CASE("retiring: a connection past max_lifetime is closed when released") {
   test::echo_server server(test::loopback());
   auto o = quick();
   o.max_lifetime = 50ms;
-  asio::io_context unrun;  // no timer: only release() can retire it
+  net::io_context unrun;  // no timer: only release() can retire it
   tcp_pool pool(unrun, o);
   auto l = pool.acquire(server.endpoint());
   std::this_thread::sleep_for(60ms);  // the lifetime is what is under test
@@ -796,7 +834,7 @@ TEST_CASE("try_acquire: an idle healthy connection now, or nothing; never connec
   SUBCASE("waiters first: a released connection goes to the waiting acquire") {
     auto x = pool.acquire(ep);
     auto y = pool.acquire(ep);
-    std::error_code waiter_ec;
+    connpool::error_code waiter_ec;
     unsigned short waiter_port = 0;
     std::thread waiter([&] {
       auto l = pool.acquire(ep, waiter_ec);
@@ -818,7 +856,7 @@ TEST_CASE("try_acquire: an idle healthy connection now, or nothing; never connec
     tcp_pool p2(o2);
     p2.acquire(ep).release();
     auto busy = p2.acquire(other.endpoint());
-    std::error_code waiter_ec;
+    connpool::error_code waiter_ec;
     std::thread waiter([&] { p2.acquire(other.endpoint(), waiter_ec); });
     REQUIRE(eventually([&] { return p2.stats().waiting == 1; }));
     auto l = p2.try_acquire(ep);
@@ -865,9 +903,9 @@ TEST_CASE("shutdown: close() closes idle, fails waiters and later acquires; leas
     pool.acquire(ep).release();
     survivor = pool.acquire(ep);
     auto second = pool.acquire(ep);
-    std::promise<std::error_code> waited;
+    std::promise<connpool::error_code> waited;
     std::thread t([&] {
-      std::error_code ec;
+      connpool::error_code ec;
       pool.acquire(ep, ec);
       waited.set_value(ec);
     });
@@ -875,13 +913,13 @@ TEST_CASE("shutdown: close() closes idle, fails waiters and later acquires; leas
     second.release();  // back to idle? no: the waiter takes it
     REQUIRE(eventually([&] { return pool.stats().waiting == 0; }));
     t.join();
-    CHECK(waited.get_future().get() == std::error_code());
+    CHECK(waited.get_future().get() == connpool::error_code());
     pool.acquire(ep).release();
     std::thread t2;
-    std::promise<std::error_code> failed;
+    std::promise<connpool::error_code> failed;
     auto x = pool.acquire(ep);
     t2 = std::thread([&] {
-      std::error_code ec;
+      connpool::error_code ec;
       pool.acquire(ep, ec);
       failed.set_value(ec);
     });
@@ -891,7 +929,7 @@ TEST_CASE("shutdown: close() closes idle, fails waiters and later acquires; leas
     REQUIRE(f.wait_for(2s) == std::future_status::ready);
     CHECK(f.get() == connpool::error::pool_closed);
     t2.join();
-    std::error_code ec;
+    connpool::error_code ec;
     pool.acquire(ep, ec);
     CHECK(ec == connpool::error::pool_closed);
     x.release();
@@ -960,7 +998,7 @@ TEST_CASE("local_pool: Unix stream sockets") {
   const std::string path = "/tmp/connpool-test-" + std::to_string(::getpid()) + ".sock";
   ::unlink(path.c_str());
   {
-    test::basic_echo_server<asio::local::stream_protocol> server{asio::local::stream_protocol::endpoint(path)};
+    test::basic_echo_server<net::local::stream_protocol> server{net::local::stream_protocol::endpoint(path)};
     connpool::local_pool pool(quick());
     auto l = pool.acquire(server.endpoint());
     CHECK(test::roundtrip(l, "unix") == "unix");

@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include <asio.hpp>
+#include "servers/net.hpp"
 #include <doctest/doctest.h>
 
 #include "connpool/connpool.hpp"
@@ -40,31 +40,31 @@ bool eventually(Pred pred, std::chrono::milliseconds limit = 3000ms) {
 }
 
 /// Run `f` on the thread that runs `io`, and wait until it has run.
-inline void run_on(asio::io_context& io, const std::function<void()>& f) {
+inline void run_on(net::io_context& io, const std::function<void()>& f) {
   std::promise<void> done;
-  asio::post(io, [&] {
+  net::post(io, [&] {
     f();
     done.set_value();
   });
   done.get_future().wait();
 }
 
-inline asio::ip::tcp::endpoint loopback() { return {asio::ip::make_address("127.0.0.1"), 0}; }
+inline net::ip::tcp::endpoint loopback() { return {net::ip::make_address("127.0.0.1"), 0}; }
 
 /// A listener whose accept queue is full: further connects stay in SYN_SENT (loopback, no root).
 struct full_backlog {
-  asio::io_context io;
-  asio::ip::tcp::acceptor acc{io};
-  std::vector<asio::ip::tcp::socket> fillers;
+  net::io_context io;
+  net::ip::tcp::acceptor acc{io};
+  std::vector<net::ip::tcp::socket> fillers;
   full_backlog() {
-    acc.open(asio::ip::tcp::v4());
+    acc.open(net::ip::tcp::v4());
     acc.bind(loopback());
     acc.listen(0);
     // Fill the queue: connects that complete without accept. Stop once one does not.
     for (int i = 0; i < 8; ++i) {
       fillers.emplace_back(io);
       auto& s = fillers.back();
-      s.open(asio::ip::tcp::v4());
+      s.open(net::ip::tcp::v4());
       s.non_blocking(true);
       auto target = acc.local_endpoint();
       (void)::connect(s.native_handle(), target.data(), static_cast<socklen_t>(target.size()));
@@ -77,9 +77,9 @@ struct full_backlog {
 /// One request/response through a lease; returns the echo.
 template <class Lease>
 std::string roundtrip(Lease& l, const std::string& msg) {
-  asio::write(l.socket(), asio::buffer(msg));
+  net::write(l.socket(), net::buffer(msg));
   std::string back(msg.size(), '\0');
-  asio::read(l.socket(), asio::buffer(back));
+  net::read(l.socket(), net::buffer(back));
   return back;
 }
 
@@ -155,8 +155,8 @@ struct fd_guard {
   }
 };
 
-inline std::size_t client_sockets(const asio::ip::tcp::endpoint& server, connpool::diag::tcp_state st) {
-  std::error_code ec;
+inline std::size_t client_sockets(const net::ip::tcp::endpoint& server, connpool::diag::tcp_state st) {
+  connpool::error_code ec;
   return connpool::diag::census(server, ec)[st];
 }
 

@@ -6,12 +6,7 @@
 #include <thread>
 #include <type_traits>
 
-#include <asio/any_io_executor.hpp>
-#include <asio/async_result.hpp>
-#include <asio/basic_stream_socket.hpp>
-#include <asio/executor_work_guard.hpp>
-#include <asio/io_context.hpp>
-#include <asio/socket_base.hpp>
+#include "connpool/detail/asio.hpp"
 
 #include "connpool/detail/pool_state.hpp"
 #include "connpool/error.hpp"
@@ -29,19 +24,19 @@ namespace connpool {
 /// Background work (the idle watch, idle_timeout/max_lifetime retirement, asynchronous connects
 /// and timeouts) runs on the pool's executor: on the pool's own thread for a default-constructed
 /// pool, else on the executor or execution context you passed, which you run.
-template <class Protocol, class Executor = asio::any_io_executor>
+template <class Protocol, class Executor = net::any_io_executor>
 class basic_pool {
  public:
   using protocol_type = Protocol;
   using executor_type = Executor;
   using endpoint_type = typename Protocol::endpoint;
-  using socket_type = asio::basic_stream_socket<Protocol, Executor>;
+  using socket_type = net::basic_stream_socket<Protocol, Executor>;
 
   class lease;
 
   /// A pool with its own io_context, run by one thread the pool owns and joins on destruction.
   /// Meant for thread-per-request services: acquire() and synchronous I/O on leases need nothing
-  /// else. Throws std::system_error(error::invalid_options) for bad options.
+  /// else. Throws system_error(error::invalid_options) for bad options.
   ///
   /// The sockets of such a pool live on a second io_context that no thread runs, so that a
   /// response arriving on a leased socket does not wake the pool's thread (Asio registers every
@@ -54,7 +49,7 @@ class basic_pool {
 
   /// A pool whose background work and sockets run on `ctx`; you run `ctx`.
   template <class ExecutionContext,
-            class = std::enable_if_t<std::is_convertible_v<ExecutionContext&, asio::execution_context&>>>
+            class = std::enable_if_t<std::is_convertible_v<ExecutionContext&, net::execution_context&>>>
   explicit basic_pool(ExecutionContext& ctx, pool_options options = {})
       : basic_pool(Executor(ctx.get_executor()), std::move(options)) {}
 
@@ -67,12 +62,12 @@ class basic_pool {
 
   /// Get a connection to `ep`: the most recently released healthy idle one, else a new one.
   /// Waits, in FIFO order, while the limits are reached. Bounded by options().acquire_timeout.
-  /// Throws std::system_error: error::pool_closed, error::acquire_timeout, error::connect_timeout,
+  /// Throws system_error: error::pool_closed, error::acquire_timeout, error::connect_timeout,
   /// or the connect's own error (connection refused, EMFILE, ...).
   lease acquire(const endpoint_type& ep);
 
   /// As acquire(ep), reporting errors in `ec` instead of throwing; returns an empty lease on error.
-  lease acquire(const endpoint_type& ep, std::error_code& ec);
+  lease acquire(const endpoint_type& ep, error_code& ec);
 
   /// Non-blocking: the most recently released healthy idle connection to `ep`, probed as acquire()
   /// probes it, if there is one right now and no acquire for `ep` is waiting; else an empty lease. Never
@@ -81,13 +76,13 @@ class basic_pool {
   /// `auto l = pool.try_acquire(ep); if (!l) l = co_await pool.async_acquire(ep, use_awaitable);`
   lease try_acquire(const endpoint_type& ep);
 
-  /// Asynchronous acquire. Completion signature: void(std::error_code, lease). The completion runs
+  /// Asynchronous acquire. Completion signature: void(error_code, lease). The completion runs
   /// on the handler's associated executor, else on the pool's executor; never inside this call.
   /// Errors as for acquire(). Bounded by acquire_timeout; close() completes it with pool_closed.
   ///
-  /// Per-operation cancellation: an acquire bound to a cancellation slot (asio::bind_cancellation_slot,
+  /// Per-operation cancellation: an acquire bound to a cancellation slot (net::bind_cancellation_slot,
   /// awaitable operators, parallel_group) that is cancelled while it waits or connects completes
-  /// promptly with asio::error::operation_aborted: it leaves the queue, its connect in flight is
+  /// promptly with net::error::operation_aborted: it leaves the queue, its connect in flight is
   /// stopped, and the pool is left as if it had not been made. Terminal, partial and total
   /// cancellation all do this. An acquire already granted a connection completes with it. Emit the
   /// cancellation from the handler's executor, as for Asio's own operations.
@@ -96,15 +91,15 @@ class basic_pool {
   /// acquires. On a default-constructed pool that is the pool's only thread: a completion handler
   /// without an executor of its own that blocks (synchronous I/O on the lease, a long computation)
   /// stalls all of them until it returns. Bind such a handler to an executor of yours, e.g.
-  /// `pool.async_acquire(ep, asio::bind_executor(my_thread_pool, handler))` (examples/async_client.cpp).
+  /// `pool.async_acquire(ep, net::bind_executor(my_thread_pool, handler))` (examples/async_client.cpp).
   template <class Token>
   auto async_acquire(const endpoint_type& ep, Token&& token);
 
   /// As above, with the default completion token of the executor, where it has one.
   template <class E = Executor,
-            class = std::enable_if_t<!std::is_void_v<asio::default_completion_token_t<E>>>>
+            class = std::enable_if_t<!std::is_void_v<net::default_completion_token_t<E>>>>
   auto async_acquire(const endpoint_type& ep) {
-    return async_acquire(ep, asio::default_completion_token_t<E>());
+    return async_acquire(ep, net::default_completion_token_t<E>());
   }
 
   /// Totals across endpoints.
@@ -127,10 +122,10 @@ class basic_pool {
   template <class Handler>
   struct completion_impl;
 
-  basic_pool(std::unique_ptr<asio::io_context> own, pool_options options);
+  basic_pool(std::unique_ptr<net::io_context> own, pool_options options);
 
   std::shared_ptr<state_type> state_;
-  std::unique_ptr<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::unique_ptr<net::executor_work_guard<net::io_context::executor_type>> work_;
   std::thread thread_;
 };
 
@@ -179,10 +174,10 @@ class basic_pool<Protocol, Executor>::lease {
   /// request with EOF), and mark it so that release() closes it instead of keeping it: a
   /// connection whose sending side is shut down would fail the next lease's first write. The pool
   /// cannot see a shutdown made through socket() directly (that would cost a syscall on every
-  /// release): after one, call discard(). Throws std::system_error; precondition: not empty.
-  void shutdown(asio::socket_base::shutdown_type what);
+  /// release): after one, call discard(). Throws system_error; precondition: not empty.
+  void shutdown(net::socket_base::shutdown_type what);
   /// As above, reporting errors in `ec`. The lease is marked even if the shutdown failed.
-  void shutdown(asio::socket_base::shutdown_type what, std::error_code& ec);
+  void shutdown(net::socket_base::shutdown_type what, error_code& ec);
 
  private:
   friend class basic_pool;

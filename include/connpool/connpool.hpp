@@ -3,8 +3,7 @@
 
 /// connpool: a TCP (and Unix stream) connection pool with lifecycle guarantees, on standalone Asio.
 
-#include <asio/ip/tcp.hpp>
-#include <asio/local/stream_protocol.hpp>
+#include "connpool/detail/asio.hpp"
 
 #include "connpool/basic_pool.hpp"
 #include "connpool/error.hpp"
@@ -13,10 +12,10 @@
 namespace connpool {
 
 /// A pool of TCP connections.
-using tcp_pool = basic_pool<asio::ip::tcp>;
+using tcp_pool = basic_pool<net::ip::tcp>;
 
 /// A pool of Unix stream socket connections.
-using local_pool = basic_pool<asio::local::stream_protocol>;
+using local_pool = basic_pool<net::local::stream_protocol>;
 
 }  // namespace connpool
 

@@ -12,7 +12,7 @@
 #include <string>
 #include <system_error>
 
-#include <asio/ip/tcp.hpp>
+#include "connpool/detail/asio.hpp"
 
 #if defined(__linux__)
 #include <cstdio>
@@ -50,21 +50,21 @@ struct socket_census {
 
 /// Walk /proc/self/fd; count TCP sockets by TCP_INFO state. With `remote`, only sockets whose peer
 /// address is `remote` (port 0 matches any port).
-socket_census census(const std::optional<asio::ip::tcp::endpoint>& remote, std::error_code& ec);
+socket_census census(const std::optional<net::ip::tcp::endpoint>& remote, error_code& ec);
 
-inline socket_census census(std::error_code& ec) { return census(std::nullopt, ec); }
+inline socket_census census(error_code& ec) { return census(std::nullopt, ec); }
 
 /// Sockets in `state` towards `remote` (port 0: any port) in the kernel's table
 /// (/proc/self/net/tcp and tcp6), owned by no descriptor: TIME_WAIT, and orphans after close().
 /// Counts the process's network namespace, not only this process.
-std::size_t kernel_sockets(tcp_state state, const asio::ip::tcp::endpoint& remote, std::error_code& ec);
+std::size_t kernel_sockets(tcp_state state, const net::ip::tcp::endpoint& remote, error_code& ec);
 
 // ------------------------------------------------------------------------------------------
 
 #if defined(__linux__)
 namespace detail {
-inline bool same_peer(const sockaddr_storage& ss, const asio::ip::tcp::endpoint& want) {
-  asio::ip::tcp::endpoint ep;
+inline bool same_peer(const sockaddr_storage& ss, const net::ip::tcp::endpoint& want) {
+  net::ip::tcp::endpoint ep;
   if (ss.ss_family == AF_INET) {
     std::memcpy(ep.data(), &ss, sizeof(sockaddr_in));
   } else if (ss.ss_family == AF_INET6) {
@@ -76,7 +76,7 @@ inline bool same_peer(const sockaddr_storage& ss, const asio::ip::tcp::endpoint&
 }
 
 // /proc/net/tcp prints addresses as the raw 32-bit words in host order, in hex.
-inline bool parse_proc_addr(const char* hex, bool v6, asio::ip::tcp::endpoint& out) {
+inline bool parse_proc_addr(const char* hex, bool v6, net::ip::tcp::endpoint& out) {
   const char* colon = std::strchr(hex, ':');
   if (!colon) return false;
   unsigned port = 0;
@@ -84,11 +84,11 @@ inline bool parse_proc_addr(const char* hex, bool v6, asio::ip::tcp::endpoint& o
   if (!v6) {
     unsigned word = 0;
     if (std::sscanf(hex, "%8x", &word) != 1) return false;
-    asio::ip::address_v4::bytes_type b;
+    net::ip::address_v4::bytes_type b;
     std::memcpy(b.data(), &word, 4);
-    out = asio::ip::tcp::endpoint(asio::ip::address_v4(b), static_cast<unsigned short>(port));
+    out = net::ip::tcp::endpoint(net::ip::address_v4(b), static_cast<unsigned short>(port));
   } else {
-    asio::ip::address_v6::bytes_type b;
+    net::ip::address_v6::bytes_type b;
     for (int i = 0; i < 4; ++i) {
       unsigned word = 0;
       char part[9] = {};
@@ -96,21 +96,21 @@ inline bool parse_proc_addr(const char* hex, bool v6, asio::ip::tcp::endpoint& o
       if (std::sscanf(part, "%8x", &word) != 1) return false;
       std::memcpy(b.data() + 4 * i, &word, 4);
     }
-    asio::ip::address_v6 a(b);
-    out = asio::ip::tcp::endpoint(a.is_v4_mapped() ? asio::ip::address(asio::ip::make_address_v4(asio::ip::v4_mapped, a))
-                                                   : asio::ip::address(a),
+    net::ip::address_v6 a(b);
+    out = net::ip::tcp::endpoint(a.is_v4_mapped() ? net::ip::address(net::ip::make_address_v4(net::ip::v4_mapped, a))
+                                                   : net::ip::address(a),
                                   static_cast<unsigned short>(port));
   }
   return true;
 }
 }  // namespace detail
 
-inline socket_census census(const std::optional<asio::ip::tcp::endpoint>& remote, std::error_code& ec) {
+inline socket_census census(const std::optional<net::ip::tcp::endpoint>& remote, error_code& ec) {
   ec.clear();
   socket_census c;
   DIR* d = ::opendir("/proc/self/fd");
   if (!d) {
-    ec.assign(errno, std::system_category());
+    ec.assign(errno, net::error::get_system_category());
     return c;
   }
   const int self = ::dirfd(d);
@@ -137,7 +137,7 @@ inline socket_census census(const std::optional<asio::ip::tcp::endpoint>& remote
   return c;
 }
 
-inline std::size_t kernel_sockets(tcp_state state, const asio::ip::tcp::endpoint& remote, std::error_code& ec) {
+inline std::size_t kernel_sockets(tcp_state state, const net::ip::tcp::endpoint& remote, error_code& ec) {
   ec.clear();
   std::size_t n = 0;
   bool any = false;
@@ -158,22 +158,22 @@ inline std::size_t kernel_sockets(tcp_state state, const asio::ip::tcp::endpoint
       // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
       if (std::sscanf(line, "%*s %63s %63s %x %*s %*s %*s %*s %*s %lu", local, rem, &st, &inode) != 4) continue;
       if (st != static_cast<unsigned>(state) || inode != 0) continue;
-      asio::ip::tcp::endpoint peer;
+      net::ip::tcp::endpoint peer;
       if (!detail::parse_proc_addr(rem, v6, peer)) continue;
       if (peer.address() == remote.address() && (remote.port() == 0 || peer.port() == remote.port())) ++n;
     }
     std::fclose(f);
   }
-  if (!any) ec = std::make_error_code(std::errc::function_not_supported);
+  if (!any) ec = error_code(ENOSYS, net::error::get_system_category());
   return n;
 }
 #else
-inline socket_census census(const std::optional<asio::ip::tcp::endpoint>&, std::error_code& ec) {
-  ec = std::make_error_code(std::errc::function_not_supported);
+inline socket_census census(const std::optional<net::ip::tcp::endpoint>&, error_code& ec) {
+  ec = error_code(ENOSYS, net::error::get_system_category());
   return {};
 }
-inline std::size_t kernel_sockets(tcp_state, const asio::ip::tcp::endpoint&, std::error_code& ec) {
-  ec = std::make_error_code(std::errc::function_not_supported);
+inline std::size_t kernel_sockets(tcp_state, const net::ip::tcp::endpoint&, error_code& ec) {
+  ec = error_code(ENOSYS, net::error::get_system_category());
   return 0;
 }
 #endif

@@ -5,10 +5,12 @@
 #include <system_error>
 #include <type_traits>
 
+#include "connpool/net.hpp"
+
 namespace connpool {
 
 /// Errors the pool itself reports. System errors (refused, unreachable, EMFILE...) reach the caller
-/// unchanged, as their own std::error_code.
+/// unchanged, as the Asio in use reports them (connpool::error_code).
 enum class error {
   pool_closed = 1,   ///< the pool was closed (or destroyed) before or while the acquire waited
   acquire_timeout,   ///< acquire_timeout passed before a connection could be handed out
@@ -16,15 +18,25 @@ enum class error {
   invalid_options,   ///< a pool_options value is out of range (for example a negative duration)
 };
 
-/// The category of connpool::error; its name is "connpool".
-const std::error_category& error_category() noexcept;
+namespace detail {
+#if defined(CONNPOOL_USE_BOOST_ASIO)
+using error_category_base = ::boost::system::error_category;
+#else
+using error_category_base = std::error_category;
+#endif
+}  // namespace detail
 
-inline std::error_code make_error_code(error e) noexcept {
+/// The category of connpool::error; its name is "connpool". A `boost::system::error_category`
+/// with CONNPOOL_USE_BOOST_ASIO, else a `std::error_category`.
+const detail::error_category_base& error_category() noexcept;
+
+/// Makes connpool::error an error code enum: `ec == connpool::error::acquire_timeout` compares.
+inline error_code make_error_code(error e) noexcept {
   return {static_cast<int>(e), error_category()};
 }
 
 namespace detail {
-class error_category_impl final : public std::error_category {
+class error_category_impl final : public error_category_base {
  public:
   const char* name() const noexcept override { return "connpool"; }
   std::string message(int ev) const override {
@@ -40,16 +52,23 @@ class error_category_impl final : public std::error_category {
 };
 }  // namespace detail
 
-inline const std::error_category& error_category() noexcept {
+inline const detail::error_category_base& error_category() noexcept {
   static const detail::error_category_impl instance;
   return instance;
 }
 
 }  // namespace connpool
 
+#if defined(CONNPOOL_USE_BOOST_ASIO)
+namespace boost::system {
+template <>
+struct is_error_code_enum<connpool::error> : std::true_type {};
+}  // namespace boost::system
+#else
 namespace std {
 template <>
 struct is_error_code_enum<connpool::error> : true_type {};
 }  // namespace std
+#endif
 
 #endif

@@ -39,9 +39,9 @@ struct pool_options {
   std::chrono::milliseconds user_timeout{0};   ///< TCP_USER_TIMEOUT (Linux); 0 keeps the kernel's value
 
   /// error::invalid_options if a value is out of range (see invalid_field()), else a default
-  /// error_code. The pool's constructors throw std::system_error with it, naming the field.
-  std::error_code validate() const noexcept {
-    return invalid_field() ? std::error_code(error::invalid_options) : std::error_code();
+  /// error_code. The pool's constructors throw system_error with it, naming the field.
+  error_code validate() const noexcept {
+    return invalid_field() ? error_code(error::invalid_options) : error_code();
   }
 
   /// The name of the first field whose value is out of range, or nullptr. Durations must not be

@@ -3,11 +3,13 @@
 
 #include <cstdio>
 
+namespace net = connpool::net;  // asio, or boost::asio with CONNPOOL_USE_BOOST_ASIO
+
 int main() {
-  asio::io_context io;
-  asio::ip::tcp::acceptor listener(io, {asio::ip::make_address("127.0.0.1"), 0});
+  net::io_context io;
+  net::ip::tcp::acceptor listener(io, {net::ip::make_address("127.0.0.1"), 0});
   connpool::tcp_pool pool;
-  std::error_code ec;
+  connpool::error_code ec;
   auto first = pool.acquire(listener.local_endpoint(), ec);
   if (ec || first.reused()) return std::printf("first acquire: %s\n", ec.message().c_str()), 1;
   first.release();

@@ -42,7 +42,7 @@ connpool::pool_options opts(std::size_t max_per_endpoint = 64) {
 }
 
 /// Hold `n` connections to `ep` at once, then release them: `n` idle connections.
-void fill_idle(tcp_pool& pool, const asio::ip::tcp::endpoint& ep, std::size_t n) {
+void fill_idle(tcp_pool& pool, const net::ip::tcp::endpoint& ep, std::size_t n) {
   std::vector<tcp_pool::lease> ls;
   ls.reserve(n);
   for (std::size_t i = 0; i < n; ++i) ls.push_back(pool.acquire(ep));
@@ -57,14 +57,14 @@ struct idle_pool {
     REQUIRE(pool.stats().idle == n);
   }
   test::echo_server server{test::loopback()};
-  const asio::ip::tcp::endpoint ep = server.endpoint();
+  const net::ip::tcp::endpoint ep = server.endpoint();
   tcp_pool pool;
 };
 
-std::size_t close_wait(const asio::ip::tcp::endpoint& ep) { return test::client_sockets(ep, tcp_state::close_wait); }
+std::size_t close_wait(const net::ip::tcp::endpoint& ep) { return test::client_sockets(ep, tcp_state::close_wait); }
 
 /// This process's sockets towards `ep` with unread bytes in their receive queue (/proc/self/net/tcp).
-std::size_t with_unread_bytes(const asio::ip::tcp::endpoint& ep) {
+std::size_t with_unread_bytes(const net::ip::tcp::endpoint& ep) {
   std::size_t n = 0;
   if (std::FILE* f = std::fopen("/proc/self/net/tcp", "r")) {
     char line[512];
@@ -73,7 +73,7 @@ std::size_t with_unread_bytes(const asio::ip::tcp::endpoint& ep) {
         char local[64], rem[64];
         unsigned long rx = 0, inode = 0;
         if (std::sscanf(line, "%*s %63s %63s %*x %*x:%lx %*s %*s %*s %*s %lu", local, rem, &rx, &inode) != 4) continue;
-        asio::ip::tcp::endpoint peer;
+        net::ip::tcp::endpoint peer;
         if (inode != 0 && rx > 0 && connpool::diag::detail::parse_proc_addr(rem, false, peer) && peer == ep) ++n;
       }
     }
@@ -183,10 +183,10 @@ TEST_CASE("faults: server process killed with SIGKILL, connections idle and in u
   CHECK(s.peer_closed + s.peer_reset == 4);
 
   // In use: the next exchange fails with an error at once; the release check does not keep it.
-  std::error_code ec;
-  asio::write(busy1.socket(), asio::buffer("b", 1), ec);
+  connpool::error_code ec;
+  net::write(busy1.socket(), net::buffer("b", 1), ec);
   char c;
-  if (!ec) asio::read(busy1.socket(), asio::buffer(&c, 1), ec);
+  if (!ec) net::read(busy1.socket(), net::buffer(&c, 1), ec);
   CHECK(ec);
   busy1.release();
   busy2.discard();
@@ -198,7 +198,7 @@ TEST_CASE("faults: server process killed with SIGKILL, connections idle and in u
 
   // Nobody listens any more: refused, at once, and the slot is freed.
   auto l = pool.acquire(ep, ec);
-  CHECK(ec == asio::error::connection_refused);
+  CHECK(ec == net::error::connection_refused);
   CHECK(pool.stats().open() == 0);
   CHECK(eventually([&] { return close_wait(ep) == 0; }));
 }
@@ -216,10 +216,10 @@ TEST_CASE("faults: listener gone (connection refused), then back on the same por
   server->kill();
   CHECK(eventually([&] { return pool.stats().idle == 0; }));
   for (int i = 0; i < 3; ++i) {
-    std::error_code ec;
+    connpool::error_code ec;
     const auto t0 = clock_type::now();
     auto l = pool.acquire(ep, ec);
-    CHECK(ec == asio::error::connection_refused);
+    CHECK(ec == net::error::connection_refused);
     CHECK(ms_since(t0) < 2000);
   }
   CHECK(pool.stats().connect_failed == 3);
@@ -253,7 +253,7 @@ TEST_CASE("faults: peer restarts on the same port under load") {
       ts.emplace_back([&, t] {
         for (int i = 0; !stop; ++i) {
           const auto start = clock_type::now();
-          std::error_code ec;
+          connpool::error_code ec;
           auto l = pool.acquire(ep, ec);
           const long long took = ms_since(start);
           long long prev = slowest_acquire_ms.load();
@@ -266,8 +266,8 @@ TEST_CASE("faults: peer restarts on the same port under load") {
           }
           const std::string msg = std::to_string(t) + ":" + std::to_string(i);
           std::string back(msg.size(), '\0');
-          asio::write(l.socket(), asio::buffer(msg), ec);
-          if (!ec) asio::read(l.socket(), asio::buffer(back), ec);
+          net::write(l.socket(), net::buffer(msg), ec);
+          if (!ec) net::read(l.socket(), net::buffer(back), ec);
           if (!ec && back == msg) {
             ++ok;
             l.release();
@@ -319,7 +319,7 @@ TEST_CASE("faults: descriptor limit: acquire fails with EMFILE, the pool recover
   rlimit low = saved;
   low.rlim_cur = static_cast<rlim_t>(highest_fd() + 8);
   std::vector<tcp_pool::lease> ls;
-  std::error_code ec;
+  connpool::error_code ec;
   REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
   // Take every descriptor left under the limit, then give back three.
   std::vector<int> hog;
@@ -336,7 +336,7 @@ TEST_CASE("faults: descriptor limit: acquire fails with EMFILE, the pool recover
   for (int fd : hog) ::close(fd);
   REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
   CHECK(open_errno == EMFILE);
-  CHECK(ec == asio::error::no_descriptors);
+  CHECK(ec == net::error::no_descriptors);
   CHECK(ls.size() == 3);
   CHECK(pool.stats().connect_failed == 1);
   CHECK(pool.stats().open() == ls.size());
@@ -350,8 +350,8 @@ TEST_CASE("faults: descriptor limit: acquire fails with EMFILE, the pool recover
 
 TEST_CASE("faults: a peer that stops reading: the write fails by TCP_USER_TIMEOUT, the lease is discarded") {
   test::fd_guard fds;
-  asio::io_context io;
-  asio::ip::tcp::acceptor quiet(io, test::loopback());  // completes handshakes, never accepts or reads
+  net::io_context io;
+  net::ip::tcp::acceptor quiet(io, test::loopback());  // completes handshakes, never accepts or reads
   auto o = opts();
   o.user_timeout = 1000ms;
   tcp_pool pool(o);
@@ -382,11 +382,11 @@ TEST_CASE("faults (netns): SYNs dropped: acquire fails with connect_timeout by i
   test::scoped_netns ns;
   if (test::cannot_run(netns_unavailable(ns, true))) return;
   REQUIRE(ns.nft("add rule inet t in tcp dport 7000 tcp flags syn drop"));
-  const asio::ip::tcp::endpoint ep(asio::ip::make_address("127.0.0.1"), 7000);
+  const net::ip::tcp::endpoint ep(net::ip::make_address("127.0.0.1"), 7000);
   auto o = opts();
   o.connect_timeout = 300ms;
   tcp_pool pool(o);
-  std::error_code ec;
+  connpool::error_code ec;
   const auto t0 = clock_type::now();
   auto l = pool.acquire(ep, ec);
   const auto took = ms_since(t0);
@@ -447,12 +447,12 @@ TEST_CASE("faults (netns): ephemeral ports exhausted: a clear error, no leak") {
   REQUIRE(ns.sysctl("net/ipv4/ip_local_port_range", "40000 40009"));
   tcp_pool pool(opts());
   std::vector<tcp_pool::lease> ls;
-  std::error_code ec;
+  connpool::error_code ec;
   for (int i = 0; i < 20 && !ec; ++i) {
     auto l = pool.acquire(ep, ec);
     if (!ec) ls.push_back(std::move(l));
   }
-  CHECK(ec == std::error_code(EADDRNOTAVAIL, asio::error::get_system_category()));
+  CHECK(ec == connpool::error_code(EADDRNOTAVAIL, net::error::get_system_category()));
   CHECK(ls.size() == 10);
   CHECK(pool.stats().connect_failed == 1);
   CHECK(pool.stats().open() == ls.size());

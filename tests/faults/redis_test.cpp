@@ -63,24 +63,24 @@ class redis_process {
 };
 
 unsigned short free_port() {
-  asio::io_context io;
-  asio::ip::tcp::acceptor a(io, test::loopback());
+  net::io_context io;
+  net::ip::tcp::acceptor a(io, test::loopback());
   return a.local_endpoint().port();
 }
 
 /// One RESP command and its reply, as the reply's first line plus a bulk string's body if any.
-std::string command(tcp_pool::lease& l, const std::vector<std::string>& args, std::error_code& ec) {
+std::string command(tcp_pool::lease& l, const std::vector<std::string>& args, connpool::error_code& ec) {
   std::string req = "*" + std::to_string(args.size()) + "\r\n";
   for (auto& a : args) req += "$" + std::to_string(a.size()) + "\r\n" + a + "\r\n";
-  asio::write(l.socket(), asio::buffer(req), ec);
+  net::write(l.socket(), net::buffer(req), ec);
   if (ec) return {};
   std::string in;
-  const std::size_t line = asio::read_until(l.socket(), asio::dynamic_buffer(in), "\r\n", ec);
+  const std::size_t line = net::read_until(l.socket(), net::dynamic_buffer(in), "\r\n", ec);
   if (ec) return {};
   std::string reply = in.substr(0, line - 2);
   if (reply.size() > 1 && reply[0] == '$' && reply != "$-1") {
     const std::size_t body = std::stoul(reply.substr(1)) + 2;
-    if (in.size() - line < body) asio::read(l.socket(), asio::dynamic_buffer(in), asio::transfer_exactly(body - (in.size() - line)), ec);
+    if (in.size() - line < body) net::read(l.socket(), net::dynamic_buffer(in), net::transfer_exactly(body - (in.size() - line)), ec);
     if (ec) return {};
     reply = in.substr(line, body - 2);
   }
@@ -96,7 +96,7 @@ TEST_CASE("redis: pooled commands across idle gaps longer than the server's 1 s 
   const unsigned short port = free_port();
   redis_process redis(exe, port);
   REQUIRE(redis.started());
-  const asio::ip::tcp::endpoint ep(asio::ip::make_address("127.0.0.1"), port);
+  const net::ip::tcp::endpoint ep(net::ip::make_address("127.0.0.1"), port);
   connpool::pool_options o;
   o.acquire_timeout = 2000ms;
   o.connect_timeout = 1000ms;
@@ -104,7 +104,7 @@ TEST_CASE("redis: pooled commands across idle gaps longer than the server's 1 s 
   // Wait (bounded) until Redis listens.
   REQUIRE(eventually(
       [&] {
-        std::error_code ec;
+        connpool::error_code ec;
         auto l = pool.acquire(ep, ec);
         if (!ec) l.release();
         return !ec;
@@ -118,7 +118,7 @@ TEST_CASE("redis: pooled commands across idle gaps longer than the server's 1 s 
     std::vector<tcp_pool::lease> ls;
     for (int i = 0; i < 4; ++i) ls.push_back(pool.acquire(ep));
     for (int i = 0; i < 4; ++i) {
-      std::error_code ec;
+      connpool::error_code ec;
       const std::string key = "k" + std::to_string(i), value = "v" + std::to_string(gap * 10 + i);
       if (command(ls[i], {"PING"}, ec) != "+PONG" || ec) ++failures;
       if (command(ls[i], {"SET", key, value}, ec) != "+OK" || ec) ++failures;
@@ -139,7 +139,7 @@ TEST_CASE("redis: pooled commands across idle gaps longer than the server's 1 s 
   // A request right after a gap goes out on a fresh connection.
   auto l = pool.acquire(ep);
   CHECK_FALSE(l.reused());
-  std::error_code ec;
+  connpool::error_code ec;
   CHECK(command(l, {"GET", "k3"}, ec) == "v23");
   CHECK_FALSE(ec);
   l.release();

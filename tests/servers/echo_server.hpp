@@ -21,7 +21,7 @@
 #include <thread>
 #include <type_traits>
 
-#include <asio.hpp>
+#include "servers/net.hpp"
 
 #include "../support.hpp"
 
@@ -45,7 +45,7 @@ class basic_echo_server {
  public:
   using endpoint_type = typename Protocol::endpoint;
   using socket_type = typename Protocol::socket;
-  static constexpr bool is_tcp = std::is_same_v<Protocol, asio::ip::tcp>;
+  static constexpr bool is_tcp = std::is_same_v<Protocol, net::ip::tcp>;
 
   explicit basic_echo_server(const endpoint_type& where) : acceptor_(io_) {
     open(where);
@@ -54,7 +54,7 @@ class basic_echo_server {
   }
   ~basic_echo_server() {
     run([this] {
-      std::error_code ignored;
+      connpool::error_code ignored;
       acceptor_.close(ignored);
       for (auto& [id, s] : sessions_) {
         s->socket.close(ignored);
@@ -81,8 +81,8 @@ class basic_echo_server {
   void close_all() {
     run([this] {
       for (auto& [id, s] : sessions_) {
-        std::error_code ignored;
-        s->socket.shutdown(asio::socket_base::shutdown_both, ignored);
+        connpool::error_code ignored;
+        s->socket.shutdown(net::socket_base::shutdown_both, ignored);
         s->socket.close(ignored);
         s->timer.cancel();
         poisoned(*s, "close");
@@ -94,8 +94,8 @@ class basic_echo_server {
   void reset_all() {
     run([this] {
       for (auto& [id, s] : sessions_) {
-        std::error_code ignored;
-        s->socket.set_option(asio::socket_base::linger(true, 0), ignored);
+        connpool::error_code ignored;
+        s->socket.set_option(net::socket_base::linger(true, 0), ignored);
         s->socket.close(ignored);
         s->timer.cancel();
         poisoned(*s, "reset");
@@ -107,7 +107,7 @@ class basic_echo_server {
   void send_all(const std::string& bytes) {
     run([this, bytes] {
       for (auto& [id, s] : sessions_) {
-        asio::write(s->socket, asio::buffer(bytes));
+        net::write(s->socket, net::buffer(bytes));
         poisoned(*s, "stray bytes");
       }
     });
@@ -119,7 +119,7 @@ class basic_echo_server {
   /// Stop accepting; pending connects are refused once the listener is closed.
   void stop_listening() {
     run([this] {
-      std::error_code ignored;
+      connpool::error_code ignored;
       acceptor_.close(ignored);
     });
   }
@@ -129,10 +129,10 @@ class basic_echo_server {
   void restart() {
     static_assert(is_tcp, "restart() binds the same TCP port again");
     run([this] {
-      std::error_code ignored;
+      connpool::error_code ignored;
       acceptor_.close(ignored);
       for (auto& [id, s] : sessions_) {
-        s->socket.shutdown(asio::socket_base::shutdown_both, ignored);
+        s->socket.shutdown(net::socket_base::shutdown_both, ignored);
         s->socket.close(ignored);
         s->timer.cancel();
         poisoned(*s, "restart");
@@ -188,7 +188,7 @@ class basic_echo_server {
   struct session {
     session(socket_type s, std::uint64_t id) : socket(std::move(s)), timer(socket.get_executor()), id(id) {}
     socket_type socket;
-    asio::steady_timer timer;
+    net::steady_timer timer;
     std::uint64_t id;
     unsigned short port = 0;  // the client's, TCP only
     char buf[4096];
@@ -201,7 +201,7 @@ class basic_echo_server {
 
   void open(const endpoint_type& where) {
     acceptor_.open(where.protocol());
-    if constexpr (is_tcp) acceptor_.set_option(asio::socket_base::reuse_address(true));
+    if constexpr (is_tcp) acceptor_.set_option(net::socket_base::reuse_address(true));
     acceptor_.bind(where);
     acceptor_.listen();
     accept();
@@ -223,15 +223,15 @@ class basic_echo_server {
   }
 
   void accept() {
-    acceptor_.async_accept([this](std::error_code ec, socket_type sock) {
+    acceptor_.async_accept([this](connpool::error_code ec, socket_type sock) {
       if (ec) return;
       auto s = std::make_shared<session>(std::move(sock), next_id_++);
       if constexpr (is_tcp) {
-        std::error_code ignored;
+        connpool::error_code ignored;
         // In chaos mode, without Nagle: stray bytes leave at once instead of waiting for the
         // client's next request to acknowledge the echo, so they reach idle connections and the
         // pool's probe meets them (about 300 unexpected_data a 10 s soak, against 2 to 5 with Nagle).
-        if (chaos_message_) s->socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+        if (chaos_message_) s->socket.set_option(net::ip::tcp::no_delay(true), ignored);
         s->port = s->socket.remote_endpoint(ignored).port();
         std::lock_guard<std::mutex> lk(mu_);
         records_[s->port] = record{s->id, std::nullopt};  // the port's new connection starts clean
@@ -244,27 +244,27 @@ class basic_echo_server {
   }
 
   void read(const session_ptr& s) {
-    auto on_read = [this, s](std::error_code ec, std::size_t n) {
+    auto on_read = [this, s](connpool::error_code ec, std::size_t n) {
       if (ec) return end(s, ec);
       if (chaos_message_) return chaos_answer(s, n);
       answer(s, n, false);
     };
     if (chaos_message_)
-      asio::async_read(s->socket, asio::buffer(s->buf, chaos_message_), on_read);
+      net::async_read(s->socket, net::buffer(s->buf, chaos_message_), on_read);
     else
-      s->socket.async_read_some(asio::buffer(s->buf), on_read);
+      s->socket.async_read_some(net::buffer(s->buf), on_read);
   }
 
   void chaos_answer(const session_ptr& s, std::size_t n) {
     const unsigned roll = rng_() % 100;
-    std::error_code ignored;
+    connpool::error_code ignored;
     if (roll < 2) {  // close instead of answering
-      s->socket.shutdown(asio::socket_base::shutdown_both, ignored);
+      s->socket.shutdown(net::socket_base::shutdown_both, ignored);
       drop(s);
       return poisoned(*s, "close");
     }
     if (roll < 4) {  // reset instead of answering
-      s->socket.set_option(asio::socket_base::linger(true, 0), ignored);
+      s->socket.set_option(net::socket_base::linger(true, 0), ignored);
       drop(s);
       return poisoned(*s, "reset");
     }
@@ -279,22 +279,22 @@ class basic_echo_server {
   /// Send back the `n` bytes in the buffer; then, with `stray_later`, stray bytes 1 ms later
   /// (while the connection likely sits idle in the pool); then close_after(), or read on.
   void answer(const session_ptr& s, std::size_t n, bool stray_later) {
-    asio::async_write(s->socket, asio::buffer(s->buf, n), [this, s, stray_later](std::error_code ec, std::size_t) {
+    net::async_write(s->socket, net::buffer(s->buf, n), [this, s, stray_later](connpool::error_code ec, std::size_t) {
       if (ec) return end(s, ec);
       if (stray_later) {
         s->timer.expires_after(std::chrono::milliseconds(1));
-        s->timer.async_wait([this, s](std::error_code tec) {
+        s->timer.async_wait([this, s](connpool::error_code tec) {
           if (tec || !s->socket.is_open()) return;
-          std::error_code ignored;
-          s->socket.write_some(asio::buffer("stray", 5), ignored);
+          connpool::error_code ignored;
+          s->socket.write_some(net::buffer("stray", 5), ignored);
           if (!ignored) poisoned(*s, "stray bytes");
         });
       }
       if (const std::size_t limit = close_after_) {
         if (s->close_at == 0) s->close_at = 1 + rng_() % limit;
         if (++s->echoed >= s->close_at) {
-          std::error_code ignored;
-          s->socket.shutdown(asio::socket_base::shutdown_both, ignored);
+          connpool::error_code ignored;
+          s->socket.shutdown(net::socket_base::shutdown_both, ignored);
           drop(s);
           return poisoned(*s, "close");
         }
@@ -305,27 +305,27 @@ class basic_echo_server {
 
   /// The server closes a connection of its own accord.
   void drop(const session_ptr& s) {
-    std::error_code ignored;
+    connpool::error_code ignored;
     s->socket.close(ignored);
     s->timer.cancel();
     sessions_.erase(s->id);
   }
 
   /// A connection ended by the client (or an error).
-  void end(const session_ptr& s, std::error_code ec) {
+  void end(const session_ptr& s, connpool::error_code ec) {
     if (sessions_.erase(s->id) == 0) return;  // closed by us
-    if (ec == asio::error::eof)
+    if (ec == net::error::eof)
       ++counts_.eof;
     else
       ++counts_.reset;
-    std::error_code ignored;
+    connpool::error_code ignored;
     s->socket.close(ignored);
     s->timer.cancel();
   }
 
-  asio::io_context io_;
-  asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
-  asio::basic_socket_acceptor<Protocol> acceptor_;
+  net::io_context io_;
+  net::executor_work_guard<net::io_context::executor_type> work_ = net::make_work_guard(io_);
+  net::basic_socket_acceptor<Protocol> acceptor_;
   endpoint_type endpoint_;
   // On the server's thread only:
   std::map<std::uint64_t, session_ptr> sessions_;
@@ -345,7 +345,7 @@ class basic_echo_server {
   std::thread thread_;
 };
 
-using echo_server = basic_echo_server<asio::ip::tcp>;
+using echo_server = basic_echo_server<net::ip::tcp>;
 
 }  // namespace test
 

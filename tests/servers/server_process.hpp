@@ -39,7 +39,7 @@
 #include <utility>
 #include <vector>
 
-#include <asio.hpp>
+#include "servers/net.hpp"
 
 namespace test {
 
@@ -79,13 +79,13 @@ inline bool write_all(int fd, const void* p, std::size_t n) {
 }
 
 /// `n` loopback endpoints with port 0: fresh ports.
-inline std::vector<asio::ip::tcp::endpoint> fresh_loopback_ports(std::size_t n) {
-  return std::vector<asio::ip::tcp::endpoint>(n, {asio::ip::make_address("127.0.0.1"), 0});
+inline std::vector<net::ip::tcp::endpoint> fresh_loopback_ports(std::size_t n) {
+  return std::vector<net::ip::tcp::endpoint>(n, {net::ip::make_address("127.0.0.1"), 0});
 }
 
 /// What a server model gets in the child.
 struct child_io {
-  std::vector<asio::ip::tcp::endpoint> endpoints;
+  std::vector<net::ip::tcp::endpoint> endpoints;
   std::vector<int> listeners;  // listening, one per endpoint
   int control = -1;            // from the parent; end of stream: stop (the parent stopped the server)
   int reply = -1;              // to the parent
@@ -98,7 +98,7 @@ class server_process {
 
   /// Fork a child that runs `serve` on a listener on each of `where` (port 0: a fresh port),
   /// SO_REUSEADDR, backlog 4096. The listeners are open when this returns.
-  server_process(std::vector<asio::ip::tcp::endpoint> where, model serve)
+  server_process(std::vector<net::ip::tcp::endpoint> where, model serve)
       : endpoints_(std::move(where)), serve_(std::move(serve)) {
     start();
   }
@@ -140,7 +140,7 @@ class server_process {
     start();
   }
 
-  const asio::ip::tcp::endpoint& endpoint(std::size_t i) const { return endpoints_.at(i); }
+  const net::ip::tcp::endpoint& endpoint(std::size_t i) const { return endpoints_.at(i); }
 
  protected:
   /// To the child's control pipe, and from its reply pipe.
@@ -160,7 +160,7 @@ class server_process {
       if (fd < 0) fail("socket", errno, fds);
       fds.push_back(fd);
       const int one = 1;
-      asio::ip::tcp::endpoint bound;
+      net::ip::tcp::endpoint bound;
       socklen_t len = static_cast<socklen_t>(bound.capacity());
       if (::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
           ::bind(fd, ep.data(), static_cast<socklen_t>(ep.size())) != 0 || ::listen(fd, 4096) != 0 ||
@@ -200,7 +200,7 @@ class server_process {
     control_ = reply_ = -1;
   }
 
-  std::vector<asio::ip::tcp::endpoint> endpoints_;
+  std::vector<net::ip::tcp::endpoint> endpoints_;
   model serve_;
   pid_t pid_ = -1;
   int control_ = -1, reply_ = -1;
@@ -213,28 +213,28 @@ class echo_server_process : public server_process {
   explicit echo_server_process(std::size_t ports) : echo_server_process(fresh_loopback_ports(ports)) {}
   /// A server listening on each of `where` (port 0: a fresh port; else, say, the port of one that
   /// was killed).
-  explicit echo_server_process(const std::vector<asio::ip::tcp::endpoint>& where) : server_process(where, serve) {}
+  explicit echo_server_process(const std::vector<net::ip::tcp::endpoint>& where) : server_process(where, serve) {}
 
  private:
   struct session : std::enable_shared_from_this<session> {
-    explicit session(asio::ip::tcp::socket s) : sock(std::move(s)) {}
-    asio::ip::tcp::socket sock;
+    explicit session(net::ip::tcp::socket s) : sock(std::move(s)) {}
+    net::ip::tcp::socket sock;
     char buf[16384];
     void read() {
-      sock.async_read_some(asio::buffer(buf), [self = shared_from_this()](std::error_code ec, std::size_t n) {
+      sock.async_read_some(net::buffer(buf), [self = shared_from_this()](connpool::error_code ec, std::size_t n) {
         if (ec) return;  // EOF or reset: the socket closes when the last handler goes
-        asio::async_write(self->sock, asio::buffer(self->buf, n), [self](std::error_code wec, std::size_t) {
+        net::async_write(self->sock, net::buffer(self->buf, n), [self](connpool::error_code wec, std::size_t) {
           if (!wec) self->read();
         });
       });
     }
   };
 
-  static void accept(asio::ip::tcp::acceptor& a) {
-    a.async_accept([&a](std::error_code ec, asio::ip::tcp::socket s) {
+  static void accept(net::ip::tcp::acceptor& a) {
+    a.async_accept([&a](connpool::error_code ec, net::ip::tcp::socket s) {
       if (!ec) {
-        std::error_code ignored;
-        s.set_option(asio::ip::tcp::no_delay(true), ignored);
+        connpool::error_code ignored;
+        s.set_option(net::ip::tcp::no_delay(true), ignored);
         std::make_shared<session>(std::move(s))->read();
       }
       accept(a);
@@ -242,14 +242,14 @@ class echo_server_process : public server_process {
   }
 
   static void serve(const child_io& io) {
-    asio::io_context ctx(1);
-    std::vector<asio::ip::tcp::acceptor> acceptors;
+    net::io_context ctx(1);
+    std::vector<net::ip::tcp::acceptor> acceptors;
     for (std::size_t i = 0; i < io.listeners.size(); ++i)
       acceptors.emplace_back(ctx, io.endpoints[i].protocol(), io.listeners[i]);
     for (auto& a : acceptors) accept(a);
-    asio::posix::stream_descriptor stop(ctx, io.control);
+    net::posix::stream_descriptor stop(ctx, io.control);
     char c;
-    stop.async_read_some(asio::buffer(&c, 1), [&](std::error_code, std::size_t) { ctx.stop(); });
+    stop.async_read_some(net::buffer(&c, 1), [&](connpool::error_code, std::size_t) { ctx.stop(); });
     ctx.run();
   }
 };
@@ -300,7 +300,7 @@ class thread_echo_server_process : public server_process {
       ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       try {
         std::thread(echo, fd).detach();
-      } catch (const std::system_error&) {
+      } catch (const connpool::system_error&) {
         ::close(fd);  // no thread to be had: refuse this connection
       }
     }

@@ -68,27 +68,27 @@ std::string payload(unsigned client, std::size_t i) {
   return m;
 }
 
-std::string failure_of(std::error_code ec) {
-  if (ec == asio::error::eof) return "exchange: end of stream";
-  if (ec == std::errc::connection_reset || ec == asio::error::connection_reset) return "exchange: reset";
-  if (ec == std::errc::timed_out || ec == asio::error::operation_aborted) return "exchange: no answer by the deadline";
+std::string failure_of(connpool::error_code ec) {
+  if (ec == net::error::eof) return "exchange: end of stream";
+  if (ec == net::error::connection_reset) return "exchange: reset";
+  if (ec == net::error::timed_out || ec == net::error::operation_aborted) return "exchange: no answer by the deadline";
   return "exchange: " + ec.message();
 }
 
 /// Synchronous exchange on a blocking socket, bounded by `deadline`.
-std::error_code sync_exchange(int fd, const std::string& out, std::string& in, clock_type::time_point deadline) {
+connpool::error_code sync_exchange(int fd, const std::string& out, std::string& in, clock_type::time_point deadline) {
   if (::send(fd, out.data(), out.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(out.size()))
-    return {errno ? errno : EIO, std::system_category()};
+    return {errno ? errno : EIO, net::error::get_system_category()};
   in.assign(out.size(), '\0');
   for (std::size_t got = 0; got < in.size();) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now()).count();
     pollfd p{fd, POLLIN, 0};
     const int n = ::poll(&p, 1, static_cast<int>(std::max<long long>(left, 0)));
-    if (n == 0) return std::make_error_code(std::errc::timed_out);
-    if (n < 0) return {errno, std::system_category()};
+    if (n == 0) return net::error::timed_out;
+    if (n < 0) return {errno, net::error::get_system_category()};
     const ssize_t r = ::recv(fd, in.data() + got, in.size() - got, 0);
-    if (r == 0) return asio::error::eof;
-    if (r < 0) return {errno, std::system_category()};
+    if (r == 0) return net::error::eof;
+    if (r < 0) return {errno, net::error::get_system_category()};
     got += static_cast<std::size_t>(r);
   }
   return {};
@@ -101,7 +101,7 @@ void sync_client(unsigned id, tcp_pool& pool, test::echo_server& server, tally& 
   for (std::size_t i = 0; !stop; ++i) {
     std::this_thread::sleep_for(think_time(rng));
     const auto start = clock_type::now();
-    std::error_code ec;
+    connpool::error_code ec;
     auto l = pool.acquire(ep, ec);
     t.acquire_done(start);
     if (ec) {
@@ -130,13 +130,13 @@ struct async_client : std::enable_shared_from_this<async_client> {
   void next() {
     if (stop) return;
     timer.expires_after(think_time(rng));
-    timer.async_wait([self = shared_from_this()](std::error_code) { self->acquire(); });
+    timer.async_wait([self = shared_from_this()](connpool::error_code) { self->acquire(); });
   }
 
   void acquire() {
     if (stop) return;
     start = clock_type::now();
-    pool.async_acquire(server.endpoint(), [self = shared_from_this()](std::error_code ec, tcp_pool::lease l) {
+    pool.async_acquire(server.endpoint(), [self = shared_from_this()](connpool::error_code ec, tcp_pool::lease l) {
       self->t.acquire_done(self->start);
       if (ec) {
         self->t.end("acquire: " + ec.message());
@@ -153,23 +153,23 @@ struct async_client : std::enable_shared_from_this<async_client> {
     in.assign(out.size(), '\0');
     timed_out = false;
     timer.expires_after(exchange_deadline);
-    timer.async_wait([self = shared_from_this(), gen = ++generation](std::error_code ec) {
+    timer.async_wait([self = shared_from_this(), gen = ++generation](connpool::error_code ec) {
       if (ec || gen != self->generation || !self->lease) return;  // a stale expiry of an earlier exchange
       self->timed_out = true;
-      std::error_code ignored;
+      connpool::error_code ignored;
       self->lease.socket().cancel(ignored);
     });
     auto self = shared_from_this();
-    asio::async_write(lease.socket(), asio::buffer(out), [self](std::error_code ec, std::size_t) {
+    net::async_write(lease.socket(), net::buffer(out), [self](connpool::error_code ec, std::size_t) {
       if (ec) return self->done(ec);
-      asio::async_read(self->lease.socket(), asio::buffer(self->in),
-                       [self](std::error_code rec, std::size_t) { self->done(rec); });
+      net::async_read(self->lease.socket(), net::buffer(self->in),
+                       [self](connpool::error_code rec, std::size_t) { self->done(rec); });
     });
   }
 
-  void done(std::error_code ec) {
+  void done(connpool::error_code ec) {
     timer.cancel();
-    if (timed_out) ec = std::make_error_code(std::errc::timed_out);
+    if (timed_out) ec = net::error::timed_out;
     if (!ec && in == out) {
       lease.release();
       t.end("ok");
@@ -186,7 +186,7 @@ struct async_client : std::enable_shared_from_this<async_client> {
   test::echo_server& server;
   tally& t;
   const std::atomic<bool>& stop;
-  asio::steady_timer timer;
+  net::steady_timer timer;
   tcp_pool::lease lease;
   clock_type::time_point start;
   test::handout h;
@@ -206,7 +206,7 @@ TEST_CASE("soak: chaos server, 8 client threads (sync and async), restarts") {
   connpool::pool_stats stats;
   std::map<std::string, std::size_t> actions;
   std::size_t restarts = 0, close_wait_left = 0, close_wait_transient = 0;
-  asio::ip::tcp::endpoint ep;
+  net::ip::tcp::endpoint ep;
   {
     test::echo_server server(test::loopback());
     server.chaos(message_size);
@@ -218,7 +218,7 @@ TEST_CASE("soak: chaos server, 8 client threads (sync and async), restarts") {
     o.idle_timeout = 2000ms;
     o.max_lifetime = 3000ms;
     tcp_pool sync_pool(o);
-    asio::io_context io;
+    net::io_context io;
     connpool::pool_options ao = o;
     ao.max_per_endpoint = 8;  // 16 async clients
     tcp_pool async_pool(io, ao);

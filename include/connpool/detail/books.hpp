@@ -89,7 +89,7 @@ static_assert(offsetof(conn_node, expires) == 64, "the hot fields of a connectio
 struct grant {
   conn_node* conn = nullptr;
   bool slot = false;
-  std::error_code ec;
+  error_code ec;
   explicit operator bool() const noexcept { return conn || slot || ec; }
 };
 
@@ -308,7 +308,7 @@ class books {
 
   /// A slot's connect failed, or was stopped: by close() (`ec` pool_closed) or by its acquire's
   /// cancellation (`cancelled`); those are not counted failed.
-  void connect_failed(ep_node& e, std::error_code ec, time_point now, graveyard& dead, bool cancelled = false) noexcept {
+  void connect_failed(ep_node& e, error_code ec, time_point now, graveyard& dead, bool cancelled = false) noexcept {
     if (ec != error::pool_closed && !cancelled) ++e.counters.connect_failed;
     if (ec == error::acquire_timeout) ++e.counters.acquire_timeouts;
     free_slot(e, now);

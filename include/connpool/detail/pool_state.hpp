@@ -24,17 +24,7 @@
 #include <type_traits>
 #include <utility>
 
-#include <asio/basic_stream_socket.hpp>
-#include <asio/basic_waitable_timer.hpp>
-#include <asio/bind_executor.hpp>
-#include <asio/cancellation_signal.hpp>
-#include <asio/cancellation_type.hpp>
-#include <asio/dispatch.hpp>
-#include <asio/executor_work_guard.hpp>
-#include <asio/io_context.hpp>
-#include <asio/post.hpp>
-#include <asio/posix/basic_stream_descriptor.hpp>
-#include <asio/strand.hpp>
+#include "connpool/detail/asio.hpp"
 
 #include "connpool/detail/books.hpp"
 #include "connpool/detail/clock.hpp"
@@ -58,7 +48,7 @@ struct endpoint_key {
   }
   bool operator()(const Endpoint& a, const Endpoint& b) const noexcept { return same_bytes(a, b) || a == b; }
   std::size_t operator()(const Endpoint& e) const noexcept {
-    if constexpr (std::is_same_v<typename Endpoint::protocol_type, asio::ip::tcp>) {
+    if constexpr (std::is_same_v<typename Endpoint::protocol_type, net::ip::tcp>) {
       const auto a = e.address();
       std::size_t h = e.port();
       if (a.is_v4()) return h * 0x9E3779B97F4A7C15ull ^ a.to_v4().to_uint();
@@ -74,20 +64,20 @@ template <class Protocol, class Executor>
 class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Executor>> {
  public:
   using endpoint_type = typename Protocol::endpoint;
-  using socket_type = asio::basic_stream_socket<Protocol, Executor>;
-  using timer_type = asio::basic_waitable_timer<clock, asio::wait_traits<clock>, Executor>;
+  using socket_type = net::basic_stream_socket<Protocol, Executor>;
+  using timer_type = net::basic_waitable_timer<clock, net::wait_traits<clock>, Executor>;
   using books_type = books<endpoint_type, endpoint_key<endpoint_type>, endpoint_key<endpoint_type>>;
   using entry = typename books_type::entry;
 
   /// A connection: its socket, and its node in the books (set once connected).
   struct connection {
-    connection(const Executor& ex, std::shared_ptr<asio::io_context> ctx) : context(std::move(ctx)), socket(ex) {}
+    connection(const Executor& ex, std::shared_ptr<net::io_context> ctx) : context(std::move(ctx)), socket(ex) {}
     const endpoint_type& endpoint() const noexcept { return endpoint_of(node->ep); }
     conn_node* node = nullptr;
     bool watched = false;  // in the idle watch's epoll set
     // The context its socket lives on, when the pool owns it (default-constructed pool): a
     // connection being closed by a release() that raced the pool's destruction must not outlive it.
-    std::shared_ptr<asio::io_context> context;
+    std::shared_ptr<net::io_context> context;
     socket_type socket;
   };
 
@@ -115,14 +105,16 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// Type-erased async completion: (error, leased connection or null, reused).
   struct completion {
     virtual ~completion() = default;
-    virtual void complete(pool_state* s, std::error_code ec, connection* c, bool reused) = 0;
+    virtual void complete(pool_state* s, error_code ec, connection* c, bool reused) = 0;
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
     /// The handler's cancellation slot (not connected if it has none).
-    virtual asio::cancellation_slot cancellation_slot() const noexcept { return {}; }
+    virtual net::cancellation_slot cancellation_slot() const noexcept { return {}; }
+#endif
   };
 
   /// `own`: the context a default-constructed pool runs on its thread (else null). `own_io`: the
   /// context its sockets live on, which nobody runs (else null; sockets then use `ex`).
-  pool_state(std::unique_ptr<asio::io_context> own, std::shared_ptr<asio::io_context> own_io, const Executor& ex,
+  pool_state(std::unique_ptr<net::io_context> own, std::shared_ptr<net::io_context> own_io, const Executor& ex,
              const pool_options& o)
       : own_ctx_(std::move(own)),
         own_io_(std::move(own_io)),
@@ -135,7 +127,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     // that the first acquire under a descriptor shortage fails with EMFILE like any other.
     { socket_type warm(socket_ex_); }
     if (watch_supported && watch_.native_handle() >= 0) {
-      std::error_code ec;
+      error_code ec;
       watch_desc_.assign(watch_.native_handle(), ec);
       watching_ = !ec;
     }
@@ -157,13 +149,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   }
 
   const Executor& executor() const noexcept { return ex_; }
-  asio::io_context* owned_context() const noexcept { return own_ctx_.get(); }
+  net::io_context* owned_context() const noexcept { return own_ctx_.get(); }
   const pool_options& options() const noexcept { return books_.options(); }
 
   // ---------------------------------------------------------------- synchronous acquire
 
   /// On success returns a leased connection and sets `reused`.
-  connection* acquire(const endpoint_type& ep, bool& reused, std::error_code& ec) {
+  connection* acquire(const endpoint_type& ep, bool& reused, error_code& ec) {
     // The common case first: an idle connection, taken under the lock and probed outside it. No
     // clock read, no allocation.
     connection* c = nullptr;
@@ -222,9 +214,11 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
     auto op = std::make_shared<async_op>(this->shared_from_this(), std::move(handler));
     op->deadline = deadline_from(options().acquire_timeout);
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
     // Per-operation cancellation: only an acquire that waits or connects can be cancelled.
-    if (asio::cancellation_slot slot = op->handler->cancellation_slot(); slot.is_connected())
+    if (net::cancellation_slot slot = op->handler->cancellation_slot(); slot.is_connected())
       slot.template emplace<cancel_hook>(std::weak_ptr<async_op>(op));
+#endif
     if (g.slot) {
       op->ep = e;
       return async_connect(op);
@@ -241,7 +235,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         if (!g) {
           if (op->deadline != never) {  // first: it is the step that may throw
             op->timer.expires_at(op->deadline);
-            op->timer.async_wait([w = std::weak_ptr<async_op>(op)](std::error_code tec) {
+            op->timer.async_wait([w = std::weak_ptr<async_op>(op)](error_code tec) {
               if (auto o = w.lock(); o && !tec) o->state->on_wait_timeout(*o);
             });
           }
@@ -265,7 +259,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     // The next lease starts from a fresh connection's socket state. Asio keeps the mode the user
     // set in the socket object, so a lease that changed nothing costs no syscall here.
     if (c->socket.non_blocking()) {
-      std::error_code ignored;
+      error_code ignored;
       c->socket.non_blocking(false, ignored);
     }
     const probe_result r = c->watched ? probe_result::healthy : probe(c->socket.native_handle());
@@ -308,7 +302,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (books_.closed()) return;
     books_.close(coarse_now(), s.dead);
     cancel_dials();
-    std::error_code ignored;
+    error_code ignored;
     timer_.cancel();
     if (watch_desc_.is_open()) watch_desc_.cancel(ignored);
   }
@@ -383,7 +377,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       timer.cancel();
       pending = g;  // before the post: the handler may run at once on another thread
       try {
-        asio::post(state->ex_, [self = keep_alive] { self->proceed(std::exchange(self->pending, grant{})); });
+        net::post(state->ex_, [self = keep_alive] { self->proceed(std::exchange(self->pending, grant{})); });
       } catch (...) {
         pending = grant{};
         throw;
@@ -398,7 +392,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       finish(g.ec, as_connection(g.conn), g.conn != nullptr);
     }
 
-    void finish(std::error_code ec, connection* c, bool reused) {
+    void finish(error_code ec, connection* c, bool reused) {
       auto h = std::move(handler);
       if (h) h->complete(state.get(), ec, c, reused);
     }
@@ -413,17 +407,20 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     bool cancel_requested = false;  // under the lock
   };
 
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
   /// Installed in the handler's cancellation slot. Any cancellation type stops the acquire: a
   /// waiting acquire has taken nothing, and a connect in flight is abandoned, so the pool is left
   /// as if the acquire had never been made (terminal, partial and total alike).
   struct cancel_hook {
     explicit cancel_hook(std::weak_ptr<async_op> o) : op(std::move(o)) {}
-    void operator()(asio::cancellation_type_t type) {
-      if (type == asio::cancellation_type::none) return;
+    void operator()(net::cancellation_type_t type) {
+      if (type == net::cancellation_type::none) return;
       if (auto o = op.lock()) o->state->cancel(*o);
     }
     std::weak_ptr<async_op> op;
   };
+
+#endif
 
   /// The acquire's handler asked for cancellation (on the thread that emitted it). Waiting: it
   /// leaves the queue and completes with operation_aborted. Connecting: the connect is stopped
@@ -442,9 +439,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         op.cancel_requested = true;  // granted a slot, its connect not started yet: it will not start
       }
     }
-    if (waiting) return waiting->finish(asio::error::operation_aborted, nullptr, false);
+    if (waiting) return waiting->finish(net::error::operation_aborted, nullptr, false);
     if (dialing)
-      asio::post(dialing->strand, [dialing] {
+      net::post(dialing->strand, [dialing] {
         if (dialing->done) return;
         dialing->aborted = true;
         dialing->stop();
@@ -496,7 +493,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// acquire() when no idle connection was free: connect in a free slot, or queue until one is
   /// granted or the deadline passes.
-  connection* acquire_wait(const endpoint_type& ep, bool& reused, std::error_code& ec) {
+  connection* acquire_wait(const endpoint_type& ep, bool& reused, error_code& ec) {
     time_point deadline = unset;  // read the clock only if the acquire has to wait or connect
     ep_node* e;
     grant g;
@@ -538,7 +535,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// `e`: the endpoint the grant is for (a slot pins it). `deadline`: the acquire's, or `unset` if
   /// it has not been needed yet.
-  connection* finish(ep_node& e, grant g, time_point deadline, bool& reused, std::error_code& ec) {
+  connection* finish(ep_node& e, grant g, time_point deadline, bool& reused, error_code& ec) {
     g = probed(g, false);
     if (g.conn) {
       reused = true;
@@ -562,19 +559,19 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// A connection object for a granted slot, or null with `ec` set (the caller then gives the slot
   /// back through connected()).
-  std::unique_ptr<connection> new_connection(std::error_code& ec) noexcept {
+  std::unique_ptr<connection> new_connection(error_code& ec) noexcept {
     try {
       return std::make_unique<connection>(socket_ex_, own_io_);
     } catch (const std::bad_alloc&) {
-      ec = asio::error::no_memory;
-    } catch (const std::system_error& x) {
+      ec = net::error::no_memory;
+    } catch (const system_error& x) {
       ec = x.code();
     }
     return nullptr;
   }
 
-  std::error_code connect_sync(connection& c, const endpoint_type& ep, time_point deadline, bool& deadline_passed) {
-    std::error_code ec = open_socket(c.socket, ep.protocol());
+  error_code connect_sync(connection& c, const endpoint_type& ep, time_point deadline, bool& deadline_passed) {
+    error_code ec = open_socket(c.socket, ep.protocol());
     if (!ec) ec = apply_socket_options(c.socket, options());
     if (!ec) c.socket.non_blocking(true, ec);
     if (!ec)
@@ -586,7 +583,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// Book a finished connection attempt and give its slot back or turn it into a lease. Takes
   /// ownership of `c` (null if it could not even be made); returns it leased, or null.
-  connection* connected(ep_node& e, std::unique_ptr<connection> c, std::error_code& ec, std::uint64_t dial_id = 0) {
+  connection* connected(ep_node& e, std::unique_ptr<connection> c, error_code& ec, std::uint64_t dial_id = 0) {
     section s(*this);
     if (dial_id) dials_.erase(dial_id);
     const time_point now = coarse_now();
@@ -603,10 +600,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         rearm();
         return c.release();
       } catch (const std::bad_alloc&) {
-        ec = asio::error::no_memory;
+        ec = net::error::no_memory;
       }
     }
-    books_.connect_failed(e, ec, now, s.dead, ec == asio::error::operation_aborted);
+    books_.connect_failed(e, ec, now, s.dead, ec == net::error::operation_aborted);
     if (c) bury_later(s, std::move(c), close_mode::abortive);
     rearm();
     return nullptr;
@@ -629,11 +626,11 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         : strand(ex), timer(ex), retry(ex), dial(ex), conn(std::move(c)) {}
     /// On the strand: stop the attempt in progress (its handler then sees the flag that was set).
     void stop() {
-      std::error_code ignored;
+      error_code ignored;
       dial.cancel(ignored);
       retry.cancel();
     }
-    asio::strand<Executor> strand;
+    net::strand<Executor> strand;
     timer_type timer;  // the deadline
     timer_type retry;  // the backoff before trying a full Unix backlog again
     clock::duration backoff = std::chrono::milliseconds(1);
@@ -656,13 +653,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     const time_point connect_by = deadline_from(options().connect_timeout);
     const time_point connect_deadline = std::min(connect_by, op.deadline);
     const bool acquire_bound = op.deadline < connect_by;
-    std::error_code ec;
+    error_code ec;
     std::shared_ptr<dial_race> rc;
     if (std::unique_ptr<connection> c = new_connection(ec)) {
       try {
         rc = std::make_shared<dial_race>(ex_, std::move(c));
       } catch (const std::bad_alloc&) {
-        ec = asio::error::no_memory;
+        ec = net::error::no_memory;
       }
     }
     if (!rc) {
@@ -678,14 +675,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (books_.closed()) {
         ec = error::pool_closed;
       } else if (op.cancel_requested) {
-        ec = asio::error::operation_aborted;
+        ec = net::error::operation_aborted;
       } else {
         try {
           dials_.emplace(next_dial_id_ + 1, rc);
           rc->id = ++next_dial_id_;
           op.dial = rc;
         } catch (const std::bad_alloc&) {
-          ec = asio::error::no_memory;
+          ec = net::error::no_memory;
         }
       }
     }
@@ -697,20 +694,20 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     // Every step from here runs on the strand: the timer cannot cancel a connect not started yet,
     // and a close() that came first (its cancel is queued on the strand) stops the connect here.
     auto start = [self = this->shared_from_this(), rc, opp, acquire_bound, connect_deadline] {
-      if (rc->cancelled || rc->aborted) return self->dialled(rc, opp, acquire_bound, asio::error::operation_aborted);
+      if (rc->cancelled || rc->aborted) return self->dialled(rc, opp, acquire_bound, net::error::operation_aborted);
       dial_once(self, rc, opp, acquire_bound);
       if (connect_deadline == never) return;
       rc->timer.expires_at(connect_deadline);
-      rc->timer.async_wait(asio::bind_executor(rc->strand, [rc](std::error_code tec) {
+      rc->timer.async_wait(net::bind_executor(rc->strand, [rc](error_code tec) {
         if (tec || rc->done) return;
         rc->timed_out = true;
         rc->stop();
       }));
     };
     try {
-      asio::dispatch(rc->strand, std::move(start));
+      net::dispatch(rc->strand, std::move(start));
     } catch (const std::bad_alloc&) {
-      ec = asio::error::no_memory;
+      ec = net::error::no_memory;
       close_socket(rc->dial, close_mode::abortive, false);
       connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id);
       op.finish(ec, out, false);
@@ -722,16 +719,16 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// again after a backoff of 1 to 50 ms, until the deadline timer or a cancel stops it.
   static void dial_once(std::shared_ptr<pool_state> self, std::shared_ptr<dial_race> rc,
                         std::shared_ptr<async_op> opp, bool acquire_bound) {
-    rc->dial.async_connect(endpoint_of(opp->ep), asio::bind_executor(rc->strand, [self, rc, opp, acquire_bound](std::error_code cec) {
-      const bool backlog_full = (cec == asio::error::no_buffer_space || cec == asio::error::try_again) &&
+    rc->dial.async_connect(endpoint_of(opp->ep), net::bind_executor(rc->strand, [self, rc, opp, acquire_bound](error_code cec) {
+      const bool backlog_full = (cec == net::error::no_buffer_space || cec == net::error::try_again) &&
                                 endpoint_of(opp->ep).protocol().family() == AF_UNIX;
       if (!backlog_full || rc->timed_out || rc->cancelled || rc->aborted)
         return self->dialled(rc, opp, acquire_bound, cec);
       rc->retry.expires_after(rc->backoff);
       rc->backoff = std::min<clock::duration>(2 * rc->backoff, std::chrono::milliseconds(50));
-      rc->retry.async_wait(asio::bind_executor(rc->strand, [self, rc, opp, acquire_bound](std::error_code tec) {
+      rc->retry.async_wait(net::bind_executor(rc->strand, [self, rc, opp, acquire_bound](error_code tec) {
         if (tec || rc->timed_out || rc->cancelled || rc->aborted)
-          return self->dialled(rc, opp, acquire_bound, asio::error::operation_aborted);
+          return self->dialled(rc, opp, acquire_bound, net::error::operation_aborted);
         dial_once(self, rc, opp, acquire_bound);
       }));
     }));
@@ -741,13 +738,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// cancellation: operation_aborted; by the deadline: acquire_timeout or connect_timeout. One that
   /// connected anyway goes on, and connected() counts it made (then closes it if the pool closed).
   void dialled(const std::shared_ptr<dial_race>& rc, const std::shared_ptr<async_op>& opp, bool acquire_bound,
-               std::error_code cec) {
+               error_code cec) {
     rc->done = true;
     rc->timer.cancel();
     if (rc->cancelled && cec)
       cec = error::pool_closed;
     else if (rc->aborted && cec)
-      cec = asio::error::operation_aborted;
+      cec = net::error::operation_aborted;
     else if (rc->timed_out)
       cec = acquire_bound ? error::acquire_timeout : error::connect_timeout;
     if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, endpoint_of(opp->ep).protocol());
@@ -760,7 +757,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   void cancel_dials() {
     for (auto& [id, weak] : dials_) {
       if (auto rc = weak.lock()) {
-        asio::post(rc->strand, [rc] {
+        net::post(rc->strand, [rc] {
           if (rc->done) return;
           rc->cancelled = true;
           rc->stop();
@@ -772,8 +769,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// Move a connected descriptor from `from` (the dialling socket) to `to` (the connection's), as a
   /// blocking socket: a fresh reactor registration.
-  static std::error_code move_descriptor(socket_type& from, socket_type& to, const Protocol& protocol) {
-    std::error_code ec;
+  static error_code move_descriptor(socket_type& from, socket_type& to, const Protocol& protocol) {
+    error_code ec;
     const auto fd = from.release(ec);
     if (ec) return ec;
     to.assign(protocol, fd, ec);
@@ -827,8 +824,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     timer_at_ = when;
     timer_armed_ = true;
     timer_.expires_at(later(when, slack));
-    timer_.async_wait([w = this->weak_from_this()](std::error_code ec) {
-      if (ec == asio::error::operation_aborted) return;
+    timer_.async_wait([w = this->weak_from_this()](error_code ec) {
+      if (ec == net::error::operation_aborted) return;
       if (auto s = w.lock()) s->on_timer();
     });
   }
@@ -845,9 +842,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// Under the lock. Arm first, then drain: an event that lands between our last drain and the
   /// re-arm is still in the epoll set, so the drain after arming sees it.
   void arm_watch() {
-    watch_desc_.async_wait(asio::posix::descriptor_base::wait_read,
-                           [w = this->weak_from_this()](std::error_code ec) {
-                             if (ec == asio::error::operation_aborted) return;
+    watch_desc_.async_wait(net::posix::descriptor_base::wait_read,
+                           [w = this->weak_from_this()](error_code ec) {
+                             if (ec == net::error::operation_aborted) return;
                              if (auto s = w.lock()) s->on_watch();
                            });
   }
@@ -879,8 +876,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   }
 
   // First: destroyed last, after every I/O object.
-  std::unique_ptr<asio::io_context> own_ctx_;
-  std::shared_ptr<asio::io_context> own_io_;  // shared with its connections
+  std::unique_ptr<net::io_context> own_ctx_;
+  std::shared_ptr<net::io_context> own_io_;  // shared with its connections
   Executor ex_;
   Executor socket_ex_;
 
@@ -898,7 +895,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   timer_type timer_;
 
   watch_set watch_;
-  asio::posix::basic_stream_descriptor<Executor> watch_desc_;
+  net::posix::basic_stream_descriptor<Executor> watch_desc_;
   bool watching_ = false;
 };
 

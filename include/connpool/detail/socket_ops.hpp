@@ -22,9 +22,7 @@
 #include <sys/epoll.h>
 #endif
 
-#include <asio/error.hpp>
-#include <asio/ip/tcp.hpp>
-#include <asio/socket_base.hpp>
+#include "connpool/detail/asio.hpp"
 
 #include "connpool/detail/clock.hpp"
 #include "connpool/detail/stats.hpp"
@@ -47,14 +45,14 @@ inline probe_result probe(int fd) noexcept {
 }
 
 /// An OS error as Asio reports it (its own system category), so that callers compare it the way
-/// they compare the errors of their own reads and writes: `ec == asio::error::connection_refused`.
-inline std::error_code os_error(int e) noexcept { return {e, asio::error::get_system_category()}; }
+/// they compare the errors of their own reads and writes: `ec == net::error::connection_refused`.
+inline error_code os_error(int e) noexcept { return {e, net::error::get_system_category()}; }
 
 /// Open `s` for `p`, close-on-exec from the start: a child the service spawns must not inherit a
 /// pooled connection (it would hold it in CLOSE_WAIT after the pool closed its copy, and an
 /// abortive close would no longer send an RST).
 template <class Socket>
-std::error_code open_socket(Socket& s, const typename Socket::protocol_type& p) noexcept {
+error_code open_socket(Socket& s, const typename Socket::protocol_type& p) noexcept {
 #if defined(SOCK_CLOEXEC)
   const int fd = ::socket(p.family(), p.type() | SOCK_CLOEXEC, p.protocol());
   if (fd < 0) return os_error(errno);
@@ -67,7 +65,7 @@ std::error_code open_socket(Socket& s, const typename Socket::protocol_type& p) 
     return os_error(e);
   }
 #endif
-  std::error_code ec;
+  error_code ec;
   s.assign(p, fd, ec);
   if (ec) ::close(fd);  // never adopted: ours to close, once
   return ec;
@@ -75,10 +73,10 @@ std::error_code open_socket(Socket& s, const typename Socket::protocol_type& p) 
 
 /// Apply the pool's TCP options to an open, unconnected socket. Unix sockets get none.
 template <class Socket>
-std::error_code apply_socket_options(Socket& s, const pool_options& o) {
-  std::error_code ec;
+error_code apply_socket_options(Socket& s, const pool_options& o) {
+  error_code ec;
   using protocol = typename Socket::protocol_type;
-  if constexpr (std::is_same_v<protocol, asio::ip::tcp>) {
+  if constexpr (std::is_same_v<protocol, net::ip::tcp>) {
     const int fd = s.native_handle();
     auto set = [&](int level, int name, int value) {
       if (!ec && ::setsockopt(fd, level, name, &value, sizeof value) != 0)
@@ -116,23 +114,23 @@ std::error_code apply_socket_options(Socket& s, const pool_options& o) {
 template <class Socket>
 void close_socket(Socket& s, close_mode mode, bool peer_gone) noexcept {
   if (!s.is_open()) return;
-  std::error_code ignored;
+  error_code ignored;
   if (mode == close_mode::abortive && !peer_gone) {
-    s.set_option(asio::socket_base::linger(true, 0), ignored);
+    s.set_option(net::socket_base::linger(true, 0), ignored);
   } else {
-    if (!peer_gone) s.shutdown(asio::socket_base::shutdown_send, ignored);
-    s.set_option(asio::socket_base::linger(false, 0), ignored);
+    if (!peer_gone) s.shutdown(net::socket_base::shutdown_send, ignored);
+    s.set_option(net::socket_base::linger(false, 0), ignored);
   }
   s.close(ignored);
 }
 
 /// Connect a non-blocking socket, waiting until it is connected or `deadline` passes. Returns the
 /// connect's own error (the kernel's ETIMEDOUT included); if the deadline passed first, sets
-/// `deadline_passed` and returns asio::error::timed_out. (Asio's synchronous connect waits without
+/// `deadline_passed` and returns net::error::timed_out. (Asio's synchronous connect waits without
 /// limit even on a non-blocking socket.) A Unix stream connect whose listener's backlog is full
 /// fails with EAGAIN instead of waiting: it is tried again, backing off from 1 to 50 ms, until the
 /// deadline, as a TCP connect to a full backlog waits.
-inline std::error_code connect_with_deadline(int fd, const sockaddr* addr, socklen_t len,
+inline error_code connect_with_deadline(int fd, const sockaddr* addr, socklen_t len,
                                              std::chrono::steady_clock::time_point deadline,
                                              bool& deadline_passed) {
   deadline_passed = false;
@@ -145,7 +143,7 @@ inline std::error_code connect_with_deadline(int fd, const sockaddr* addr, sockl
       const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) {
         deadline_passed = true;
-        return asio::error::timed_out;
+        return net::error::timed_out;
       }
       pause = std::min(pause, left);
     }
@@ -157,7 +155,7 @@ inline std::error_code connect_with_deadline(int fd, const sockaddr* addr, sockl
       auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) {
         deadline_passed = true;
-        return asio::error::timed_out;
+        return net::error::timed_out;
       }
       timeout_ms = left.count() > 1000000 ? 1000000 : static_cast<int>(left.count());
     }

@@ -4,32 +4,30 @@
 #include <stdexcept>
 #include <string>
 
-#include <asio/associated_cancellation_slot.hpp>
-#include <asio/associated_executor.hpp>
-#include <asio/post.hpp>
+#include "connpool/detail/asio.hpp"
 
 namespace connpool {
 
 namespace detail {
 inline pool_options checked(pool_options o) {
   if (const char* field = o.invalid_field())
-    throw std::system_error(error::invalid_options, std::string("connpool: pool_options::") + field + " out of range");
+    throw system_error(error::invalid_options, std::string("connpool: pool_options::") + field + " out of range");
   return o;
 }
 }  // namespace detail
 
 template <class Protocol, class Executor>
 basic_pool<Protocol, Executor>::basic_pool(pool_options options)
-    : basic_pool(std::make_unique<asio::io_context>(1), std::move(options)) {}
+    : basic_pool(std::make_unique<net::io_context>(1), std::move(options)) {}
 
 template <class Protocol, class Executor>
-basic_pool<Protocol, Executor>::basic_pool(std::unique_ptr<asio::io_context> own, pool_options options) {
-  asio::io_context& ctx = *own;
+basic_pool<Protocol, Executor>::basic_pool(std::unique_ptr<net::io_context> own, pool_options options) {
+  net::io_context& ctx = *own;
   const Executor ex(ctx.get_executor());
-  state_ = std::make_shared<state_type>(std::move(own), std::make_unique<asio::io_context>(1), ex,
+  state_ = std::make_shared<state_type>(std::move(own), std::make_unique<net::io_context>(1), ex,
                                         detail::checked(std::move(options)));
   state_->start();
-  work_ = std::make_unique<asio::executor_work_guard<asio::io_context::executor_type>>(ctx.get_executor());
+  work_ = std::make_unique<net::executor_work_guard<net::io_context::executor_type>>(ctx.get_executor());
   // The thread shares ownership of the state, so the context it runs outlives its run(), even when
   // the pool is destroyed from one of its own handlers.
   thread_ = std::thread([s = state_] { s->owned_context()->run(); });
@@ -57,15 +55,15 @@ basic_pool<Protocol, Executor>::~basic_pool() {
 
 template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const endpoint_type& ep) {
-  std::error_code ec;
+  error_code ec;
   lease l = acquire(ep, ec);
-  if (ec) throw std::system_error(ec, "connpool acquire");
+  if (ec) throw system_error(ec, "connpool acquire");
   return l;
 }
 
 template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const endpoint_type& ep,
-                                                                                   std::error_code& ec) {
+                                                                                   error_code& ec) {
   ec.clear();
   bool reused = false;
   auto* c = state_->acquire(ep, reused, ec);
@@ -83,28 +81,32 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::t
 template <class Protocol, class Executor>
 template <class Handler>
 struct basic_pool<Protocol, Executor>::completion_impl final : state_type::completion {
-  using work_executor = asio::associated_executor_t<Handler, Executor>;
+  using work_executor = net::associated_executor_t<Handler, Executor>;
 
   completion_impl(Handler&& h, const Executor& pool_ex)
-      : handler(std::move(h)), work(asio::make_work_guard(asio::get_associated_executor(handler, pool_ex))) {}
+      : handler(std::move(h)), work(net::make_work_guard(net::get_associated_executor(handler, pool_ex))) {}
 
-  void complete(state_type* s, std::error_code ec, typename state_type::connection* c, bool reused) override {
+  void complete(state_type* s, error_code ec, typename state_type::connection* c, bool reused) override {
     lease l = c ? lease(s, c, reused) : lease();
     auto ex = work.get_executor();
-    asio::post(ex, [h = std::move(handler), ec, l = std::move(l)]() mutable {
+    net::post(ex, [h = std::move(handler), ec, l = std::move(l)]() mutable {
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
       // On the handler's executor, where its cancellation is emitted: the operation is over.
-      asio::get_associated_cancellation_slot(h).clear();
+      net::get_associated_cancellation_slot(h).clear();
+#endif
       h(ec, std::move(l));
     });
     work.reset();
   }
 
-  asio::cancellation_slot cancellation_slot() const noexcept override {
-    return asio::get_associated_cancellation_slot(handler);
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
+  net::cancellation_slot cancellation_slot() const noexcept override {
+    return net::get_associated_cancellation_slot(handler);
   }
 
+#endif
   Handler handler;
-  asio::executor_work_guard<work_executor> work;
+  net::executor_work_guard<work_executor> work;
 };
 
 template <class Protocol, class Executor>
@@ -120,7 +122,7 @@ struct basic_pool<Protocol, Executor>::initiate_acquire {
 template <class Protocol, class Executor>
 template <class Token>
 auto basic_pool<Protocol, Executor>::async_acquire(const endpoint_type& ep, Token&& token) {
-  return asio::async_initiate<Token, void(std::error_code, lease)>(initiate_acquire{state_}, token, ep);
+  return net::async_initiate<Token, void(error_code, lease)>(initiate_acquire{state_}, token, ep);
 }
 
 template <class Protocol, class Executor>
@@ -194,14 +196,14 @@ void basic_pool<Protocol, Executor>::lease::release() noexcept {
 }
 
 template <class Protocol, class Executor>
-void basic_pool<Protocol, Executor>::lease::shutdown(asio::socket_base::shutdown_type what) {
-  std::error_code ec;
+void basic_pool<Protocol, Executor>::lease::shutdown(net::socket_base::shutdown_type what) {
+  error_code ec;
   shutdown(what, ec);
-  if (ec) throw std::system_error(ec, "connpool lease shutdown");
+  if (ec) throw system_error(ec, "connpool lease shutdown");
 }
 
 template <class Protocol, class Executor>
-void basic_pool<Protocol, Executor>::lease::shutdown(asio::socket_base::shutdown_type what, std::error_code& ec) {
+void basic_pool<Protocol, Executor>::lease::shutdown(net::socket_base::shutdown_type what, error_code& ec) {
   shut_ = true;
   socket().shutdown(what, ec);
 }
