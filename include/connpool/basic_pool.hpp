@@ -27,9 +27,13 @@ namespace connpool {
 template <class Protocol, class Executor = net::any_io_executor>
 class basic_pool {
  public:
+  /// The stream protocol: `net::ip::tcp` (tcp_pool) or `net::local::stream_protocol` (local_pool).
   using protocol_type = Protocol;
+  /// The type of the executor the pool's background work runs on (get_executor()).
   using executor_type = Executor;
+  /// What acquire() takes: `Protocol::endpoint`.
   using endpoint_type = typename Protocol::endpoint;
+  /// The socket a lease holds (lease::socket()).
   using socket_type = net::basic_stream_socket<Protocol, Executor>;
 
   class lease;
@@ -44,10 +48,12 @@ class basic_pool {
   /// asynchronous I/O on leases, construct the pool with the executor that runs your I/O.
   explicit basic_pool(pool_options options = {});
 
-  /// A pool whose background work and sockets run on `ex`; you run its execution context.
+  /// A pool whose background work and sockets run on `ex`; you run its execution context. Throws
+  /// system_error(error::invalid_options) for bad options.
   explicit basic_pool(const Executor& ex, pool_options options = {});
 
-  /// A pool whose background work and sockets run on `ctx`; you run `ctx`.
+  /// A pool whose background work and sockets run on `ctx`; you run `ctx`. Throws
+  /// system_error(error::invalid_options) for bad options.
   template <class ExecutionContext,
             class = std::enable_if_t<std::is_convertible_v<ExecutionContext&, net::execution_context&>>>
   explicit basic_pool(ExecutionContext& ctx, pool_options options = {})
@@ -57,10 +63,13 @@ class basic_pool {
   /// released or destroyed.
   ~basic_pool();
 
+  /// Neither copyable nor movable.
   basic_pool(const basic_pool&) = delete;
+  /// Neither copyable nor movable.
   basic_pool& operator=(const basic_pool&) = delete;
 
-  /// Get a connection to `ep`: the most recently released healthy idle one, else a new one.
+  /// Get a connection to `ep`: a healthy idle one (the one this thread released last if it is still
+  /// idle, else the most recently released one), else a new one.
   /// Waits, in FIFO order, while the limits are reached. Bounded by options().acquire_timeout.
   /// Throws system_error: error::pool_closed, error::acquire_timeout, error::connect_timeout,
   /// or the connect's own error (connection refused, EMFILE, ...).
@@ -69,10 +78,10 @@ class basic_pool {
   /// As acquire(ep), reporting errors in `ec` instead of throwing; returns an empty lease on error.
   lease acquire(const endpoint_type& ep, error_code& ec);
 
-  /// Non-blocking: the most recently released healthy idle connection to `ep`, probed as acquire()
-  /// probes it, if there is one right now and no acquire for `ep` is waiting; else an empty lease. Never
-  /// connects and never waits. Meant for event loops: it is served without the completion hop of
-  /// async_acquire(), which remains the way to wait or connect:
+  /// Non-blocking: a healthy idle connection to `ep`, chosen and probed as acquire() chooses and
+  /// probes it, if there is one right now and no acquire for `ep` is waiting; else an empty lease
+  /// (also once the pool is closed). Never connects and never waits. Meant for event loops: it is
+  /// served without the completion hop of async_acquire(), which remains the way to wait or connect:
   /// `auto l = pool.try_acquire(ep); if (!l) l = co_await pool.async_acquire(ep, use_awaitable);`
   lease try_acquire(const endpoint_type& ep);
 
@@ -114,6 +123,7 @@ class basic_pool {
   /// The executor the pool's background work runs on.
   executor_type get_executor() const;
 
+  /// The options the pool was constructed with.
   const pool_options& options() const noexcept;
 
  private:
@@ -135,9 +145,15 @@ class basic_pool<Protocol, Executor>::lease {
  public:
   /// An empty lease (what a failed acquire returns).
   lease() noexcept = default;
+  /// Takes the connection `other` holds, if any; `other` is left empty.
   lease(lease&& other) noexcept;
+  /// Discards the connection this lease holds, if any (as discard() does: closed gracefully, never
+  /// reused), then takes the one `other` holds; `other` is left empty. No effect if `other` is this
+  /// lease.
   lease& operator=(lease&& other) noexcept;
+  /// Not copyable.
   lease(const lease&) = delete;
+  /// Not copyable.
   lease& operator=(const lease&) = delete;
 
   /// If neither release() nor discard() was called: the connection is closed and never reused,
@@ -146,6 +162,7 @@ class basic_pool<Protocol, Executor>::lease {
 
   /// The connected socket. Precondition: the lease is not empty (else std::logic_error).
   socket_type& socket();
+  /// `&socket()`, for `lease->write_some(...)`; the same precondition.
   socket_type* operator->() { return &socket(); }
 
   /// True while the lease holds a connection.
@@ -156,15 +173,18 @@ class basic_pool<Protocol, Executor>::lease {
   /// may retry once on a fresh connection.
   bool reused() const noexcept { return reused_; }
 
-  /// The endpoint this connection was made to.
+  /// The endpoint this connection was made to. Precondition: the lease is not empty (else
+  /// std::logic_error).
   endpoint_type endpoint() const;
 
   /// The exchange is complete: hand the connection back for reuse. A connection whose peer sent a
   /// FIN or RST during the lease is closed, not kept: on Linux the idle watch has recorded it (or
   /// closes it as soon as it gets to the event), so release() makes no syscall; where there is no
-  /// watch, release() probes. Bytes left unread are never handed to the next lease: the probe before every hand-out
-  /// finds them and closes the connection (counted unexpected_data). Synchronous: on return the
-  /// connection is idle or closed, and the lease is empty. No effect on an empty lease.
+  /// watch, release() probes. If the lease set the socket non-blocking, release() sets it back: the
+  /// next lease starts in blocking mode. Bytes left unread are never handed to the next lease: the
+  /// probe before every hand-out finds them and closes the connection (counted unexpected_data).
+  /// Synchronous: on return the connection is idle or closed, and the lease is empty. No effect on
+  /// an empty lease.
   void release() noexcept;
 
   /// Close the connection now and never reuse it. No effect on an empty lease.

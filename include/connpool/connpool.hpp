@@ -1,7 +1,8 @@
 #ifndef CONNPOOL_CONNPOOL_HPP
 #define CONNPOOL_CONNPOOL_HPP
 
-/// connpool: a TCP (and Unix stream) connection pool with lifecycle guarantees, on standalone Asio.
+/// connpool: a TCP (and Unix stream) connection pool with lifecycle guarantees, on standalone Asio
+/// or Boost.Asio (connpool/net.hpp).
 
 #include "connpool/detail/asio.hpp"
 

@@ -3,8 +3,8 @@
 
 /// Socket census: the process's own TCP sockets by state, and the kernel's sockets that no
 /// descriptor owns any more (TIME_WAIT, orphaned FIN_WAIT/LAST_ACK) towards an endpoint.
-/// For tests, benchmarks and health endpoints. Linux only; elsewhere every call reports
-/// std::errc::function_not_supported instead of a count it cannot know.
+/// For tests, benchmarks and health endpoints. Linux only; elsewhere every call reports ENOSYS
+/// (errc::function_not_supported) in its `ec` instead of a count it cannot know.
 
 #include <array>
 #include <cstddef>
@@ -28,10 +28,20 @@ namespace connpool::diag {
 
 /// TCP states, numbered as the Linux kernel numbers them.
 enum class tcp_state {
-  established = 1, syn_sent, syn_recv, fin_wait1, fin_wait2, time_wait, close, close_wait, last_ack, listen, closing
+  established = 1,  ///< open: data can flow both ways
+  syn_sent,         ///< connecting: our SYN is sent, the peer's SYN-ACK has not come
+  syn_recv,         ///< a peer's SYN came to a listener and was answered; its final ACK has not come
+  fin_wait1,        ///< we closed first: our FIN is sent and not yet acknowledged
+  fin_wait2,        ///< we closed first: our FIN is acknowledged, the peer's FIN has not come
+  time_wait,        ///< we closed first and both FINs are acknowledged: lingers 60 s on Linux
+  close,            ///< not connected (Linux's TCP_CLOSE)
+  close_wait,       ///< the peer closed (its FIN came) and we have not: lasts until we close
+  last_ack,         ///< the peer closed first, then we did: our FIN is not yet acknowledged
+  listen,           ///< a listening socket
+  closing           ///< both sides closed at once: our FIN is not yet acknowledged
 };
 
-/// A short name ("ESTABLISHED", "CLOSE_WAIT", ...).
+/// A short name ("ESTABLISHED", "CLOSE_WAIT", ...), or "?" for a value outside the enumeration.
 inline const char* to_string(tcp_state s) noexcept {
   static const char* const names[] = {"?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
                                       "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING"};
@@ -43,20 +53,24 @@ inline const char* to_string(tcp_state s) noexcept {
 struct socket_census {
   std::size_t descriptors = 0;  ///< every open descriptor of the process
   std::size_t tcp_sockets = 0;  ///< TCP sockets among them (after the remote filter, if any)
-  std::array<std::size_t, 12> states{};  ///< indexed by tcp_state
+  std::array<std::size_t, 12> states{};  ///< indexed by tcp_state (index 0 unused)
 
+  /// The number of TCP sockets in state `s` (`states[s]`).
   std::size_t operator[](tcp_state s) const noexcept { return states[static_cast<std::size_t>(s)]; }
 };
 
 /// Walk /proc/self/fd; count TCP sockets by TCP_INFO state. With `remote`, only sockets whose peer
-/// address is `remote` (port 0 matches any port).
+/// address is `remote` (port 0 matches any port). If /proc/self/fd cannot be read, sets `ec` to
+/// the error and returns all zeros.
 socket_census census(const std::optional<net::ip::tcp::endpoint>& remote, error_code& ec);
 
+/// Every TCP socket of the process: census(std::nullopt, ec).
 inline socket_census census(error_code& ec) { return census(std::nullopt, ec); }
 
 /// Sockets in `state` towards `remote` (port 0: any port) in the kernel's table
 /// (/proc/self/net/tcp and tcp6), owned by no descriptor: TIME_WAIT, and orphans after close().
-/// Counts the process's network namespace, not only this process.
+/// Counts the process's network namespace, not only this process. Sets `ec` to ENOSYS if neither
+/// table can be read.
 std::size_t kernel_sockets(tcp_state state, const net::ip::tcp::endpoint& remote, error_code& ec);
 
 // ------------------------------------------------------------------------------------------

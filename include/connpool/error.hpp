@@ -61,11 +61,13 @@ inline const detail::error_category_base& error_category() noexcept {
 
 #if defined(CONNPOOL_USE_BOOST_ASIO)
 namespace boost::system {
+/// connpool::error is an error code enum: it converts to connpool::error_code (make_error_code()).
 template <>
 struct is_error_code_enum<connpool::error> : std::true_type {};
 }  // namespace boost::system
 #else
 namespace std {
+/// connpool::error is an error code enum: it converts to connpool::error_code (make_error_code()).
 template <>
 struct is_error_code_enum<connpool::error> : true_type {};
 }  // namespace std

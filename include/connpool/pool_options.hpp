@@ -20,6 +20,8 @@ struct pool_options {
   std::size_t max_per_endpoint = 64;        ///< idle + leased + connecting, per endpoint
   std::size_t max_idle_per_endpoint = 64;   ///< idle connections beyond this are closed (surplus)
   std::size_t max_total = 0;                ///< idle + leased + connecting, across endpoints
+  /// Bounds each connection attempt, from its start; error::connect_timeout when it passes first
+  /// (when acquire_timeout passes first: error::acquire_timeout).
   std::chrono::milliseconds connect_timeout{3000};
   std::chrono::milliseconds acquire_timeout{5000};  ///< bounds the whole acquire, connecting included
   std::chrono::milliseconds idle_timeout{60000};    ///< a connection idle for longer is closed
@@ -31,12 +33,16 @@ struct pool_options {
   /// when endpoints come and go. 0: never forget.
   std::chrono::milliseconds endpoint_grace{60000};
 
-  // Socket options, applied to TCP sockets before connecting.
-  bool tcp_nodelay = true;
+  /// \name Socket options
+  /// Applied to TCP sockets before connecting; Unix stream sockets get none. If the kernel refuses
+  /// one, the connect fails with the kernel's error.
+  ///@{
+  bool tcp_nodelay = true;                     ///< TCP_NODELAY (Nagle's algorithm off)
   std::chrono::seconds keepalive_idle{0};      ///< SO_KEEPALIVE + TCP_KEEPIDLE; 0 leaves keepalive off
   std::chrono::seconds keepalive_interval{0};  ///< TCP_KEEPINTVL; 0 keeps the kernel's value
   unsigned keepalive_count = 0;                ///< TCP_KEEPCNT; 0 keeps the kernel's value
   std::chrono::milliseconds user_timeout{0};   ///< TCP_USER_TIMEOUT (Linux); 0 keeps the kernel's value
+  ///@}
 
   /// error::invalid_options if a value is out of range (see invalid_field()), else a default
   /// error_code. The pool's constructors throw system_error with it, naming the field.
@@ -67,22 +73,31 @@ struct pool_options {
 
 /// A snapshot of the pool's gauges and counters (totals, or one endpoint).
 struct pool_stats {
-  // Gauges: the state right now.
+  /// \name Gauges
+  /// The state right now.
+  ///@{
   std::size_t idle = 0;        ///< connections waiting in the pool
   std::size_t leased = 0;      ///< connections handed out
   std::size_t connecting = 0;  ///< connections being opened
   std::size_t waiting = 0;     ///< acquires waiting for a free slot or connection
+  ///@}
 
-  // Counters since the pool was made.
+  /// \name Counters
+  /// Since the pool was made.
+  ///@{
   std::size_t created = 0;           ///< connections opened successfully
   std::size_t reused = 0;            ///< acquires served from idle (the connection passed its probe)
-  std::size_t released = 0;          ///< release() calls
+  std::size_t released = 0;          ///< release() calls (one after lease::shutdown() counts as discarded)
   std::size_t discarded = 0;  ///< discard() calls, leases destroyed unreleased, and connections granted to an
                               ///< async acquire that was destroyed before it completed
-  std::size_t connect_failed = 0;    ///< connection attempts that failed (timeouts included, close() not)
+  std::size_t connect_failed = 0;    ///< connection attempts that failed (timeouts included; those
+                                     ///< stopped by close() or by cancellation not)
   std::size_t acquire_timeouts = 0;  ///< acquires that failed with error::acquire_timeout
+  ///@}
 
-  // Connections the pool closed, by reason.
+  /// \name Connections the pool closed, by reason
+  /// Counters since the pool was made.
+  ///@{
   std::size_t peer_closed = 0;      ///< the peer had sent FIN
   std::size_t peer_reset = 0;       ///< the peer reset it, or another socket error was pending
   std::size_t unexpected_data = 0;  ///< bytes arrived on an idle connection (protocol desync)
@@ -90,6 +105,7 @@ struct pool_stats {
   std::size_t max_lifetime = 0;     ///< older than its (jittered) max_lifetime
   std::size_t surplus = 0;          ///< over max_idle_per_endpoint, or evicted to make room under max_total
   std::size_t pool_closed = 0;      ///< closed by close(), or returned after it
+  ///@}
 
   /// Connections currently open (idle + leased), plus those being opened.
   std::size_t open() const noexcept { return idle + leased + connecting; }
