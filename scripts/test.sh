@@ -8,13 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
-need_packages g++ cmake ninja-build libasio-dev doctest-dev
+need_packages g++ cmake ninja-build libasio-dev doctest-dev pkgconf
 asio_args=""
 if [ "${CONNPOOL_ASIO:-standalone}" = boost ]; then
   need_packages libboost-dev
   asio_args="-DCONNPOOL_USE_BOOST_ASIO=ON"
 fi
-want_packages nftables redis-server  # the fault suite: namespaces with nft rules; a real Redis
+want_packages nftables redis-server nginx  # the fault suite (namespaces with nft rules, a real Redis); the examples
 build=${BUILD_DIR:-build}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo} \
   ${CONNPOOL_SANITIZE:+-DCONNPOOL_SANITIZE=$CONNPOOL_SANITIZE} $asio_args ${CMAKE_ARGS:-} >/dev/null

@@ -9,6 +9,7 @@
 #include "connpool/basic_pool.hpp"
 #include "connpool/error.hpp"
 #include "connpool/pool_options.hpp"
+#include "connpool/version.hpp"
 
 namespace connpool {
 

@@ -15,6 +15,7 @@ int main() {
   first.release();
   auto second = pool.acquire(listener.local_endpoint(), ec);
   if (ec || !second.reused()) return std::printf("second acquire: %s\n", ec.message().c_str()), 1;
-  std::printf("consumer: ok\n");
+  static_assert(CONNPOOL_VERSION >= 10000, "find_package asked for 1.0 or newer");
+  std::printf("consumer: ok, connpool %s\n", CONNPOOL_VERSION_STRING);
   return 0;
 }

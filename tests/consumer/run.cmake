@@ -1,5 +1,10 @@
-# ctest driver: install connpool from BUILD_DIR into a fresh prefix, then configure, build and run
-# the consumer against it. Variables: SOURCE_DIR, BUILD_DIR, WORK_DIR, GENERATOR.
+# ctest driver: use connpool as a user would, from an install and from its Debian package.
+#   1. cmake --install into a fresh prefix; find_package(connpool 1.0 CONFIG) builds and runs the
+#      consumer; asking for 1.1 or 2.0 is refused (the version check);
+#   2. pkg-config (connpool, or connpool-boost) compiles and runs the same consumer;
+#   3. cpack -G DEB; the package's fields are checked; it is unpacked (dpkg -x) into a clean
+#      directory, and 1 and 2 are repeated against it.
+# Variables: SOURCE_DIR, BUILD_DIR, WORK_DIR, GENERATOR, CXX, VERSION, USE_BOOST.
 file(REMOVE_RECURSE ${WORK_DIR})
 function(step)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc)
@@ -7,8 +12,81 @@ function(step)
     message(FATAL_ERROR "failed (${rc}): ${ARGN}")
   endif()
 endfunction()
+function(output var)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err
+                  OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+  set(${var} "${out}" PARENT_SCOPE)
+endfunction()
+if(USE_BOOST)
+  set(pc connpool-boost)
+else()
+  set(pc connpool)
+endif()
+
+function(consume prefix tag)
+  message(STATUS "[${tag}] find_package(connpool 1.0 CONFIG) from ${prefix}")
+  set(b ${WORK_DIR}/${tag}-cmake)
+  step(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${b} -G ${GENERATOR} -DCMAKE_CXX_COMPILER=${CXX}
+       -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release)
+  step(${CMAKE_COMMAND} --build ${b})
+  step(${b}/consumer)
+  foreach(refused 1.1 2.0)
+    execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/${tag}-want-${refused}
+                    -G ${GENERATOR} -DCMAKE_PREFIX_PATH=${prefix} -DCONNPOOL_WANT=${refused}
+                    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    if(rc EQUAL 0 OR NOT err MATCHES "version")
+      message(FATAL_ERROR "find_package(connpool ${refused}) should be refused by ${VERSION}:\n${out}\n${err}")
+    endif()
+  endforeach()
+  message(STATUS "[${tag}] find_package(connpool 1.1) and (2.0) refused, as they should be")
+
+  message(STATUS "[${tag}] pkg-config ${pc}")
+  set(ENV{PKG_CONFIG_PATH} ${prefix}/share/pkgconfig)
+  output(version pkg-config --modversion ${pc})
+  if(NOT version STREQUAL VERSION)
+    message(FATAL_ERROR "pkg-config says ${pc} is ${version}, the project is ${VERSION}")
+  endif()
+  step(pkg-config --atleast-version=1.0 ${pc})
+  output(cflags pkg-config --cflags ${pc})
+  output(libs pkg-config --libs ${pc})
+  separate_arguments(cflags UNIX_COMMAND "${cflags}")
+  separate_arguments(libs UNIX_COMMAND "${libs}")
+  step(${CXX} -std=c++17 ${cflags} ${SOURCE_DIR}/tests/consumer/main.cpp -o ${WORK_DIR}/${tag}-pkgconfig ${libs})
+  step(${WORK_DIR}/${tag}-pkgconfig)
+endfunction()
+
+# 1, 2: from an install.
 step(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${WORK_DIR}/prefix)
-step(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/build -G ${GENERATOR}
-     -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix -DCMAKE_BUILD_TYPE=Release)
-step(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
-step(${WORK_DIR}/build/consumer)
+consume(${WORK_DIR}/prefix install)
+
+# 3: from the Debian package, unpacked into a clean directory.
+find_program(DPKG_DEB dpkg-deb)
+if(NOT DPKG_DEB)
+  message(STATUS "SKIPPED the Debian package: no dpkg-deb here")
+  return()
+endif()
+step(cpack -G DEB --config ${BUILD_DIR}/CPackConfig.cmake -B ${WORK_DIR}/deb)
+file(GLOB debs ${WORK_DIR}/deb/*.deb)
+list(LENGTH debs n)
+if(NOT n EQUAL 1)
+  message(FATAL_ERROR "cpack made ${n} packages: ${debs}")
+endif()
+foreach(field Package=libconnpool-dev Version=${VERSION} Architecture=all)
+  string(REPLACE "=" ";" kv ${field})
+  list(GET kv 0 key)
+  list(GET kv 1 want)
+  output(got dpkg-deb -f ${debs} ${key})
+  if(NOT got STREQUAL want)
+    message(FATAL_ERROR "the package's ${key} is '${got}', want '${want}'")
+  endif()
+endforeach()
+output(depends dpkg-deb -f ${debs} Depends)
+if(NOT depends MATCHES "libasio-dev" OR NOT depends MATCHES "libboost-dev")
+  message(FATAL_ERROR "the package's Depends is '${depends}'")
+endif()
+message(STATUS "[deb] ${debs}: libconnpool-dev ${VERSION}, all, Depends: ${depends}")
+step(dpkg-deb -x ${debs} ${WORK_DIR}/root)
+consume(${WORK_DIR}/root/usr deb)
