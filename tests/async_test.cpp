@@ -132,7 +132,6 @@ TEST_CASE("async: use_future on the default pool") {
     CHECK(l.socket().get_executor() != pool.get_executor());
     CHECK(test::roundtrip(l, "future") == "future");
     l.release();
-    connpool::error_code ec;
     net::ip::tcp::endpoint dead;
     {
       test::echo_server gone(test::loopback());

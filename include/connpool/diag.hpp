@@ -103,7 +103,7 @@ inline bool parse_proc_addr(const char* hex, bool v6, net::ip::tcp::endpoint& ou
     out = net::ip::tcp::endpoint(net::ip::address_v4(b), static_cast<unsigned short>(port));
   } else {
     net::ip::address_v6::bytes_type b;
-    for (int i = 0; i < 4; ++i) {
+    for (std::size_t i = 0; i < 4; ++i) {
       unsigned word = 0;
       char part[9] = {};
       std::memcpy(part, hex + 8 * i, 8);
@@ -128,7 +128,9 @@ inline socket_census census(const std::optional<net::ip::tcp::endpoint>& remote,
     return c;
   }
   const int self = ::dirfd(d);
-  while (dirent* e = ::readdir(d)) {
+  // glibc's manual marks readdir MT-Unsafe only for a stream that threads share (race:dirstream);
+  // this one is ours alone.
+  while (dirent* e = ::readdir(d)) {  // NOLINT(concurrency-mt-unsafe)
     if (e->d_name[0] == '.') continue;
     const int fd = std::atoi(e->d_name);
     if (fd == self) continue;

@@ -613,7 +613,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   static void bury_later(section& s, std::unique_ptr<connection> c, close_mode mode) noexcept {
     try {
       s.dead.push_back({c.get(), mode, false});
-      c.release();
+      static_cast<void>(c.release());  // the graveyard owns it now
     } catch (...) {
       close_socket(c->socket, mode, false);  // out of memory: close it here, under the lock
     }

@@ -58,7 +58,7 @@ class spin_mutex {
     std::unique_lock<std::mutex> lk(m_, std::adopt_lock);
     std::cv_status status = std::cv_status::no_timeout;
     if (deadline == std::chrono::time_point<Clock, Duration>::max())
-      cv.wait(lk);
+      cv.wait(lk);  // NOLINT(bugprone-spuriously-wake-up-functions): the caller loops on its predicate
     else
       status = cv.wait_until(lk, deadline);
     lk.release();
