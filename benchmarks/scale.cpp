@@ -756,7 +756,7 @@ void churn(const config& cfg, const servers& srv, bench::report& rep) {
     if (!ec) {
       ++connected;
       l.discard();
-    } else if (ec == std::errc::connection_refused) {
+    } else if (ec == net::error::connection_refused) {
       ++refused;
     } else {
       ++other;

@@ -32,6 +32,13 @@ struct totals {
 
 net::awaitable<void> client(tcp_pool& pool, tcp_pool::endpoint_type server, std::string host, int requests,
                             totals& t) {
+  struct done_guard {  // the last client to finish, however it finishes, closes the pool: io.run() returns
+    tcp_pool& pool;
+    int& running;
+    ~done_guard() {
+      if (--running == 0) pool.close();
+    }
+  } guard{pool, t.running};
   for (int i = 0; i < requests; ++i) {
     try {
       // An idle connection at once if there is one, else wait for one or connect.
@@ -47,18 +54,17 @@ net::awaitable<void> client(tcp_pool& pool, tcp_pool::endpoint_type server, std:
       co_await http::async_read(conn.socket(), buffer, res, net::use_awaitable);
 
       if (res.result() == http::status::ok) ++t.ok; else ++t.failed;
-      if (res.keep_alive() && buffer.size() == 0) {
+      if (!res.need_eof() && buffer.size() == 0) {
         conn.release();  // complete, and nothing read beyond it: back to the pool
       } else {
         ++t.closed_by_server;
         conn.discard();  // the server closes after this response: never reuse it
       }
-    } catch (const boost::system::system_error& e) {
+    } catch (const std::exception& e) {
       ++t.failed;  // the lease was destroyed unreleased: its connection is closed, never reused
       std::fprintf(stderr, "request: %s\n", e.what());
     }
   }
-  if (--t.running == 0) pool.close();  // the last client closes the pool, so io.run() returns
 }
 
 }  // namespace

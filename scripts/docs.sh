@@ -4,14 +4,14 @@
 # public name, a broken reference); the warnings are printed, and the pages are still written.
 #   scripts/docs.sh                     HTML into build/docs/html (git-ignored)
 #   DOCS_DIR=... scripts/docs.sh        HTML into $DOCS_DIR/html
-#   CONNPOOL_VERSION=... sets the version shown (default: CMakeLists.txt's project VERSION).
+#   CONNPOOL_VERSION=... sets the version shown (default: include/connpool/version.hpp's).
 set -euo pipefail
 out=${DOCS_DIR:+$(realpath -m -- "$DOCS_DIR")}  # relative to where it is run from
 cd "$(dirname "$0")/.."
 out=${out:-build/docs}
 . scripts/deps.sh
 need_packages doxygen
-CONNPOOL_VERSION=${CONNPOOL_VERSION:-$(sed -n 's/^project(connpool VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)}
+CONNPOOL_VERSION=${CONNPOOL_VERSION:-$(sed -n 's/^#define CONNPOOL_VERSION_STRING "\(.*\)"/\1/p' include/connpool/version.hpp)}
 export CONNPOOL_VERSION
 mkdir -p "$out"
 # Settings given after the Doxyfile on standard input override it.

@@ -9,12 +9,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 need_packages g++ cmake ninja-build libasio-dev doctest-dev pkgconf
-asio_args=""
+asio_args="-DCONNPOOL_USE_BOOST_ASIO=OFF"  # always given, so a build directory never keeps the last run's
 if [ "${CONNPOOL_ASIO:-standalone}" = boost ]; then
   need_packages libboost-dev
   asio_args="-DCONNPOOL_USE_BOOST_ASIO=ON"
 fi
-want_packages nftables redis-server nginx  # the fault suite (namespaces with nft rules, a real Redis); the examples
+# The fault suite (namespaces with nft rules, a real Redis); the examples (Redis, nginx); the
+# consumer test's Boost.Asio half.
+want_packages nftables redis-server nginx libboost-dev
 build=${BUILD_DIR:-build}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo} \
   ${CONNPOOL_SANITIZE:+-DCONNPOOL_SANITIZE=$CONNPOOL_SANITIZE} $asio_args ${CMAKE_ARGS:-} >/dev/null

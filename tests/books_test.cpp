@@ -16,6 +16,11 @@
 
 #include "connpool/detail/books.hpp"
 
+// The books decide without I/O: they must not pull in Asio (either one).
+#if defined(ASIO_VERSION) || defined(BOOST_ASIO_VERSION)
+#error "connpool/detail/books.hpp includes Asio"
+#endif
+
 using namespace std::chrono_literals;
 namespace d = connpool::detail;
 using books = d::books<int, std::hash<int>, std::equal_to<int>>;

@@ -13,6 +13,7 @@
 #include "connpool/pool_options.hpp"
 
 namespace connpool {
+CONNPOOL_ABI_BEGIN
 
 /// A pool of stream connections per endpoint, which checks every idle connection before it hands
 /// it out, closes idle connections as soon as their peer closes or resets them, and bounds every
@@ -212,6 +213,7 @@ class basic_pool<Protocol, Executor>::lease {
   bool shut_ = false;  // shutdown() was called: never reuse
 };
 
+CONNPOOL_ABI_END
 }  // namespace connpool
 
 #include "connpool/impl/basic_pool.hpp"

@@ -12,6 +12,7 @@
 #include "connpool/version.hpp"
 
 namespace connpool {
+CONNPOOL_ABI_BEGIN
 
 /// A pool of TCP connections.
 using tcp_pool = basic_pool<net::ip::tcp>;
@@ -19,6 +20,7 @@ using tcp_pool = basic_pool<net::ip::tcp>;
 /// A pool of Unix stream socket connections.
 using local_pool = basic_pool<net::local::stream_protocol>;
 
+CONNPOOL_ABI_END
 }  // namespace connpool
 
 #endif

@@ -4,7 +4,8 @@
 /// Socket census: the process's own TCP sockets by state, and the kernel's sockets that no
 /// descriptor owns any more (TIME_WAIT, orphaned FIN_WAIT/LAST_ACK) towards an endpoint.
 /// For tests, benchmarks and health endpoints. Linux only; elsewhere every call reports ENOSYS
-/// (errc::function_not_supported) in its `ec` instead of a count it cannot know.
+/// ("function not implemented", in Asio's system category) in its `ec` instead of a count it
+/// cannot know.
 
 #include <array>
 #include <cstddef>
@@ -24,7 +25,9 @@
 #include <unistd.h>
 #endif
 
-namespace connpool::diag {
+namespace connpool {
+CONNPOOL_ABI_BEGIN
+namespace diag {
 
 /// TCP states, numbered as the Linux kernel numbers them.
 enum class tcp_state {
@@ -194,6 +197,8 @@ inline std::size_t kernel_sockets(tcp_state, const net::ip::tcp::endpoint&, erro
 }
 #endif
 
-}  // namespace connpool::diag
+}  // namespace diag
+CONNPOOL_ABI_END
+}  // namespace connpool
 
 #endif

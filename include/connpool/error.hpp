@@ -5,9 +5,10 @@
 #include <system_error>
 #include <type_traits>
 
-#include "connpool/net.hpp"
+#include "connpool/detail/config.hpp"
 
 namespace connpool {
+CONNPOOL_ABI_BEGIN
 
 /// Errors the pool itself reports. System errors (refused, unreachable, EMFILE...) reach the caller
 /// unchanged, as the Asio in use reports them (connpool::error_code).
@@ -38,6 +39,11 @@ inline error_code make_error_code(error e) noexcept {
 namespace detail {
 class error_category_impl final : public error_category_base {
  public:
+#if defined(CONNPOOL_USE_BOOST_ASIO)
+  // Boost compares categories by this id when it is not 0, so codes made in one shared library
+  // compare equal in another even where each has its own instance (hidden visibility).
+  constexpr error_category_impl() noexcept : error_category_base(0x636f6e6e706f6f6cULL) {}  // "connpool"
+#endif
   const char* name() const noexcept override { return "connpool"; }
   std::string message(int ev) const override {
     // Never throws beyond std::string's own allocation.
@@ -57,6 +63,7 @@ inline const detail::error_category_base& error_category() noexcept {
   return instance;
 }
 
+CONNPOOL_ABI_END
 }  // namespace connpool
 
 #if defined(CONNPOOL_USE_BOOST_ASIO)

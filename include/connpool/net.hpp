@@ -22,11 +22,11 @@
 /// Defined to 1 where the compiler and Asio support C++20 coroutines (asio::awaitable); else
 /// undefined.
 
+#include "connpool/detail/config.hpp"
+
 #if defined(CONNPOOL_USE_BOOST_ASIO)
 #include <boost/asio/detail/config.hpp>  // BOOST_ASIO_HAS_CO_AWAIT
 #include <boost/asio/version.hpp>
-#include <boost/system/error_code.hpp>
-#include <boost/system/system_error.hpp>
 #include <boost/version.hpp>
 #if BOOST_VERSION < 107400
 #error "connpool needs Boost 1.74 or newer"
@@ -36,10 +36,11 @@
 #define CONNPOOL_HAS_CO_AWAIT 1
 #endif
 #else
-#include <system_error>
-
 #include <asio/detail/config.hpp>  // ASIO_HAS_CO_AWAIT
 #include <asio/version.hpp>
+#if ASIO_VERSION < 101800
+#error "connpool needs standalone Asio 1.18 or newer"
+#endif
 #define CONNPOOL_ASIO_VERSION ASIO_VERSION
 #if defined(ASIO_HAS_CO_AWAIT)
 #define CONNPOOL_HAS_CO_AWAIT 1
@@ -61,23 +62,13 @@ namespace asio {}
 
 namespace connpool {
 
-// The names are documented in the #else branch, the one the API reference is generated from.
 #if defined(CONNPOOL_USE_BOOST_ASIO)
 namespace net = ::boost::asio;
-using error_code = ::boost::system::error_code;
-using system_error = ::boost::system::system_error;
 #else
 // The Asio connpool is built on: `::asio`, or `::boost::asio` with CONNPOOL_USE_BOOST_ASIO. Not a
-// `///` comment: Doxygen does not document namespace aliases and would give it to error_code (the
-// file comment above describes `net`).
+// `///` comment: Doxygen does not document namespace aliases (the file comment above describes
+// `net`). connpool::error_code and connpool::system_error come from connpool/detail/config.hpp.
 namespace net = ::asio;
-/// The error code type of the Asio in use: what connpool's completion handlers receive and its
-/// non-throwing overloads fill in. `boost::system::error_code` with Boost.Asio (it converts to
-/// `std::error_code`), else `std::error_code`.
-using error_code = std::error_code;
-/// What connpool's throwing overloads throw: `boost::system::system_error` with Boost.Asio, else
-/// `std::system_error`.
-using system_error = std::system_error;
 #endif
 
 }  // namespace connpool

@@ -8,6 +8,7 @@
 #include "connpool/error.hpp"
 
 namespace connpool {
+CONNPOOL_ABI_BEGIN
 
 /// How a connection is closed.
 enum class close_mode {
@@ -139,6 +140,7 @@ struct pool_stats {
   }
 };
 
+CONNPOOL_ABI_END
 }  // namespace connpool
 
 #endif

@@ -2,8 +2,16 @@
 #include <connpool/connpool.hpp>
 
 #include <cstdio>
+#include <type_traits>
 
 namespace net = connpool::net;  // asio, or boost::asio with CONNPOOL_USE_BOOST_ASIO
+
+// The package gave the Asio that was asked for.
+#if defined(CONSUMER_EXPECTS_BOOST)
+static_assert(std::is_same_v<connpool::error_code, boost::system::error_code>, "asked for Boost.Asio");
+#else
+static_assert(std::is_same_v<connpool::error_code, std::error_code>, "asked for standalone Asio");
+#endif
 
 int main() {
   net::io_context io;

@@ -4,7 +4,9 @@
 #   2. pkg-config (connpool, or connpool-boost) compiles and runs the same consumer;
 #   3. cpack -G DEB; the package's fields are checked; it is unpacked (dpkg -x) into a clean
 #      directory, and 1 and 2 are repeated against it.
-# Variables: SOURCE_DIR, BUILD_DIR, WORK_DIR, GENERATOR, CXX, VERSION, USE_BOOST.
+#   Each with standalone Asio and, where Boost is installed, Boost.Asio; asking for the other Asio
+#   in a project that has found connpool already fails with a message.
+# Variables: SOURCE_DIR, BUILD_DIR, WORK_DIR, GENERATOR, CXX, VERSION, HAVE_BOOST.
 file(REMOVE_RECURSE ${WORK_DIR})
 function(step)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc)
@@ -20,42 +22,68 @@ function(output var)
   endif()
   set(${var} "${out}" PARENT_SCOPE)
 endfunction()
-if(USE_BOOST)
-  set(pc connpool-boost)
+# Both Asios where Boost is here (the package's default is standalone Asio).
+set(modes standalone)
+if(HAVE_BOOST)
+  list(APPEND modes boost)
 else()
-  set(pc connpool)
+  message(STATUS "SKIPPED the Boost.Asio consumer: no Boost 1.74 here (Debian package libboost-dev)")
 endif()
 
 function(consume prefix tag)
-  message(STATUS "[${tag}] find_package(connpool 1.0 CONFIG) from ${prefix}")
-  set(b ${WORK_DIR}/${tag}-cmake)
-  step(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${b} -G ${GENERATOR} -DCMAKE_CXX_COMPILER=${CXX}
-       -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release)
-  step(${CMAKE_COMMAND} --build ${b})
-  step(${b}/consumer)
-  foreach(refused 1.1 2.0)
-    execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/${tag}-want-${refused}
-                    -G ${GENERATOR} -DCMAKE_PREFIX_PATH=${prefix} -DCONNPOOL_WANT=${refused}
-                    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-    if(rc EQUAL 0 OR NOT err MATCHES "version")
-      message(FATAL_ERROR "find_package(connpool ${refused}) should be refused by ${VERSION}:\n${out}\n${err}")
+  foreach(mode ${modes})
+    if(mode STREQUAL "boost")
+      set(on ON)
+      set(other OFF)
+      set(pc connpool-boost)
+      set(expect -DCONSUMER_EXPECTS_BOOST)
+    else()
+      set(on OFF)
+      set(other ON)
+      set(pc connpool)
+      set(expect "")
     endif()
-  endforeach()
-  message(STATUS "[${tag}] find_package(connpool 1.1) and (2.0) refused, as they should be")
+    message(STATUS "[${tag}, ${mode}] find_package(connpool 1.0 CONFIG) from ${prefix}")
+    set(b ${WORK_DIR}/${tag}-${mode}-cmake)
+    step(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${b} -G ${GENERATOR} -DCMAKE_CXX_COMPILER=${CXX}
+         -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release -DCONNPOOL_USE_BOOST_ASIO=${on})
+    step(${CMAKE_COMMAND} --build ${b})
+    step(${b}/consumer)
+    foreach(refused 1.1 2.0)
+      execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/${tag}-want-${refused}
+                      -G ${GENERATOR} -DCMAKE_PREFIX_PATH=${prefix} -DCONNPOOL_WANT=${refused}
+                      -DCONNPOOL_USE_BOOST_ASIO=${on}
+                      RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+      if(rc EQUAL 0 OR NOT err MATCHES "version")
+        message(FATAL_ERROR "find_package(connpool ${refused}) should be refused by ${VERSION}:\n${out}\n${err}")
+      endif()
+    endforeach()
+    message(STATUS "[${tag}, ${mode}] find_package(connpool 1.1) and (2.0) refused, as they should be")
+    if(HAVE_BOOST)
+      execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/${tag}-switch-${mode}
+                      -G ${GENERATOR} -DCMAKE_PREFIX_PATH=${prefix} -DCONNPOOL_USE_BOOST_ASIO=${on}
+                      -DCONNPOOL_SWITCH_TO=${other} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+      if(rc EQUAL 0 OR NOT err MATCHES "already found")
+        message(FATAL_ERROR "asking for the other Asio after ${mode} should fail:\n${out}\n${err}")
+      endif()
+      message(STATUS "[${tag}, ${mode}] asking for the other Asio next is refused, as it should be")
+    endif()
 
-  message(STATUS "[${tag}] pkg-config ${pc}")
-  set(ENV{PKG_CONFIG_PATH} ${prefix}/share/pkgconfig)
-  output(version pkg-config --modversion ${pc})
-  if(NOT version STREQUAL VERSION)
-    message(FATAL_ERROR "pkg-config says ${pc} is ${version}, the project is ${VERSION}")
-  endif()
-  step(pkg-config --atleast-version=1.0 ${pc})
-  output(cflags pkg-config --cflags ${pc})
-  output(libs pkg-config --libs ${pc})
-  separate_arguments(cflags UNIX_COMMAND "${cflags}")
-  separate_arguments(libs UNIX_COMMAND "${libs}")
-  step(${CXX} -std=c++17 ${cflags} ${SOURCE_DIR}/tests/consumer/main.cpp -o ${WORK_DIR}/${tag}-pkgconfig ${libs})
-  step(${WORK_DIR}/${tag}-pkgconfig)
+    message(STATUS "[${tag}, ${mode}] pkg-config ${pc}")
+    set(ENV{PKG_CONFIG_PATH} ${prefix}/share/pkgconfig)
+    output(version pkg-config --modversion ${pc})
+    if(NOT version STREQUAL VERSION)
+      message(FATAL_ERROR "pkg-config says ${pc} is ${version}, the project is ${VERSION}")
+    endif()
+    step(pkg-config --atleast-version=1.0 ${pc})
+    output(cflags pkg-config --cflags ${pc})
+    output(libs pkg-config --libs ${pc})
+    separate_arguments(cflags UNIX_COMMAND "${cflags}")
+    separate_arguments(libs UNIX_COMMAND "${libs}")
+    step(${CXX} -std=c++17 ${cflags} ${expect} ${SOURCE_DIR}/tests/consumer/main.cpp -o ${WORK_DIR}/${tag}-${pc}
+         ${libs})
+    step(${WORK_DIR}/${tag}-${pc})
+  endforeach()
 endfunction()
 
 # 1, 2: from an install.

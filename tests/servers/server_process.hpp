@@ -300,7 +300,7 @@ class thread_echo_server_process : public server_process {
       ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       try {
         std::thread(echo, fd).detach();
-      } catch (const connpool::system_error&) {
+      } catch (const std::system_error&) {
         ::close(fd);  // no thread to be had: refuse this connection
       }
     }

@@ -60,7 +60,9 @@
 #define CONNPOOL_HOT inline
 #endif
 
-namespace connpool::detail {
+namespace connpool {
+CONNPOOL_ABI_BEGIN
+namespace detail {
 
 struct ep_node;
 
@@ -757,6 +759,8 @@ class books {
   pool_stats forgotten_;  // the counters of forgotten endpoints
 };
 
-}  // namespace connpool::detail
+}  // namespace detail
+CONNPOOL_ABI_END
+}  // namespace connpool
 
 #endif

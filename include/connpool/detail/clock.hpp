@@ -7,7 +7,11 @@
 #include <chrono>
 #include <time.h>
 
-namespace connpool::detail {
+#include "connpool/detail/config.hpp"
+
+namespace connpool {
+CONNPOOL_ABI_BEGIN
+namespace detail {
 
 using clock = std::chrono::steady_clock;
 using time_point = clock::time_point;
@@ -60,6 +64,8 @@ inline time_point deadline_from(std::chrono::milliseconds d) noexcept {
   return d.count() > 0 ? later(clock::now(), d) : never;
 }
 
-}  // namespace connpool::detail
+}  // namespace detail
+CONNPOOL_ABI_END
+}  // namespace connpool
 
 #endif

@@ -9,7 +9,11 @@
 #include <utility>
 #include <vector>
 
-namespace connpool::detail {
+#include "connpool/detail/config.hpp"
+
+namespace connpool {
+CONNPOOL_ABI_BEGIN
+namespace detail {
 
 /// Two pointers, nothing else, so that a connection's hot fields fit one cache line.
 template <class T>
@@ -132,6 +136,8 @@ class iheap {
   std::vector<T*> v_;
 };
 
-}  // namespace connpool::detail
+}  // namespace detail
+CONNPOOL_ABI_END
+}  // namespace connpool
 
 #endif

@@ -33,7 +33,9 @@
 #include "connpool/error.hpp"
 #include "connpool/pool_options.hpp"
 
-namespace connpool::detail {
+namespace connpool {
+CONNPOOL_ABI_BEGIN
+namespace detail {
 
 /// Endpoints as keys: equal bytes are the same endpoint (the common, inlined case); otherwise the
 /// endpoint's own operator== decides, and the hash covers only what that compares.
@@ -899,6 +901,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   bool watching_ = false;
 };
 
-}  // namespace connpool::detail
+}  // namespace detail
+CONNPOOL_ABI_END
+}  // namespace connpool
 
 #endif

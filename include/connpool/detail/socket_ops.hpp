@@ -28,7 +28,9 @@
 #include "connpool/detail/stats.hpp"
 #include "connpool/pool_options.hpp"
 
-namespace connpool::detail {
+namespace connpool {
+CONNPOOL_ABI_BEGIN
+namespace detail {
 
 /// One syscall: recv(1, MSG_PEEK | MSG_DONTWAIT). Healthy means exactly "would block".
 /// A pending socket error is consumed by the peek, which is fine: the connection is closed anyway.
@@ -233,6 +235,8 @@ class watch_set {
 };
 #endif
 
-}  // namespace connpool::detail
+}  // namespace detail
+CONNPOOL_ABI_END
+}  // namespace connpool
 
 #endif

@@ -14,7 +14,11 @@
 #include <condition_variable>
 #include <mutex>
 
-namespace connpool::detail {
+#include "connpool/detail/config.hpp"
+
+namespace connpool {
+CONNPOOL_ABI_BEGIN
+namespace detail {
 
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
@@ -74,6 +78,8 @@ class spin_mutex {
   std::atomic<bool> held_{false};  // a hint for spinners only; the mutex decides
 };
 
-}  // namespace connpool::detail
+}  // namespace detail
+CONNPOOL_ABI_END
+}  // namespace connpool
 
 #endif

@@ -6,7 +6,11 @@
 
 #include "connpool/pool_options.hpp"
 
-namespace connpool::detail {
+#include "connpool/detail/config.hpp"
+
+namespace connpool {
+CONNPOOL_ABI_BEGIN
+namespace detail {
 
 /// What a non-blocking look at an idle connection found.
 enum class probe_result : unsigned char { healthy, peer_closed, peer_reset, unexpected_data };
@@ -39,6 +43,8 @@ inline std::size_t& counter(pool_stats& s, close_reason r) noexcept {
   return s.pool_closed;
 }
 
-}  // namespace connpool::detail
+}  // namespace detail
+CONNPOOL_ABI_END
+}  // namespace connpool
 
 #endif

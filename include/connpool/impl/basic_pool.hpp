@@ -7,6 +7,7 @@
 #include "connpool/detail/asio.hpp"
 
 namespace connpool {
+CONNPOOL_ABI_BEGIN
 
 namespace detail {
 inline pool_options checked(pool_options o) {
@@ -215,6 +216,7 @@ void basic_pool<Protocol, Executor>::lease::discard(close_mode mode) noexcept {
   std::exchange(state_, nullptr)->discard(std::exchange(conn_, nullptr), mode);
 }
 
+CONNPOOL_ABI_END
 }  // namespace connpool
 
 #endif
