@@ -17,8 +17,10 @@ for asio in standalone boost; do
     -DCONNPOOL_USE_BOOST_ASIO=$flag -DCONNPOOL_BUILD_BENCHMARKS=OFF -DCONNPOOL_BUILD_EXAMPLES=OFF >/dev/null
   echo "== clang-tidy, $asio Asio =="
   # The header check's sources are made at configure time; the tests instantiate the templates.
+  # (clang-tidy counts the warnings it suppressed in system headers on stderr: not findings.)
   clang-tidy --quiet --config-file=.clang-tidy --line-filter="[$filter]" -p "$build" "$build"/tests/headers/*.cpp \
-    tests/pool_test.cpp tests/async_test.cpp tests/books_test.cpp || status=1
+    tests/pool_test.cpp tests/async_test.cpp tests/books_test.cpp 2> >(grep -v ' warnings generated\.$' >&2) ||
+    status=1
 done
 [ $status = 0 ] && echo "clang-tidy: no findings"
 exit $status
