@@ -469,3 +469,156 @@ TEST_CASE("async: awaitable operators: an acquire raced against a timer is cance
   CHECK(pool.stats().idle == 1);
 }
 #endif
+
+// ------------------------------------------------------------------------------ setup steps
+
+namespace {
+/// A setup step that says hello to the echo server and expects it back, counting its runs.
+struct hello_step {
+  std::shared_ptr<std::atomic<int>> runs = std::make_shared<std::atomic<int>>(0);
+  void operator()(tcp_pool::socket_type& s, const tcp_pool::endpoint_type&, tcp_pool::setup_done done) const {
+    ++*runs;
+    auto buf = std::make_shared<std::string>("hello\n");
+    net::async_write(s, net::buffer(*buf), [&s, buf, done](connpool::error_code ec, std::size_t) {
+      if (ec) return done(ec);
+      net::async_read(s, net::buffer(*buf), [buf, done](connpool::error_code rec, std::size_t) {
+        done(rec ? rec : (*buf == "hello\n" ? connpool::error_code() : net::error::invalid_argument));
+      });
+    });
+  }
+};
+}  // namespace
+
+TEST_CASE("setup: runs on every new connection before it is handed out, sync and async; never on reuse") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  for (bool own_thread : {true, false}) {
+    CAPTURE(own_thread);
+    net::io_context io;
+    std::optional<tcp_pool> pool;
+    if (own_thread) pool.emplace(); else pool.emplace(io);
+    hello_step step;
+    pool->set_setup(step);
+    // A synchronous acquire (on the pool built on `io`, a thread runs io meanwhile).
+    std::thread runner;
+    auto guard = net::make_work_guard(io);
+    if (!own_thread) runner = std::thread([&] { io.run(); });
+    auto l = pool->acquire(server.endpoint());
+    CHECK(*step.runs == 1);
+    CHECK_FALSE(l.reused());
+    CHECK(test::roundtrip(l, "after setup") == "after setup");  // the stream is in step
+    l.release();
+    auto again = pool->acquire(server.endpoint());
+    CHECK(again.reused());
+    CHECK(*step.runs == 1);  // not on reuse
+    again.release();
+    guard.reset();
+    if (runner.joinable()) {
+      io.stop();
+      runner.join();
+    }
+    // An asynchronous acquire that connects.
+    auto held = pool->acquire(server.endpoint());  // the idle one
+    std::promise<tcp_pool::lease> p;
+    auto f = p.get_future();
+    pool->async_acquire(server.endpoint(), [&p](connpool::error_code ec, tcp_pool::lease nl) {
+      if (ec) p.set_exception(std::make_exception_ptr(connpool::system_error(ec)));
+      else p.set_value(std::move(nl));
+    });
+    if (!own_thread) {
+      io.restart();
+      const auto end = std::chrono::steady_clock::now() + 3s;
+      while (f.wait_for(0s) != std::future_status::ready && std::chrono::steady_clock::now() < end) io.run_one_for(10ms);
+    }
+    REQUIRE(f.wait_for(3s) == std::future_status::ready);
+    auto fresh = f.get();
+    CHECK(*step.runs == 2);
+    CHECK(test::roundtrip(fresh, "async") == "async");
+    fresh.release();
+    held.release();
+    const auto s = pool->stats();
+    CHECK(s.created == 2);
+    CHECK(s.connect_failed == 0);
+  }
+}
+
+TEST_CASE("setup: a failing, hanging or throwing step fails the acquire and its connection; nothing leaks") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = connpool::pool_options();
+  o.connect_timeout = 300ms;
+  o.acquire_timeout = 2000ms;
+  tcp_pool pool(o);
+  auto kept = std::make_shared<std::vector<tcp_pool::setup_done>>();
+  std::mutex kept_mu;
+  int mode = 0;
+  pool.set_setup([&](tcp_pool::socket_type&, const tcp_pool::endpoint_type&, tcp_pool::setup_done done) {
+    if (mode == 0) return done(net::error::access_denied);  // fails
+    if (mode == 1) {  // never calls done (keeps it, to call it late)
+      std::lock_guard<std::mutex> lk(kept_mu);
+      kept->push_back(std::move(done));
+      return;
+    }
+    throw std::runtime_error("setup threw");
+  });
+  connpool::error_code ec;
+  auto l = pool.acquire(server.endpoint(), ec);
+  CHECK(ec == net::error::access_denied);
+  CHECK_FALSE(l);
+  mode = 1;
+  const auto t0 = std::chrono::steady_clock::now();
+  l = pool.acquire(server.endpoint(), ec);
+  CHECK(ec == connpool::error::connect_timeout);
+  CHECK(std::chrono::steady_clock::now() - t0 < 1500ms);
+  {
+    std::lock_guard<std::mutex> lk(kept_mu);
+    REQUIRE(kept->size() == 1);
+    kept->front()(connpool::error_code());  // too late: ignored
+  }
+  mode = 2;
+  l = pool.acquire(server.endpoint(), ec);
+  CHECK(ec == connpool::error::setup_failed);
+  const auto s = pool.stats();
+  CHECK(s.created == 0);
+  CHECK(s.connect_failed == 3);
+  CHECK(s.open() == 0);
+  // Without a step again, connections are made as before.
+  pool.set_setup(nullptr);
+  l = pool.acquire(server.endpoint(), ec);
+  CHECK_FALSE(ec);
+  CHECK(test::roundtrip(l, "plain") == "plain");
+  l.release();
+  CHECK(eventually([&] { return server.counts().accepted >= 4; }));
+}
+
+TEST_CASE("setup: close() ends a step in progress with pool_closed; the async path's deadline too") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  net::io_context io;
+  auto o = connpool::pool_options();
+  o.connect_timeout = 300ms;
+  tcp_pool pool(io, o);
+  int entered = 0;
+  pool.set_setup([&](tcp_pool::socket_type&, const tcp_pool::endpoint_type&, tcp_pool::setup_done) {
+    ++entered;  // and never done
+  });
+  result timed;
+  const auto t0 = std::chrono::steady_clock::now();
+  pool.async_acquire(server.endpoint(), into(timed));
+  REQUIRE(run_until(io, timed));
+  CHECK(timed.ec == connpool::error::connect_timeout);
+  CHECK(std::chrono::steady_clock::now() - t0 < 1500ms);
+  CHECK(entered == 1);
+  result closed;
+  pool.async_acquire(server.endpoint(), into(closed));
+  io.restart();
+  const auto end = std::chrono::steady_clock::now() + 2s;
+  while (entered < 2 && std::chrono::steady_clock::now() < end) io.run_one_for(10ms);
+  REQUIRE(entered == 2);  // connected, in its setup step
+  CHECK_FALSE(closed.done);
+  pool.close();
+  REQUIRE(run_until(io, closed));
+  CHECK(closed.ec == connpool::error::pool_closed);
+  CHECK(pool.stats().open() == 0);
+  CHECK(pool.stats().created == 0);
+}

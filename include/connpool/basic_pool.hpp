@@ -1,6 +1,7 @@
 #ifndef CONNPOOL_BASIC_POOL_HPP
 #define CONNPOOL_BASIC_POOL_HPP
 
+#include <functional>
 #include <memory>
 #include <system_error>
 #include <thread>
@@ -123,6 +124,31 @@ class basic_pool {
 
   /// The executor the pool's background work runs on.
   executor_type get_executor() const;
+
+  /// Completion of a setup step: call it once, with no error to let the connection be handed out,
+  /// or with the error the acquire should get.
+  using setup_done = std::function<void(error_code)>;
+  /// A setup step: `step(socket, endpoint, done)`.
+  using setup_step = std::function<void(socket_type&, const endpoint_type&, setup_done)>;
+
+  /// Run `step` on every new connection, after TCP connects and before it is handed out or counted
+  /// as created: AUTH, SELECT, a protocol hello. The step may write and read on the socket; it runs
+  /// on the pool's executor, asynchronously (it must not block that thread), and calls `done` once
+  /// when it has finished. The socket is valid until then.
+  ///
+  /// The connect deadline bounds connect and setup together (connect_timeout, or acquire_timeout if
+  /// nearer). If the step fails (done with an error), throws (error::setup_failed), or passes the
+  /// deadline (connect_timeout or acquire_timeout; its socket operations are cancelled), the
+  /// connection is closed with RST, counted in connect_failed, never created or leased, and the
+  /// acquire gets that error. close() ends a step in progress (pool_closed), and so does an
+  /// acquire's cancellation (operation_aborted); a `done` after that is ignored.
+  ///
+  /// For a synchronous acquire, the step runs on the pool's executor while the calling thread
+  /// waits: on a pool built on your executor, do not acquire synchronously from the only thread
+  /// that runs it (the acquire then fails with connect_timeout after its deadline). A null step
+  /// removes it. Applies to connections whose connect starts after the call; with no step set, a
+  /// connect costs nothing more.
+  void set_setup(setup_step step);
 
   /// The options the pool was constructed with.
   const pool_options& options() const noexcept;

@@ -17,6 +17,7 @@ enum class error {
   acquire_timeout,   ///< acquire_timeout passed before a connection could be handed out
   connect_timeout,   ///< connect_timeout passed while connecting
   invalid_options,   ///< a pool_options value is out of range (for example a negative duration)
+  setup_failed,      ///< the connection's setup step (basic_pool::set_setup()) threw an exception
 };
 
 namespace detail {
@@ -52,6 +53,7 @@ class error_category_impl final : public error_category_base {
       case error::acquire_timeout: return "timed out waiting to acquire a connection";
       case error::connect_timeout: return "timed out connecting";
       case error::invalid_options: return "invalid connection pool options";
+      case error::setup_failed: return "the connection's setup step threw an exception";
     }
     return "unknown connpool error";
   }

@@ -33,12 +33,14 @@ std::string find_redis() {
 /// redis-server in a child process on 127.0.0.1:port, stopped (SIGKILL) and reaped on destruction.
 class redis_process {
  public:
-  redis_process(const std::string& exe, unsigned short port) {
+  /// `extra`: more options, which override the ones here (Redis takes the last).
+  redis_process(const std::string& exe, unsigned short port, const std::vector<std::string>& extra = {}) {
     const std::string p = std::to_string(port);
     std::vector<std::string> args{exe,        "--port",     p,    "--bind",  "127.0.0.1", "--timeout",
                                   "1",        "--save",     "",   "--appendonly", "no",   "--daemonize",
                                   "no",       "--logfile",  "",   "--loglevel",  "warning", "--protected-mode",
                                   "no",       "--dir",      "/tmp"};
+    args.insert(args.end(), extra.begin(), extra.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -145,4 +147,81 @@ TEST_CASE("redis: pooled commands across idle gaps longer than the server's 1 s 
   l.release();
   pool.close();
   CHECK(pool.stats().pool_closed == 1);
+}
+
+namespace {
+/// A setup step for Redis: AUTH with `password`, then SELECT `db`, pipelined; any reply but +OK
+/// fails the connection with access_denied.
+tcp_pool::setup_step redis_setup(std::string password, std::string db) {
+  return [password = std::move(password), db = std::move(db)](tcp_pool::socket_type& s, const tcp_pool::endpoint_type&,
+                                                                 tcp_pool::setup_done done) {
+    auto out = std::make_shared<std::string>("*2\r\n$4\r\nAUTH\r\n$" + std::to_string(password.size()) + "\r\n" + password +
+                                             "\r\n*2\r\n$6\r\nSELECT\r\n$" + std::to_string(db.size()) + "\r\n" + db + "\r\n");
+    auto in = std::make_shared<std::string>();
+    net::async_write(s, net::buffer(*out), [&s, out, in, done](connpool::error_code ec, std::size_t) {
+      if (ec) return done(ec);
+      // Two replies; each must be +OK.
+      net::async_read_until(s, net::dynamic_buffer(*in), "\r\n", [&s, in, done](connpool::error_code rec, std::size_t n) {
+        if (rec) return done(rec);
+        if (in->compare(0, n, "+OK\r\n") != 0) return done(net::error::access_denied);
+        in->erase(0, n);
+        net::async_read_until(s, net::dynamic_buffer(*in), "\r\n", [in, done](connpool::error_code rec2, std::size_t n2) {
+          if (rec2) return done(rec2);
+          done(in->compare(0, n2, "+OK\r\n") == 0 && in->size() == n2 ? connpool::error_code()
+                                                                       : connpool::error_code(net::error::access_denied));
+        });
+      });
+    });
+  };
+}
+}  // namespace
+
+TEST_CASE("redis: a setup step does AUTH and SELECT 1 on every new connection; a wrong password fails the connect") {
+  const std::string exe = find_redis();
+  if (test::cannot_run(exe.empty() ? "redis-server (Debian package redis-server) is not installed" : "")) return;
+  test::fd_guard fds;
+  const unsigned short port = free_port();
+  redis_process redis(exe, port, {"--requirepass", "s3cret", "--timeout", "0"});
+  REQUIRE(redis.started());
+  const net::ip::tcp::endpoint ep(net::ip::make_address("127.0.0.1"), port);
+  connpool::pool_options o;
+  o.acquire_timeout = 2000ms;
+  o.connect_timeout = 1000ms;
+  tcp_pool pool(o);
+  pool.set_setup(redis_setup("s3cret", "1"));
+  tcp_pool::lease l;
+  REQUIRE(eventually(  // until Redis listens (bounded)
+      [&] {
+        connpool::error_code ec;
+        l = pool.acquire(ep, ec);
+        return !ec;
+      },
+      5000ms));
+  connpool::error_code ec;
+  CHECK(command(l, {"SET", "setup:key", "in db 1"}, ec) == "+OK");
+  l.release();
+  // Reused: still authenticated, still in db 1, and nothing left unread by the step.
+  l = pool.acquire(ep);
+  CHECK(l.reused());
+  CHECK(command(l, {"GET", "setup:key"}, ec) == "in db 1");
+  l.release();
+  CHECK(pool.stats().unexpected_data == 0);
+  // The key is in db 1, not in db 0: seen through a pool whose step selects db 0.
+  tcp_pool db0(o);
+  db0.set_setup(redis_setup("s3cret", "0"));
+  auto l0 = db0.acquire(ep);
+  CHECK(command(l0, {"GET", "setup:key"}, ec) == "$-1");
+  CHECK(command(l0, {"SELECT", "1"}, ec) == "+OK");
+  CHECK(command(l0, {"GET", "setup:key"}, ec) == "in db 1");
+  l0.discard();  // it selected another db: not for reuse
+  // A wrong password: the acquire fails with the step's error; nothing was created or leaked.
+  tcp_pool wrong(o);
+  wrong.set_setup(redis_setup("not it", "1"));
+  auto lw = wrong.acquire(ep, ec);
+  CHECK(ec == net::error::access_denied);
+  CHECK_FALSE(lw);
+  const auto s = wrong.stats();
+  CHECK(s.connect_failed == 1);
+  CHECK(s.created == 0);
+  CHECK(s.open() == 0);
 }

@@ -154,6 +154,17 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   net::io_context* owned_context() const noexcept { return own_ctx_.get(); }
   const pool_options& options() const noexcept { return books_.options(); }
 
+  /// A connection's setup step and its completion (basic_pool::set_setup()).
+  using setup_done = std::function<void(error_code)>;
+  using setup_step = std::function<void(socket_type&, const endpoint_type&, setup_done)>;
+
+  void set_setup(setup_step step) {
+    std::shared_ptr<const setup_step> p;
+    if (step) p = std::make_shared<const setup_step>(std::move(step));
+    std::lock_guard<spin_mutex> lk(mu_);
+    setup_ = std::move(p);
+  }
+
   // ---------------------------------------------------------------- synchronous acquire
 
   /// On success returns a leased connection and sets `reused`.
@@ -448,6 +459,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         dialing->aborted = true;
         dialing->stop();
         dialing->timer.cancel();
+        end_setup(*dialing, net::error::operation_aborted);
       });
   }
 
@@ -555,8 +567,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     const time_point connect_by = deadline_from(options().connect_timeout);
     bool deadline_passed = false;
     ec = connect_sync(*c, endpoint_of(&e), std::min(connect_by, deadline), deadline_passed);
+    std::uint64_t dial_id = 0;
+    if (!ec && !deadline_passed) {
+      if (std::shared_ptr<const setup_step> step = current_setup())
+        ec = setup_sync(*c, endpoint_of(&e), std::move(step), std::min(connect_by, deadline), deadline_passed, dial_id);
+    }
     if (deadline_passed) ec = deadline < connect_by ? error::acquire_timeout : error::connect_timeout;
-    return connected(e, std::move(c), ec);
+    return connected(e, std::move(c), ec, dial_id);
   }
 
   /// A connection object for a granted slot, or null with `ec` set (the caller then gives the slot
@@ -640,7 +657,133 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::unique_ptr<connection> conn;
     std::uint64_t id = 0;
     bool timed_out = false, cancelled = false, aborted = false, done = false;
+    // The setup step, between connect and hand-out: while in_setup, the first of the step's
+    // done(), the deadline, close() and a cancellation calls on_setup_end, once.
+    bool in_setup = false, setup_ran = false;
+    std::function<void(error_code)> on_setup_end;
   };
+
+  std::shared_ptr<const setup_step> current_setup() const {
+    std::lock_guard<spin_mutex> lk(mu_);
+    return setup_;
+  }
+
+  /// On the strand: end the setup step with `ec`, if it is still running.
+  static void end_setup(dial_race& rc, error_code ec) {
+    if (!rc.in_setup) return;
+    rc.in_setup = false;
+    auto then = std::move(rc.on_setup_end);
+    then(ec);
+  }
+
+  /// On the strand: run `step` on rc.dial, connected to `ep`; `then` gets its result, once. The
+  /// deadline timer, close() and a cancellation end it too (see end_setup()); a done() after that
+  /// is ignored. An exception from the step ends it with error::setup_failed.
+  static void start_setup(const std::shared_ptr<dial_race>& rc, const setup_step& step, const endpoint_type& ep,
+                          std::function<void(error_code)>&& then) {
+    rc->in_setup = true;
+    rc->on_setup_end = std::move(then);
+    setup_done done = [w = std::weak_ptr<dial_race>(rc)](error_code ec) {
+      if (auto r = w.lock()) net::dispatch(r->strand, [r, ec] { end_setup(*r, ec); });
+    };
+    try {
+      step(rc->dial, ep, std::move(done));
+    } catch (...) {
+      end_setup(*rc, error::setup_failed);
+    }
+  }
+
+  /// The setup step for a connection made synchronously: its descriptor moves to a socket on the
+  /// pool's executor, where the step runs (the default pool's sockets live on a context nobody
+  /// runs), and back once it succeeded. Waits by the deadline, and a little longer for the
+  /// executor to report, in case nothing runs it.
+  error_code setup_sync(connection& c, const endpoint_type& ep, std::shared_ptr<const setup_step> step,
+                        time_point deadline, bool& deadline_passed, std::uint64_t& dial_id) {
+    struct outcome {
+      std::mutex m;
+      std::condition_variable cv;
+      bool finished = false, abandoned = false;
+      error_code ec;
+    };
+    std::shared_ptr<dial_race> rc;
+    std::shared_ptr<outcome> out;
+    try {
+      rc = std::make_shared<dial_race>(ex_, nullptr);
+      out = std::make_shared<outcome>();
+    } catch (const std::bad_alloc&) {
+      return net::error::no_memory;
+    }
+    error_code ec = move_descriptor(c.socket, rc->dial, ep.protocol());
+    if (ec) return ec;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      if (books_.closed()) {
+        ec = error::pool_closed;
+      } else {
+        try {
+          dials_.emplace(next_dial_id_ + 1, rc);
+          rc->id = dial_id = ++next_dial_id_;
+        } catch (const std::bad_alloc&) {
+          ec = net::error::no_memory;
+        }
+      }
+    }
+    if (ec) {
+      close_socket(rc->dial, close_mode::abortive, false);
+      return ec;
+    }
+    auto run = [rc, out, step = std::move(step), ep, deadline] {
+      auto then = [rc, out](error_code sec) {
+        rc->done = true;
+        rc->timer.cancel();
+        if (rc->cancelled) sec = error::pool_closed;
+        else if (rc->timed_out) sec = error::connect_timeout;
+        std::lock_guard<std::mutex> lk(out->m);
+        if (out->abandoned) {
+          close_socket(rc->dial, close_mode::abortive, false);  // the thread gave up: ours to close
+          return;
+        }
+        out->finished = true;
+        out->ec = sec;
+        out->cv.notify_one();
+      };
+      if (rc->cancelled) return then(error::pool_closed);
+      if (deadline != never) {
+        rc->timer.expires_at(deadline);
+        rc->timer.async_wait(net::bind_executor(rc->strand, [rc](error_code tec) {
+          if (tec || rc->done) return;
+          rc->timed_out = true;
+          rc->stop();
+          end_setup(*rc, net::error::operation_aborted);
+        }));
+      }
+      start_setup(rc, *step, ep, std::move(then));
+    };
+    try {
+      net::dispatch(rc->strand, std::move(run));
+    } catch (const std::bad_alloc&) {
+      close_socket(rc->dial, close_mode::abortive, false);
+      return net::error::no_memory;
+    }
+    std::unique_lock<std::mutex> lk(out->m);
+    const time_point give_up_at = deadline == never ? deadline : later(deadline, std::chrono::milliseconds(200));
+    while (!out->finished) {
+      if (give_up_at == never) {
+        out->cv.wait(lk);
+      } else if (out->cv.wait_until(lk, give_up_at) == std::cv_status::timeout && !out->finished) {
+        out->abandoned = true;  // nothing ran the executor in time: the step's end will close it
+        deadline_passed = true;
+        return error::connect_timeout;
+      }
+    }
+    lk.unlock();
+    if (rc->timed_out) deadline_passed = true;
+    if (out->ec) {
+      close_socket(rc->dial, close_mode::abortive, false);
+      return out->ec;
+    }
+    return move_descriptor(rc->dial, c.socket, ep.protocol());
+  }
 
   /// Connect on the pool's executor (the only one known to run), racing a timer, on a socket used
   /// only for dialling; once connected, the descriptor moves to the connection's own socket (two
@@ -704,6 +847,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         if (tec || rc->done) return;
         rc->timed_out = true;
         rc->stop();
+        end_setup(*rc, net::error::operation_aborted);
       }));
     };
     try {
@@ -741,6 +885,15 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// connected anyway goes on, and connected() counts it made (then closes it if the pool closed).
   void dialled(const std::shared_ptr<dial_race>& rc, const std::shared_ptr<async_op>& opp, bool acquire_bound,
                error_code cec) {
+    if (!cec && !rc->timed_out && !rc->cancelled && !rc->aborted && !rc->in_setup && !rc->setup_ran) {
+      if (std::shared_ptr<const setup_step> step = current_setup()) {
+        rc->setup_ran = true;
+        return start_setup(rc, *step, endpoint_of(opp->ep),
+                           [self = this->shared_from_this(), rc, opp, acquire_bound](error_code sec) {
+                             self->dialled(rc, opp, acquire_bound, sec);
+                           });
+      }
+    }
     rc->done = true;
     rc->timer.cancel();
     if (rc->cancelled && cec)
@@ -764,6 +917,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
           rc->cancelled = true;
           rc->stop();
           rc->timer.cancel();
+          end_setup(*rc, net::error::operation_aborted);
         });
       }
     }
@@ -890,7 +1044,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   time_point timer_at_{};  // when the retire timer is armed for, if timer_armed_
   bool timer_armed_ = false;
   books_type books_;
-  std::map<std::uint64_t, std::weak_ptr<dial_race>> dials_;  // async connects in flight
+  std::map<std::uint64_t, std::weak_ptr<dial_race>> dials_;  // async connects and setup steps in flight
+  std::shared_ptr<const setup_step> setup_;                    // under mu_; null: none
   std::uint64_t next_dial_id_ = 0;
   std::shared_ptr<pool_state> anchor_;  // see orphan()
 

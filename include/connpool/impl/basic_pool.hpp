@@ -147,6 +147,11 @@ Executor basic_pool<Protocol, Executor>::get_executor() const {
 }
 
 template <class Protocol, class Executor>
+void basic_pool<Protocol, Executor>::set_setup(setup_step step) {
+  state_->set_setup(std::move(step));
+}
+
+template <class Protocol, class Executor>
 const pool_options& basic_pool<Protocol, Executor>::options() const noexcept {
   return state_->options();
 }
