@@ -622,3 +622,91 @@ TEST_CASE("setup: close() ends a step in progress with pool_closed; the async pa
   CHECK(pool.stats().open() == 0);
   CHECK(pool.stats().created == 0);
 }
+
+TEST_CASE("setup: on the async path a failing or throwing step fails the acquire; a cancelled acquire ends its step") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  net::io_context io;
+  auto o = connpool::pool_options();
+  o.connect_timeout = 2000ms;
+  tcp_pool pool(io, o);
+  int mode = 0, entered = 0;
+  pool.set_setup([&](tcp_pool::socket_type&, const tcp_pool::endpoint_type&, tcp_pool::setup_done done) {
+    ++entered;
+    if (mode == 0) return done(net::error::access_denied);
+    if (mode == 1) throw std::runtime_error("setup threw");
+    // mode 2: never done
+  });
+  result failed;
+  pool.async_acquire(server.endpoint(), into(failed));
+  REQUIRE(run_until(io, failed));
+  CHECK(failed.ec == net::error::access_denied);
+  mode = 1;
+  result threw;
+  pool.async_acquire(server.endpoint(), into(threw));
+  REQUIRE(run_until(io, threw));
+  CHECK(threw.ec == connpool::error::setup_failed);
+  auto s = pool.stats();
+  CHECK(s.connect_failed == 2);
+  CHECK(s.created == 0);
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
+  mode = 2;
+  net::cancellation_signal sig;
+  result cancelled;
+  pool.async_acquire(server.endpoint(), net::bind_cancellation_slot(sig.slot(), into(cancelled)));
+  io.restart();
+  const auto end = std::chrono::steady_clock::now() + 2s;
+  while (entered < 3 && std::chrono::steady_clock::now() < end) io.run_one_for(10ms);
+  REQUIRE(entered == 3);  // in its step
+  const auto t0 = std::chrono::steady_clock::now();
+  sig.emit(net::cancellation_type::terminal);
+  REQUIRE(run_until(io, cancelled));
+  CHECK(std::chrono::steady_clock::now() - t0 < 1s);  // not the 2 s connect_timeout
+  CHECK(cancelled.ec == net::error::operation_aborted);
+  s = pool.stats();
+  CHECK(s.connect_failed == 2);  // a cancellation is not a failure
+  CHECK(s.open() == 0);
+#endif
+}
+
+TEST_CASE("setup: a synchronous acquire: close() ends its step; on the pool's own thread it fails at once") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = connpool::pool_options();
+  o.connect_timeout = 3000ms;
+  o.acquire_timeout = 3000ms;
+  std::optional<tcp_pool> pool(std::in_place, o);
+  std::atomic<int> entered{0};
+  pool->set_setup([&](tcp_pool::socket_type&, const tcp_pool::endpoint_type&, tcp_pool::setup_done) {
+    ++entered;  // never done
+  });
+  auto closer = std::async(std::launch::async, [&] {
+    const auto end = std::chrono::steady_clock::now() + 2s;
+    while (entered == 0 && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(1ms);
+    pool->close();
+  });
+  connpool::error_code ec;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto l = pool->acquire(server.endpoint(), ec);
+  closer.get();
+  CHECK(entered == 1);
+  CHECK(ec == connpool::error::pool_closed);
+  CHECK(std::chrono::steady_clock::now() - t0 < 2500ms);  // not the 3 s deadline
+  CHECK(pool->stats().open() == 0);
+
+  // A synchronous acquire from a completion handler on the default pool's own thread.
+  tcp_pool own;
+  own.set_setup([](tcp_pool::socket_type&, const tcp_pool::endpoint_type&, tcp_pool::setup_done done) { done({}); });
+  std::promise<connpool::error_code> inner;
+  auto held = own.acquire(server.endpoint());  // a connection made with the step, from this thread: fine
+  own.async_acquire(server.endpoint(), [&](connpool::error_code, tcp_pool::lease l1) {
+    connpool::error_code iec;
+    auto l2 = own.acquire(server.endpoint(), iec);  // needs a new connection, on the pool's thread
+    inner.set_value(iec);
+    l1.release();
+  });
+  auto f = inner.get_future();
+  REQUIRE(f.wait_for(3s) == std::future_status::ready);
+  CHECK(f.get() == net::error::would_block);
+  held.release();
+}

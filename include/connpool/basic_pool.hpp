@@ -131,23 +131,29 @@ class basic_pool {
   /// A setup step: `step(socket, endpoint, done)`.
   using setup_step = std::function<void(socket_type&, const endpoint_type&, setup_done)>;
 
-  /// Run `step` on every new connection, after TCP connects and before it is handed out or counted
+  /// Run `step` on every new connection, after it connects and before it is handed out or counted
   /// as created: AUTH, SELECT, a protocol hello. The step may write and read on the socket; it runs
   /// on the pool's executor, asynchronously (it must not block that thread), and calls `done` once
-  /// when it has finished. The socket is valid until then.
+  /// when it has finished. The socket's default executor is a strand of the pool's executor (where
+  /// the executor type can hold one, as any_io_executor can), so the step's handlers never run
+  /// concurrently with the pool's own work on it; on another executor type, the executor must be
+  /// single-threaded. Copies of `done` keep the socket object alive: let the handlers that use
+  /// the socket hold one, and destroy them before the pool.
   ///
   /// The connect deadline bounds connect and setup together (connect_timeout, or acquire_timeout if
   /// nearer). If the step fails (done with an error), throws (error::setup_failed), or passes the
-  /// deadline (connect_timeout or acquire_timeout; its socket operations are cancelled), the
-  /// connection is closed with RST, counted in connect_failed, never created or leased, and the
+  /// deadline (connect_timeout or acquire_timeout: its socket is closed and its operations fail),
+  /// the connection is closed with RST, counted in connect_failed, never created or leased, and the
   /// acquire gets that error. close() ends a step in progress (pool_closed), and so does an
-  /// acquire's cancellation (operation_aborted); a `done` after that is ignored.
+  /// async_acquire's cancellation (operation_aborted, not counted as failed); a `done` after that
+  /// is ignored.
   ///
-  /// For a synchronous acquire, the step runs on the pool's executor while the calling thread
-  /// waits: on a pool built on your executor, do not acquire synchronously from the only thread
-  /// that runs it (the acquire then fails with connect_timeout after its deadline). A null step
-  /// removes it. Applies to connections whose connect starts after the call; with no step set, a
-  /// connect costs nothing more.
+  /// A synchronous acquire runs the step on the pool's executor while the calling thread waits,
+  /// until the deadline and at most 200 ms more for the executor to report (then connect_timeout).
+  /// On a default-constructed pool's own thread (in a completion handler) it fails at once with
+  /// net::error::would_block; on a pool built on your executor, do not acquire synchronously from
+  /// the only thread that runs it. A null step removes it. Applies to connects that complete after
+  /// the call. Without a step, a new connection costs one read of it under the pool's lock.
   void set_setup(setup_step step);
 
   /// The options the pool was constructed with.

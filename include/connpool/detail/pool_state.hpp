@@ -602,7 +602,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// Book a finished connection attempt and give its slot back or turn it into a lease. Takes
   /// ownership of `c` (null if it could not even be made); returns it leased, or null.
-  connection* connected(ep_node& e, std::unique_ptr<connection> c, error_code& ec, std::uint64_t dial_id = 0) {
+  /// `cancelled`: the attempt was stopped by the acquire's own cancellation (not counted failed).
+  connection* connected(ep_node& e, std::unique_ptr<connection> c, error_code& ec, std::uint64_t dial_id = 0,
+                        bool cancelled = false) {
     section s(*this);
     if (dial_id) dials_.erase(dial_id);
     const time_point now = coarse_now();
@@ -622,7 +624,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         ec = net::error::no_memory;
       }
     }
-    books_.connect_failed(e, ec, now, s.dead, ec == net::error::operation_aborted);
+    books_.connect_failed(e, ec, now, s.dead, cancelled);
     if (c) bury_later(s, std::move(c), close_mode::abortive);
     rearm();
     return nullptr;
@@ -642,7 +644,15 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// runs on `strand`; close() cancels it there too.
   struct dial_race {
     dial_race(const Executor& ex, std::unique_ptr<connection> c)
-        : strand(ex), timer(ex), retry(ex), dial(ex), conn(std::move(c)) {}
+        : strand(ex), timer(ex), retry(ex), dial(dial_executor(strand, ex)), conn(std::move(c)) {}
+    /// The dialling socket's executor: the strand where Executor can hold one (any_io_executor
+    /// can), so that a setup step's handlers are serialized with the race by default.
+    static Executor dial_executor(const net::strand<Executor>& st, const Executor& ex) {
+      if constexpr (std::is_constructible_v<Executor, net::strand<Executor>>)
+        return Executor(st);
+      else
+        return ex;
+    }
     /// On the strand: stop the attempt in progress (its handler then sees the flag that was set).
     void stop() {
       error_code ignored;
@@ -661,6 +671,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     // done(), the deadline, close() and a cancellation calls on_setup_end, once.
     bool in_setup = false, setup_ran = false;
     std::function<void(error_code)> on_setup_end;
+    std::shared_ptr<const setup_step> step;  // held, with the endpoint, until the race ends
+    endpoint_type ep;
   };
 
   std::shared_ptr<const setup_step> current_setup() const {
@@ -679,15 +691,19 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// On the strand: run `step` on rc.dial, connected to `ep`; `then` gets its result, once. The
   /// deadline timer, close() and a cancellation end it too (see end_setup()); a done() after that
   /// is ignored. An exception from the step ends it with error::setup_failed.
-  static void start_setup(const std::shared_ptr<dial_race>& rc, const setup_step& step, const endpoint_type& ep,
-                          std::function<void(error_code)>&& then) {
+  void start_setup(const std::shared_ptr<dial_race>& rc, std::shared_ptr<const setup_step> step,
+                   const endpoint_type& ep, std::function<void(error_code)>&& then) {
     rc->in_setup = true;
     rc->on_setup_end = std::move(then);
-    setup_done done = [w = std::weak_ptr<dial_race>(rc)](error_code ec) {
-      if (auto r = w.lock()) net::dispatch(r->strand, [r, ec] { end_setup(*r, ec); });
+    rc->step = std::move(step);
+    rc->ep = ep;
+    // `done` holds the race, so the socket the step's handlers use outlives them; the pool state
+    // is held weakly, so a done called after the pool is gone does nothing.
+    setup_done done = [r = rc, w = this->weak_from_this()](error_code ec) {
+      if (auto self = w.lock()) net::dispatch(r->strand, [r, self, ec] { end_setup(*r, ec); });
     };
     try {
-      step(rc->dial, ep, std::move(done));
+      (*rc->step)(rc->dial, rc->ep, std::move(done));
     } catch (...) {
       end_setup(*rc, error::setup_failed);
     }
@@ -699,6 +715,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// executor to report, in case nothing runs it.
   error_code setup_sync(connection& c, const endpoint_type& ep, std::shared_ptr<const setup_step> step,
                         time_point deadline, bool& deadline_passed, std::uint64_t& dial_id) {
+    // On the default pool's own thread (a completion handler that acquires synchronously), the
+    // step could never run: fail at once rather than stall every connection of the pool.
+    if (own_ctx_ && own_ctx_->get_executor().running_in_this_thread()) return net::error::would_block;
     struct outcome {
       std::mutex m;
       std::condition_variable cv;
@@ -732,32 +751,41 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       close_socket(rc->dial, close_mode::abortive, false);
       return ec;
     }
-    auto run = [rc, out, step = std::move(step), ep, deadline] {
-      auto then = [rc, out](error_code sec) {
-        rc->done = true;
-        rc->timer.cancel();
-        if (rc->cancelled) sec = error::pool_closed;
-        else if (rc->timed_out) sec = error::connect_timeout;
-        std::lock_guard<std::mutex> lk(out->m);
-        if (out->abandoned) {
-          close_socket(rc->dial, close_mode::abortive, false);  // the thread gave up: ours to close
-          return;
-        }
-        out->finished = true;
-        out->ec = sec;
-        out->cv.notify_one();
-      };
-      if (rc->cancelled) return then(error::pool_closed);
-      if (deadline != never) {
-        rc->timer.expires_at(deadline);
-        rc->timer.async_wait(net::bind_executor(rc->strand, [rc](error_code tec) {
-          if (tec || rc->done) return;
-          rc->timed_out = true;
-          rc->stop();
-          end_setup(*rc, net::error::operation_aborted);
-        }));
+    // From here the caller never touches rc: the strand ends the race, closes the socket or moves
+    // it back into `c` (while the caller, waiting, still owns c: decided under out->m).
+    auto then = [rc, out, &c, protocol = ep.protocol()](error_code sec) {
+      rc->done = true;
+      rc->timer.cancel();
+      if (rc->cancelled) sec = error::pool_closed;
+      else if (rc->timed_out) sec = error::connect_timeout;
+      std::lock_guard<std::mutex> lk(out->m);
+      if (out->abandoned || sec) {
+        close_socket(rc->dial, close_mode::abortive, false);
+      } else {
+        sec = move_descriptor(rc->dial, c.socket, protocol);
       }
-      start_setup(rc, *step, ep, std::move(then));
+      if (out->abandoned) return;
+      out->finished = true;
+      out->ec = sec;
+      out->cv.notify_one();
+    };
+    auto run = [self = this->shared_from_this(), rc, step = std::move(step), ep, deadline, then]() mutable {
+      if (rc->cancelled) return then(error::pool_closed);
+      try {
+        if (deadline != never) {
+          rc->timer.expires_at(deadline);
+          rc->timer.async_wait(net::bind_executor(rc->strand, [rc](error_code tec) {
+            if (tec || rc->done) return;
+            rc->timed_out = true;
+            rc->stop();
+            end_setup(*rc, net::error::operation_aborted);
+          }));
+        }
+        self->start_setup(rc, std::move(step), ep, then);
+      } catch (const std::bad_alloc&) {
+        rc->stop();
+        if (rc->in_setup) end_setup(*rc, net::error::no_memory); else then(net::error::no_memory);
+      }
     };
     try {
       net::dispatch(rc->strand, std::move(run));
@@ -771,18 +799,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (give_up_at == never) {
         out->cv.wait(lk);
       } else if (out->cv.wait_until(lk, give_up_at) == std::cv_status::timeout && !out->finished) {
-        out->abandoned = true;  // nothing ran the executor in time: the step's end will close it
+        out->abandoned = true;  // nothing ran the executor in time: the race's end will close it
         deadline_passed = true;
         return error::connect_timeout;
       }
     }
-    lk.unlock();
-    if (rc->timed_out) deadline_passed = true;
-    if (out->ec) {
-      close_socket(rc->dial, close_mode::abortive, false);
-      return out->ec;
-    }
-    return move_descriptor(rc->dial, c.socket, ep.protocol());
+    if (out->ec == error::connect_timeout) deadline_passed = true;
+    return out->ec;
   }
 
   /// Connect on the pool's executor (the only one known to run), racing a timer, on a socket used
@@ -833,7 +856,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     if (ec) {
       close_socket(rc->dial, close_mode::abortive, false);
-      connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id);
+      connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id, ec == net::error::operation_aborted);
       return op.finish(ec, out, false);
     }
     // Every step from here runs on the strand: the timer cannot cancel a connect not started yet,
@@ -888,10 +911,15 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (!cec && !rc->timed_out && !rc->cancelled && !rc->aborted && !rc->in_setup && !rc->setup_ran) {
       if (std::shared_ptr<const setup_step> step = current_setup()) {
         rc->setup_ran = true;
-        return start_setup(rc, *step, endpoint_of(opp->ep),
-                           [self = this->shared_from_this(), rc, opp, acquire_bound](error_code sec) {
-                             self->dialled(rc, opp, acquire_bound, sec);
-                           });
+        try {
+          return start_setup(rc, std::move(step), endpoint_of(opp->ep),
+                             [self = this->shared_from_this(), rc, opp, acquire_bound](error_code sec) {
+                               self->dialled(rc, opp, acquire_bound, sec);
+                             });
+        } catch (const std::bad_alloc&) {
+          if (rc->in_setup) return end_setup(*rc, net::error::no_memory);
+          cec = net::error::no_memory;
+        }
       }
     }
     rc->done = true;
@@ -904,7 +932,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       cec = acquire_bound ? error::acquire_timeout : error::connect_timeout;
     if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, endpoint_of(opp->ep).protocol());
     if (rc->dial.is_open()) close_socket(rc->dial, close_mode::abortive, false);
-    connection* out = connected(*opp->ep, std::move(rc->conn), cec, rc->id);
+    connection* out = connected(*opp->ep, std::move(rc->conn), cec, rc->id, rc->aborted && cec == net::error::operation_aborted);
     opp->finish(cec, out, false);
   }
 
