@@ -473,6 +473,14 @@ TEST_CASE("async: awaitable operators: an acquire raced against a timer is cance
 // ------------------------------------------------------------------------------ setup steps
 
 namespace {
+/// Run `io` until `count` reaches `n`, for at most 2 s.
+bool run_until_count(net::io_context& io, const int& count, int n) {
+  io.restart();
+  const auto end = std::chrono::steady_clock::now() + 2s;
+  while (count < n && std::chrono::steady_clock::now() < end) io.run_one_for(10ms);
+  return count >= n;
+}
+
 /// A setup step that says hello to the echo server and expects it back, counting its runs.
 struct hello_step {
   std::shared_ptr<std::atomic<int>> runs = std::make_shared<std::atomic<int>>(0);
@@ -611,10 +619,7 @@ TEST_CASE("setup: close() ends a step in progress with pool_closed; the async pa
   CHECK(entered == 1);
   result closed;
   pool.async_acquire(server.endpoint(), into(closed));
-  io.restart();
-  const auto end = std::chrono::steady_clock::now() + 2s;
-  while (entered < 2 && std::chrono::steady_clock::now() < end) io.run_one_for(10ms);
-  REQUIRE(entered == 2);  // connected, in its setup step
+  REQUIRE(run_until_count(io, entered, 2));  // connected, in its setup step
   CHECK_FALSE(closed.done);
   pool.close();
   REQUIRE(run_until(io, closed));
@@ -654,10 +659,7 @@ TEST_CASE("setup: on the async path a failing or throwing step fails the acquire
   net::cancellation_signal sig;
   result cancelled;
   pool.async_acquire(server.endpoint(), net::bind_cancellation_slot(sig.slot(), into(cancelled)));
-  io.restart();
-  const auto end = std::chrono::steady_clock::now() + 2s;
-  while (entered < 3 && std::chrono::steady_clock::now() < end) io.run_one_for(10ms);
-  REQUIRE(entered == 3);  // in its step
+  REQUIRE(run_until_count(io, entered, 3));  // in its step
   const auto t0 = std::chrono::steady_clock::now();
   sig.emit(net::cancellation_type::terminal);
   REQUIRE(run_until(io, cancelled));

@@ -70,6 +70,15 @@ unsigned short free_port() {
   return a.local_endpoint().port();
 }
 
+/// redis-server (`exe`) on a free port of 127.0.0.1, with `extra` options; `ep` is where.
+struct redis_on_loopback {
+  explicit redis_on_loopback(const std::string& exe, const std::vector<std::string>& extra = {})
+      : port(free_port()), process(exe, port, extra), ep(net::ip::make_address("127.0.0.1"), port) {}
+  unsigned short port;
+  redis_process process;
+  net::ip::tcp::endpoint ep;
+};
+
 /// One RESP command and its reply, as the reply's first line plus a bulk string's body if any.
 std::string command(tcp_pool::lease& l, const std::vector<std::string>& args, connpool::error_code& ec) {
   std::string req = "*" + std::to_string(args.size()) + "\r\n";
@@ -95,10 +104,9 @@ TEST_CASE("redis: pooled commands across idle gaps longer than the server's 1 s 
   const std::string exe = find_redis();
   if (test::cannot_run(exe.empty() ? "redis-server (Debian package redis-server) is not installed" : "")) return;
   test::fd_guard fds;
-  const unsigned short port = free_port();
-  redis_process redis(exe, port);
-  REQUIRE(redis.started());
-  const net::ip::tcp::endpoint ep(net::ip::make_address("127.0.0.1"), port);
+  redis_on_loopback redis(exe);
+  REQUIRE(redis.process.started());
+  const auto ep = redis.ep;
   connpool::pool_options o;
   o.acquire_timeout = 2000ms;
   o.connect_timeout = 1000ms;
@@ -180,10 +188,9 @@ TEST_CASE("redis: a setup step does AUTH and SELECT 1 on every new connection; a
   const std::string exe = find_redis();
   if (test::cannot_run(exe.empty() ? "redis-server (Debian package redis-server) is not installed" : "")) return;
   test::fd_guard fds;
-  const unsigned short port = free_port();
-  redis_process redis(exe, port, {"--requirepass", "s3cret", "--timeout", "0"});
-  REQUIRE(redis.started());
-  const net::ip::tcp::endpoint ep(net::ip::make_address("127.0.0.1"), port);
+  redis_on_loopback redis(exe, {"--requirepass", "s3cret", "--timeout", "0"});
+  REQUIRE(redis.process.started());
+  const auto ep = redis.ep;
   connpool::pool_options o;
   o.acquire_timeout = 2000ms;
   o.connect_timeout = 1000ms;

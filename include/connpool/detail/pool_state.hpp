@@ -680,6 +680,19 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return setup_;
   }
 
+  /// On the strand: race `deadline` (if any). When it passes first, the attempt is stopped (its
+  /// handler sees timed_out) and a setup step in progress ends.
+  static void arm_deadline(const std::shared_ptr<dial_race>& rc, time_point deadline) {
+    if (deadline == never) return;
+    rc->timer.expires_at(deadline);
+    rc->timer.async_wait(net::bind_executor(rc->strand, [rc](error_code tec) {
+      if (tec || rc->done) return;
+      rc->timed_out = true;
+      rc->stop();
+      end_setup(*rc, net::error::operation_aborted);
+    }));
+  }
+
   /// On the strand: end the setup step with `ec`, if it is still running.
   static void end_setup(dial_race& rc, error_code ec) {
     if (!rc.in_setup) return;
@@ -772,15 +785,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     auto run = [self = this->shared_from_this(), rc, step = std::move(step), ep, deadline, then]() mutable {
       if (rc->cancelled) return then(error::pool_closed);
       try {
-        if (deadline != never) {
-          rc->timer.expires_at(deadline);
-          rc->timer.async_wait(net::bind_executor(rc->strand, [rc](error_code tec) {
-            if (tec || rc->done) return;
-            rc->timed_out = true;
-            rc->stop();
-            end_setup(*rc, net::error::operation_aborted);
-          }));
-        }
+        arm_deadline(rc, deadline);
         self->start_setup(rc, std::move(step), ep, then);
       } catch (const std::bad_alloc&) {
         rc->stop();
@@ -864,14 +869,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     auto start = [self = this->shared_from_this(), rc, opp, acquire_bound, connect_deadline] {
       if (rc->cancelled || rc->aborted) return self->dialled(rc, opp, acquire_bound, net::error::operation_aborted);
       dial_once(self, rc, opp, acquire_bound);
-      if (connect_deadline == never) return;
-      rc->timer.expires_at(connect_deadline);
-      rc->timer.async_wait(net::bind_executor(rc->strand, [rc](error_code tec) {
-        if (tec || rc->done) return;
-        rc->timed_out = true;
-        rc->stop();
-        end_setup(*rc, net::error::operation_aborted);
-      }));
+      arm_deadline(rc, connect_deadline);
     };
     try {
       net::dispatch(rc->strand, std::move(start));
