@@ -712,3 +712,313 @@ TEST_CASE("setup: a synchronous acquire: close() ends its step; on the pool's ow
   CHECK(f.get() == net::error::would_block);
   held.release();
 }
+
+// ------------------------------------------------------------------------------ health checks
+
+namespace {
+/// A health check the test steers: says hello and expects it back (mode ok), fails at once (fail),
+/// throws (throw_), or never calls done (hang). Counts its runs.
+struct steered_check {
+  enum mode_t { ok, fail, throw_, hang };
+  std::shared_ptr<std::atomic<int>> runs = std::make_shared<std::atomic<int>>(0);
+  std::shared_ptr<std::atomic<int>> mode = std::make_shared<std::atomic<int>>(ok);
+  void operator()(tcp_pool::socket_type& s, const tcp_pool::endpoint_type& ep, tcp_pool::setup_done done) const {
+    ++*runs;
+    switch (mode->load()) {
+      case fail: return done(net::error::connection_refused);
+      case throw_: throw std::runtime_error("check threw");
+      case hang: return;
+      default: hello_step()(s, ep, std::move(done));
+    }
+  }
+};
+}  // namespace
+
+TEST_CASE("health: a connection idle past validate_after_idle is checked before hand-out, sync and async; one used since is not") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  for (bool own_thread : {true, false}) {
+    CAPTURE(own_thread);
+    net::io_context io;
+    auto o = connpool::pool_options();
+    o.validate_after_idle = 0ms;  // every hand-out from idle
+    std::optional<tcp_pool> pool;
+    if (own_thread) pool.emplace(o); else pool.emplace(io, o);
+    steered_check check;
+    pool->set_health_check(check);
+    std::thread runner;
+    auto guard = net::make_work_guard(io);
+    if (!own_thread) runner = std::thread([&] { io.run(); });
+    auto l = pool->acquire(server.endpoint());
+    CHECK(*check.runs == 0);  // a new connection: no check
+    l.release();
+    l = pool->acquire(server.endpoint());
+    CHECK(l.reused());
+    CHECK(*check.runs == 1);
+    CHECK(test::roundtrip(l, "after check") == "after check");  // the stream is in step
+    l.release();
+    // Asynchronously.
+    std::promise<tcp_pool::lease> p;
+    auto f = p.get_future();
+    pool->async_acquire(server.endpoint(), [&p](connpool::error_code ec, tcp_pool::lease nl) {
+      if (ec) p.set_exception(std::make_exception_ptr(connpool::system_error(ec)));
+      else p.set_value(std::move(nl));
+    });
+    REQUIRE(f.wait_for(3s) == std::future_status::ready);
+    auto a = f.get();
+    CHECK(a.reused());
+    CHECK(*check.runs == 2);
+    CHECK(test::roundtrip(a, "async") == "async");
+    a.release();
+    guard.reset();
+    if (runner.joinable()) {
+      io.stop();
+      runner.join();
+    }
+    auto s = pool->stats();
+    CHECK(s.created == 1);
+    CHECK(s.reused == 2);
+    CHECK(s.validation_failed == 0);
+  }
+  // With the default validate_after_idle (1 s), a connection released just now is not checked.
+  tcp_pool pool;
+  steered_check check;
+  pool.set_health_check(check);
+  pool.acquire(server.endpoint()).release();
+  auto l = pool.acquire(server.endpoint());
+  CHECK(l.reused());
+  CHECK(*check.runs == 0);
+  l.release();
+}
+
+TEST_CASE("health: a failing, throwing or hanging check closes the connection; the acquire takes the next one or connects") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = connpool::pool_options();
+  o.validate_after_idle = 0ms;
+  o.validate_timeout = 200ms;
+  tcp_pool pool(o);
+  steered_check check;
+  pool.set_health_check(check);
+  for (int mode : {steered_check::fail, steered_check::throw_, steered_check::hang}) {
+    CAPTURE(mode);
+    *check.mode = steered_check::ok;
+    auto a = pool.acquire(server.endpoint());
+    auto b = pool.acquire(server.endpoint());
+    a.release();
+    b.release();
+    const auto before = pool.stats();
+    REQUIRE(before.idle == 2);
+    *check.mode = mode;
+    const int runs = *check.runs;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto l = pool.acquire(server.endpoint());  // both idle ones fail: a new connection
+    CHECK(std::chrono::steady_clock::now() - t0 < 1500ms);
+    CHECK_FALSE(l.reused());
+    CHECK(*check.runs == runs + 2);
+    CHECK(test::roundtrip(l, "fresh") == "fresh");
+    const auto s = pool.stats();
+    CHECK(s.validation_failed == before.validation_failed + 2);
+    CHECK(s.reused == before.reused);  // failed checks are not reuses
+    CHECK(s.created == before.created + 1);
+    CHECK(s.idle == 0);
+    l.discard();
+  }
+  CHECK(pool.stats().open() == 0);
+  // The server saw every failed connection closed (by RST).
+  CHECK(eventually([&] { return server.counts().live == 0; }));
+}
+
+TEST_CASE("health: the async path: a failed check moves on; the acquire's deadline and cancellation end a check") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  net::io_context io;
+  auto o = connpool::pool_options();
+  o.validate_after_idle = 0ms;
+  o.validate_timeout = 5000ms;
+  o.acquire_timeout = 300ms;
+  tcp_pool pool(io, o);
+  steered_check check;
+  pool.set_health_check(check);
+  {
+    result r1, r2;
+    pool.async_acquire(server.endpoint(), into(r1));
+    pool.async_acquire(server.endpoint(), into(r2));
+    REQUIRE(run_until(io, r1));
+    REQUIRE(run_until(io, r2));
+    REQUIRE(r1.lease);
+    REQUIRE(r2.lease);
+    r1.lease.release();
+    r2.lease.release();
+  }
+  *check.mode = steered_check::fail;
+  result failed;
+  pool.async_acquire(server.endpoint(), into(failed));
+  REQUIRE(run_until(io, failed));
+  REQUIRE_FALSE(failed.ec);
+  CHECK_FALSE(failed.lease.reused());
+  CHECK(pool.stats().validation_failed == 2);
+  failed.lease.release();
+  // A hanging check is cut by the acquire's deadline (300 ms), not validate_timeout (5 s).
+  *check.mode = steered_check::hang;
+  result cut;
+  const auto t0 = std::chrono::steady_clock::now();
+  pool.async_acquire(server.endpoint(), into(cut));
+  REQUIRE(run_until(io, cut));
+  CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+  CHECK(cut.ec == connpool::error::acquire_timeout);
+  CHECK(pool.stats().validation_failed == 3);
+  CHECK(pool.stats().open() == 0);
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
+  *check.mode = steered_check::ok;
+  {
+    result r;
+    pool.async_acquire(server.endpoint(), into(r));
+    REQUIRE(run_until(io, r));
+    REQUIRE(r.lease);
+    r.lease.release();
+  }
+  *check.mode = steered_check::hang;
+  const int runs = *check.runs;
+  net::cancellation_signal sig;
+  result cancelled;
+  pool.async_acquire(server.endpoint(), net::bind_cancellation_slot(sig.slot(), into(cancelled)));
+  io.restart();
+  for (const auto end = std::chrono::steady_clock::now() + 2s; *check.runs == runs && std::chrono::steady_clock::now() < end;)
+    io.run_one_for(10ms);
+  REQUIRE(*check.runs == runs + 1);  // in its check
+  sig.emit(net::cancellation_type::terminal);
+  REQUIRE(run_until(io, cancelled));
+  CHECK(cancelled.ec == net::error::operation_aborted);
+  const auto s = pool.stats();
+  CHECK(s.validation_failed == 3);  // cancelled, not failed: closed as discarded
+  CHECK(s.open() == 0);
+#endif
+}
+
+TEST_CASE("health: try_acquire leaves a connection that needs its check idle; close() ends a check in progress") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = connpool::pool_options();
+  o.validate_after_idle = 0ms;
+  o.validate_timeout = 3000ms;
+  o.acquire_timeout = 3000ms;
+  tcp_pool pool(o);
+  steered_check check;
+  pool.set_health_check(check);
+  pool.acquire(server.endpoint()).release();
+  CHECK_FALSE(pool.try_acquire(server.endpoint()));
+  CHECK(pool.stats().idle == 1);
+  CHECK(pool.stats().reused == 0);
+  CHECK(*check.runs == 0);
+  *check.mode = steered_check::hang;
+  auto closer = std::async(std::launch::async, [&] {
+    const auto end = std::chrono::steady_clock::now() + 2s;
+    while (*check.runs == 0 && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(1ms);
+    pool.close();
+  });
+  connpool::error_code ec;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto l = pool.acquire(server.endpoint(), ec);
+  closer.get();
+  CHECK(*check.runs == 1);
+  CHECK(ec == connpool::error::pool_closed);
+  CHECK(std::chrono::steady_clock::now() - t0 < 2500ms);
+  CHECK(pool.stats().open() == 0);
+  CHECK(pool.stats().pool_closed == 1);
+}
+
+TEST_CASE("health: ping_interval checks idle connections in the background, keeps them idle, closes those that fail") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  for (bool own_thread : {true, false}) {
+    CAPTURE(own_thread);
+    net::io_context io;
+    auto o = connpool::pool_options();
+    o.ping_interval = 50ms;
+    o.validate_after_idle = 1h;  // only the background checks
+    std::optional<tcp_pool> pool;
+    if (own_thread) pool.emplace(o); else pool.emplace(io, o);
+    steered_check check;
+    pool->set_health_check(check);
+    std::thread runner;
+    auto guard = net::make_work_guard(io);
+    if (!own_thread) runner = std::thread([&] { io.run(); });
+    auto a = pool->acquire(server.endpoint());
+    auto b = pool->acquire(server.endpoint());
+    a.release();
+    b.release();
+    // Each idle connection is checked again and again, and stays idle.
+    CHECK(eventually([&] { return *check.runs >= 6; }));
+    auto s = pool->stats();
+    CHECK(s.idle + s.leased == 2);
+    CHECK(s.validation_failed == 0);
+    // Checks run while acquires take the connections: the stream stays in step.
+    for (int i = 0; i < 20; ++i) {
+      auto l = pool->acquire(server.endpoint());
+      CHECK(test::roundtrip(l, "between pings") == "between pings");
+      l.release();
+      std::this_thread::sleep_for(5ms);  // pacing, so that checks fall between the leases
+    }
+    // Checks start failing: every connection closes, without an acquire.
+    *check.mode = steered_check::fail;
+    CHECK(eventually([&] { return pool->stats().open() == 0; }));
+    s = pool->stats();
+    CHECK(s.validation_failed == s.created);
+    CHECK(s.created >= 2);
+    CHECK(eventually([&] { return server.counts().live == 0; }));
+    pool->close();
+    guard.reset();
+    if (runner.joinable()) {
+      io.stop();
+      runner.join();
+    }
+  }
+}
+
+TEST_CASE("health: a hanging background check is cut by validate_timeout; close() ends one in progress") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = connpool::pool_options();
+  o.ping_interval = 20ms;
+  o.validate_timeout = 100ms;
+  o.validate_after_idle = 1h;
+  tcp_pool pool(o);
+  steered_check check;
+  *check.mode = steered_check::hang;
+  pool.set_health_check(check);
+  pool.acquire(server.endpoint()).release();
+  CHECK(eventually([&] { return pool.stats().validation_failed == 1; }));
+  CHECK(pool.stats().open() == 0);
+  // One in progress when the pool closes: its connection closes too.
+  pool.acquire(server.endpoint()).release();
+  CHECK(eventually([&] { return *check.runs == 2; }));
+  pool.close();
+  CHECK(eventually([&] { return server.counts().live == 0; }));
+  CHECK(pool.stats().open() == 0);
+}
+
+TEST_CASE("health: a synchronous acquire on the default pool's own thread that needs a check fails at once") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = connpool::pool_options();
+  o.validate_after_idle = 0ms;
+  tcp_pool own(o);
+  own.set_health_check(steered_check());
+  own.acquire(server.endpoint()).release();
+  auto held = own.acquire(server.endpoint());  // checked from this thread: fine
+  auto second = own.acquire(server.endpoint());
+  second.release();
+  std::promise<connpool::error_code> inner;
+  own.async_acquire(server.endpoint(), [&](connpool::error_code, tcp_pool::lease l1) {
+    l1.release();
+    connpool::error_code iec;
+    auto l2 = own.acquire(server.endpoint(), iec);  // needs its check, on the pool's thread
+    inner.set_value(iec);
+  });
+  auto f = inner.get_future();
+  REQUIRE(f.wait_for(3s) == std::future_status::ready);
+  CHECK(f.get() == net::error::would_block);
+  CHECK(own.stats().idle == 1);  // left for an acquire that can check it
+  held.release();
+}

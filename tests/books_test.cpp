@@ -195,6 +195,164 @@ TEST_CASE("books: idle_timeout retires exactly at its time, in one pass, and say
   f.b.check_invariants();
 }
 
+TEST_CASE("books: the health check is due by idle time since the last lease or passed check, or when put back") {
+  connpool::pool_options o = opts();
+  o.validate_after_idle = 1000ms;
+  fixture f(o);
+  auto* c = f.connect(1, t0);
+  f.b.released(*c, d::probe_result::healthy, t0, f.dead);
+  CHECK(f.b.take_idle(*f.b.find(1)) == c);
+  CHECK(!f.b.needs_check(*c, t0 + 999ms));
+  CHECK(f.b.needs_check(*c, t0 + 1000ms));
+  // Passed at +1000: fresh for another second.
+  f.b.check_passed(*c, t0 + 1000ms);
+  CHECK(!f.b.needs_check(*c, t0 + 1999ms));
+  CHECK(f.b.needs_check(*c, t0 + 2000ms));
+  // Put back unchecked (its acquire's deadline passed): due whatever its idle time; not reused.
+  const auto reused = f.b.stats(1).reused;
+  f.b.put_back(*c, t0 + 2000ms, f.dead);
+  CHECK(f.b.stats(1).reused == reused - 1);
+  CHECK(f.b.stats(1).idle == 1);
+  CHECK(f.b.take_idle(*f.b.find(1)) == c);
+  CHECK(f.b.needs_check(*c, t0 + 2001ms));
+  // A lease clears it.
+  f.b.released(*c, d::probe_result::healthy, t0 + 2002ms, f.dead);
+  CHECK(f.b.take_idle(*f.b.find(1)) == c);
+  CHECK(!f.b.needs_check(*c, t0 + 2003ms));
+  // A connection handed from a release to a waiter is fresh.
+  connpool::pool_options o1 = opts();
+  o1.max_per_endpoint = 1;
+  o1.validate_after_idle = 1000ms;
+  fixture g(o1);
+  auto* x = g.connect(1, t0);
+  test_waiter w(g.b.find(1));
+  g.b.enqueue(w);
+  g.b.released(*x, d::probe_result::healthy, t0 + 5s, g.dead);
+  REQUIRE(w.result.conn == x);
+  CHECK(!g.b.needs_check(*x, t0 + 5s));
+  g.b.check_invariants();
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: background checks start when due, the connection stays idle but is never handed out") {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 3;
+  o.ping_interval = 1000ms;
+  o.idle_timeout = 10s;
+  fixture f(o);
+  auto* a = f.connect(1, t0);
+  auto* b = f.connect(1, t0);
+  f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  f.b.released(*b, d::probe_result::healthy, t0 + 300ms, f.dead);
+  // Not pinging until the caller has a check.
+  CHECK(f.b.next_due() == t0 + 10s);
+  f.b.pinging(true);
+  CHECK(f.b.next_due() == t0 + 1000ms);
+  CHECK(f.b.idle_due(*b) == t0 + 1300ms);  // what a release arms the timer by
+  std::vector<d::conn_node*> due;
+  CHECK(f.b.expire(t0 + 999ms, f.dead, &due) == t0 + 1000ms);
+  CHECK(due.empty());
+  CHECK(f.b.expire(t0 + 1000ms, f.dead, &due) == t0 + 1300ms);
+  REQUIRE(due.size() == 1);
+  CHECK(due[0] == a);
+  CHECK(a->check == d::check_mark::pinging);
+  CHECK(f.b.stats(1).idle == 2);  // still idle
+  f.b.check_invariants();
+  // The acquire takes b; the next one passes a by and gets a slot.
+  CHECK(f.acquire(1, t0 + 1001ms).conn == b);
+  d::grant g = f.acquire(1, t0 + 1001ms);
+  CHECK(!g.conn);
+  CHECK(g.slot);
+  f.connected(*f.b.find(1), t0 + 1001ms);
+  // At max_per_endpoint, an acquire waits although a is idle.
+  test_waiter w(f.b.find(1));
+  CHECK(!f.acquire(1, t0 + 1002ms));
+  f.b.enqueue(w);
+  f.b.check_invariants();
+  // a passes: it goes to the waiter.
+  f.b.ping_done(*a, true, d::probe_result::healthy, t0 + 1010ms, f.dead);
+  CHECK(w.done);
+  CHECK(w.result.conn == a);
+  CHECK(a->check == d::check_mark::none);
+  f.b.check_invariants();
+  // Back idle: its next check is due ping_interval after it passed, or after its release.
+  f.b.released(*a, d::probe_result::healthy, t0 + 2000ms, f.dead);
+  due.clear();
+  f.b.expire(t0 + 2999ms, f.dead, &due);
+  CHECK(due.empty());
+  f.b.expire(t0 + 3000ms, f.dead, &due);
+  REQUIRE(due.size() == 1);
+  CHECK(due[0] == a);
+  // It fails: closed with RST, counted validation_failed.
+  f.dead.clear();
+  f.b.ping_done(*a, false, d::probe_result::healthy, t0 + 3001ms, f.dead);
+  CHECK(f.b.stats(1).validation_failed == 1);
+  REQUIRE(f.dead.size() == 1);
+  CHECK(f.dead[0].conn == a);
+  CHECK(f.dead[0].mode == connpool::close_mode::abortive);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: a passed background check keeps the connection's idle time; idle_timeout and close() retire it meanwhile") {
+  connpool::pool_options o = opts();
+  o.ping_interval = 1000ms;
+  o.idle_timeout = 2500ms;
+  fixture f(o);
+  f.b.pinging(true);
+  auto* a = f.connect(1, t0);
+  f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  std::vector<d::conn_node*> due;
+  f.b.expire(t0 + 1000ms, f.dead, &due);
+  REQUIRE(due.size() == 1);
+  f.b.ping_done(*a, true, d::probe_result::healthy, t0 + 1000ms, f.dead);
+  CHECK(f.b.next_due() == t0 + 2000ms);
+  due.clear();
+  f.b.expire(t0 + 2000ms, f.dead, &due);
+  REQUIRE(due.size() == 1);
+  CHECK(f.b.next_due() == t0 + 2500ms);  // idle_timeout counts from the release, pings or not
+  const std::uint64_t id = a->id;
+  f.b.expire(t0 + 2500ms, f.dead, &due);
+  CHECK(f.b.stats(1).idle_timeout == 1);
+  CHECK(f.b.lookup(id) == nullptr);  // the I/O layer's ping_done finds it gone
+  f.b.check_invariants();
+  // A check that passes but whose probe then finds a FIN: peer_closed.
+  auto* b = f.connect(2, t0 + 3s);
+  f.b.released(*b, d::probe_result::healthy, t0 + 3s, f.dead);
+  due.clear();
+  f.b.expire(t0 + 4s, f.dead, &due);
+  REQUIRE(due.size() == 1);
+  f.b.ping_done(*b, true, d::probe_result::peer_closed, t0 + 4s, f.dead);
+  CHECK(f.b.stats(2).peer_closed == 1);
+  // close() retires a connection whose check runs.
+  auto* c = f.connect(3, t0 + 5s);
+  f.b.released(*c, d::probe_result::healthy, t0 + 5s, f.dead);
+  due.clear();
+  f.b.expire(t0 + 6s, f.dead, &due);
+  REQUIRE(due.size() == 1);
+  const std::uint64_t cid = c->id;
+  f.b.close(t0 + 6s, f.dead);
+  CHECK(f.b.lookup(cid) == nullptr);
+  CHECK(f.b.stats(3).pool_closed == 1);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: under max_total, a connection whose check runs may be evicted, its own endpoint's included") {
+  connpool::pool_options o = opts();
+  o.max_total = 1;
+  o.ping_interval = 1000ms;
+  fixture f(o);
+  f.b.pinging(true);
+  auto* a = f.connect(1, t0);
+  f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  std::vector<d::conn_node*> due;
+  f.b.expire(t0 + 1s, f.dead, &due);
+  REQUIRE(due.size() == 1);
+  CHECK(f.acquire(1, t0 + 1s).slot);
+  CHECK(f.b.stats(1).surplus == 1);
+  CHECK(f.b.stats().open() == 1);
+  f.b.check_invariants();
+}
+
 TEST_CASE("books: max_lifetime is jittered within 90-100%; idle ones retire on time, leased ones when released") {
   connpool::pool_options o = opts();
   o.max_per_endpoint = 0;

@@ -393,6 +393,9 @@ TEST_CASE("options: out-of-range values are rejected, naming the field; the kern
   };
   rejected("connect_timeout", [](auto& o) { o.connect_timeout = -1ms; });
   rejected("endpoint_grace", [](auto& o) { o.endpoint_grace = -1ms; });
+  rejected("validate_after_idle", [](auto& o) { o.validate_after_idle = -1ms; });
+  rejected("validate_timeout", [](auto& o) { o.validate_timeout = 0ms; });
+  rejected("ping_interval", [](auto& o) { o.ping_interval = -1ms; });
   rejected("keepalive_idle", [](auto& o) { o.keepalive_idle = 32768s; });
   rejected("keepalive_interval", [](auto& o) { o.keepalive_interval = 32768s; });
   rejected("keepalive_count", [](auto& o) { o.keepalive_count = 128; });

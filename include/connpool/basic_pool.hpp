@@ -156,6 +156,33 @@ class basic_pool {
   /// the call. Without a step, a new connection costs one read of it under the pool's lock.
   void set_setup(setup_step step);
 
+  /// A health check: `check(socket, endpoint, done)`, run as a setup step is (e.g. a Redis PING
+  /// and its PONG); `done` with no error means the connection is healthy.
+  using health_check = std::function<void(socket_type&, const endpoint_type&, setup_done)>;
+
+  /// Check connections that may have died where no probe can see it (a NAT or load balancer that
+  /// dropped them silently, a peer that stopped answering): `check` runs, on the pool's executor as
+  /// a setup step does (see set_setup(): the socket, the strand, `done`), on
+  /// - every connection taken from idle that has been idle for options().validate_after_idle or
+  ///   longer (since its last lease or passed check), before it is handed out, bounded by
+  ///   validate_timeout and the acquire's deadline;
+  /// - with options().ping_interval, every connection idle that long, in the background, again
+  ///   every ping_interval while it stays idle: a keepalive for NAT and load balancer mappings.
+  ///   Such a connection counts as idle meanwhile, is not handed out, and keeps its idle time for
+  ///   idle_timeout.
+  ///
+  /// The probe runs before the check, and again after it passed. A check that fails, throws or
+  /// passes its deadline closes the connection with RST, counted validation_failed (not reused);
+  /// the acquire goes on to the next idle connection, or connects. A connection that was checked
+  /// and failed is never handed out.
+  ///
+  /// try_acquire() never runs a check: a connection that needs one is left idle for an acquire.
+  /// A synchronous acquire waits for the check as for a setup step; on a default-constructed pool's
+  /// own thread it fails with net::error::would_block instead. An asynchronous acquire's
+  /// cancellation and close() end a check in progress (that connection is closed). A null check
+  /// removes it. Without a check, these options cost nothing.
+  void set_health_check(health_check check);
+
   /// The options the pool was constructed with.
   const pool_options& options() const noexcept;
 

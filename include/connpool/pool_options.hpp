@@ -34,6 +34,22 @@ struct pool_options {
   /// when endpoints come and go. 0: never forget.
   std::chrono::milliseconds endpoint_grace{60000};
 
+  /// \name Health check
+  /// Used only with a check set by basic_pool::set_health_check(); without one they cost nothing.
+  ///@{
+  /// A connection idle this long (since its last lease or its last passed check) is checked
+  /// before it is handed out; one used more recently is handed out after the probe alone.
+  /// 0: check at every hand-out from idle.
+  std::chrono::milliseconds validate_after_idle{1000};
+  /// Bounds each check (at an acquire, the acquire's deadline too, if nearer). Must be positive.
+  std::chrono::milliseconds validate_timeout{1000};
+  /// Check connections in the background once they have been idle this long, and again every
+  /// ping_interval while they stay idle, so that NAT and load balancer mappings stay alive and a
+  /// silently dropped connection is found before an acquire meets it. Idle time for idle_timeout
+  /// still counts from the last lease. 0: no background checks.
+  std::chrono::milliseconds ping_interval{0};
+  ///@}
+
   /// \name Socket options
   /// Applied to TCP sockets before connecting; Unix stream sockets get none. If the kernel refuses
   /// one, the connect fails with the kernel's error.
@@ -53,7 +69,7 @@ struct pool_options {
 
   /// The name of the first field whose value is out of range, or nullptr. Durations must not be
   /// negative; any other duration is valid, up to `std::chrono::milliseconds::max()` (a deadline
-  /// past the clock's range means "never"). The TCP options must fit what Linux accepts:
+  /// past the clock's range means "never"); validate_timeout must be positive. The TCP options must fit what Linux accepts:
   /// keepalive_idle and keepalive_interval at most 32767 s, keepalive_count at most 127,
   /// user_timeout at most 2^31 - 1 ms.
   const char* invalid_field() const noexcept {
@@ -64,6 +80,9 @@ struct pool_options {
     if (idle_timeout < milliseconds::zero()) return "idle_timeout";
     if (max_lifetime < milliseconds::zero()) return "max_lifetime";
     if (endpoint_grace < milliseconds::zero()) return "endpoint_grace";
+    if (validate_after_idle < milliseconds::zero()) return "validate_after_idle";
+    if (validate_timeout <= milliseconds::zero()) return "validate_timeout";
+    if (ping_interval < milliseconds::zero()) return "ping_interval";
     if (keepalive_idle < seconds::zero() || keepalive_idle > seconds(32767)) return "keepalive_idle";
     if (keepalive_interval < seconds::zero() || keepalive_interval > seconds(32767)) return "keepalive_interval";
     if (keepalive_count > 127) return "keepalive_count";
@@ -106,6 +125,7 @@ struct pool_stats {
   std::size_t max_lifetime = 0;     ///< older than its (jittered) max_lifetime
   std::size_t surplus = 0;          ///< over max_idle_per_endpoint, or evicted to make room under max_total
   std::size_t pool_closed = 0;      ///< closed by close(), or returned after it
+  std::size_t validation_failed = 0;  ///< failed its health check, or the check passed its deadline
   ///@}
 
   /// Connections currently open (idle + leased), plus those being opened.
@@ -114,7 +134,7 @@ struct pool_stats {
   /// Connections the pool closed, for every reason (discarded included).
   std::size_t closed() const noexcept {
     return discarded + peer_closed + peer_reset + unexpected_data + idle_timeout + max_lifetime + surplus +
-           pool_closed;
+           pool_closed + validation_failed;
   }
 
   /// Adds every gauge and counter of `o`.
@@ -136,6 +156,7 @@ struct pool_stats {
     max_lifetime += o.max_lifetime;
     surplus += o.surplus;
     pool_closed += o.pool_closed;
+    validation_failed += o.validation_failed;
     return *this;
   }
 };

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../support.hpp"
+#include "netns.hpp"
 
 extern char** environ;
 
@@ -231,4 +232,95 @@ TEST_CASE("redis: a setup step does AUTH and SELECT 1 on every new connection; a
   CHECK(s.connect_failed == 1);
   CHECK(s.created == 0);
   CHECK(s.open() == 0);
+}
+
+namespace {
+/// A health check: PING, and +PONG back.
+void redis_ping(tcp_pool::socket_type& s, const tcp_pool::endpoint_type&, tcp_pool::setup_done done) {
+  auto buf = std::make_shared<std::string>("*1\r\n$4\r\nPING\r\n");
+  net::async_write(s, net::buffer(*buf), [&s, buf, done](connpool::error_code ec, std::size_t) {
+    if (ec) return done(ec);
+    buf->assign(7, '\0');
+    net::async_read(s, net::buffer(*buf), [buf, done](connpool::error_code rec, std::size_t) {
+      done(rec ? rec : *buf == "+PONG\r\n" ? connpool::error_code() : connpool::error_code(net::error::invalid_argument));
+    });
+  });
+}
+
+/// Drop every packet from Redis to the client port of `l`: the connection is dead, silently.
+bool blackhole(test::scoped_netns& ns, const net::ip::tcp::endpoint& redis, tcp_pool::lease& l) {
+  return ns.nft("add rule inet t in tcp sport " + std::to_string(redis.port()) + " tcp dport " +
+                std::to_string(l.socket().local_endpoint().port()) + " drop");
+}
+}  // namespace
+
+TEST_CASE("redis (netns): a PING health check finds a blackholed connection the probe cannot see, at acquire and in the background") {
+  const std::string exe = find_redis();
+  if (test::cannot_run(exe.empty() ? "redis-server (Debian package redis-server) is not installed" : "")) return;
+  test::fd_guard fds;
+  test::scoped_netns ns;
+  if (test::cannot_run(!ns.why_not().empty() ? ns.why_not()
+                       : !test::scoped_netns::have_nft() ? "nft (Debian package nftables) is not installed"
+                                                          : ""))
+    return;
+  redis_on_loopback redis(exe, {"--timeout", "0"});  // in the namespace: a child of this thread
+  REQUIRE(redis.process.started());
+  const auto ep = redis.ep;
+  connpool::pool_options o;
+  o.acquire_timeout = 3000ms;
+  o.connect_timeout = 1000ms;
+  o.validate_after_idle = 0ms;
+  o.validate_timeout = 300ms;
+  tcp_pool pool(o);
+  tcp_pool::lease l;
+  REQUIRE(eventually(  // until Redis listens (bounded)
+      [&] {
+        connpool::error_code ec;
+        l = pool.acquire(ep, ec);
+        return !ec;
+      },
+      5000ms));
+  connpool::error_code ec;
+  CHECK(command(l, {"PING"}, ec) == "+PONG");
+  REQUIRE(blackhole(ns, ep, l));
+  l.release();
+  // The probe sees nothing wrong: no FIN, no RST, no bytes.
+  l = pool.try_acquire(ep);
+  REQUIRE(l);
+  CHECK(l.reused());
+  l.release();
+  // The check does: its PING goes unanswered, validate_timeout cuts it, and the acquire connects.
+  pool.set_health_check(redis_ping);
+  const auto t0 = std::chrono::steady_clock::now();
+  l = pool.acquire(ep);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(took >= 300ms);
+  CHECK(took < 2000ms);
+  CHECK_FALSE(l.reused());
+  CHECK(command(l, {"PING"}, ec) == "+PONG");
+  auto s = pool.stats();
+  CHECK(s.validation_failed == 1);
+  CHECK(s.created == 2);
+  l.release();
+
+  // In the background: with ping_interval, a blackholed idle connection is closed without an acquire.
+  connpool::pool_options po = o;
+  po.validate_after_idle = 1h;
+  po.ping_interval = 200ms;
+  tcp_pool pinged(po);
+  pinged.set_health_check(redis_ping);
+  auto a = pinged.acquire(ep);
+  auto b = pinged.acquire(ep);
+  CHECK(command(a, {"PING"}, ec) == "+PONG");
+  REQUIRE(blackhole(ns, ep, a));
+  a.release();
+  b.release();
+  CHECK(eventually([&] { return pinged.stats().validation_failed == 1; }, 3000ms));
+  s = pinged.stats();
+  CHECK(s.idle == 1);  // the healthy one stays, pinged
+  CHECK(s.open() == 1);
+  auto c = pinged.acquire(ep);
+  CHECK(c.reused());
+  CHECK(command(c, {"PING"}, ec) == "+PONG");
+  c.release();
 }

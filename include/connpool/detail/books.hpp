@@ -68,6 +68,13 @@ struct ep_node;
 
 enum class conn_state : unsigned char { leased, idle, closed };
 
+/// Where a connection stands with the health check.
+enum class check_mark : unsigned char {
+  none,     ///< checked by time (validate_after_idle) when handed out
+  pinging,  ///< idle, its background check running: not handed out, not on the ping queue
+  due,      ///< must be checked before its next hand-out (put back unchecked)
+};
+
 /// The books' part of a connection. Layout: a lock holder on one core touches what another core
 /// touched last, so what take_idle() and release() write shares as few cache lines as possible.
 struct alignas(64) conn_node {
@@ -80,10 +87,13 @@ struct alignas(64) conn_node {
   std::uint32_t stamp = 0;        // names its current idle period (wraps; a hint only); 0 while free
   conn_state state = conn_state::closed;
   probe_result seen = probe_result::healthy;  // what the watch saw while it was leased
-  // The second: read only with max_lifetime, at connect and close.
+  check_mark check = check_mark::none;
+  // The second: read only with max_lifetime, a health check, at connect and close.
   time_point expires = never;     // jittered max_lifetime
   std::uint64_t id = 0;           // never reused within a pool; 0 while the node is free
   std::size_t heap_pos = not_in_heap;  // in the lifetime heap
+  time_point checked_at{};        // its last passed health check
+  list_hook<conn_node> ping_link;  // the ping queue (with ping_interval)
 };
 static_assert(offsetof(conn_node, expires) == 64, "the hot fields of a connection node fill its first cache line");
 
@@ -158,6 +168,8 @@ class books {
   books(const pool_options& o, std::uint64_t seed)
       : max_idle_per_endpoint_(o.max_idle_per_endpoint),
         idle_timeout_(span(o.idle_timeout)),
+        ping_interval_(span(o.ping_interval)),
+        validate_after_idle_(span(o.validate_after_idle)),
         max_lifetime_(span(o.max_lifetime)),
         endpoint_grace_(span(o.endpoint_grace)),
         opts_(o),
@@ -203,10 +215,13 @@ class books {
   /// period (not retired, not leased since, same endpoint); else the most recently released one.
   /// `mine` must be a node of these books (or null). Does not look at waiters: callers that must
   /// not pass one check `e.waiters.empty()`.
+  /// Never takes a connection whose background check is running (check_mark::pinging).
   CONNPOOL_HOT conn_node* take_idle(ep_node& e, const conn_node* mine = nullptr, std::uint32_t stamp = 0) noexcept {
     conn_node* c = e.idle.back();
-    if (mine && mine != c && mine->stamp == stamp && mine->ep == &e && mine->state == conn_state::idle)
+    if (mine && mine != c && mine->stamp == stamp && mine->ep == &e && mine->state == conn_state::idle &&
+        mine->check != check_mark::pinging)
       c = const_cast<conn_node*>(mine);
+    if (c && c->check == check_mark::pinging) c = available_before(c);
     if (c) {
       set_state(*c, conn_state::leased);
       ++e.idle_taken;
@@ -232,7 +247,7 @@ class books {
   /// Queue an acquire that try_grant() gave nothing. O(log endpoints).
   void enqueue(waiter_node& w) noexcept {
     ep_node& e = *w.ep;
-    CONNPOOL_ASSERT(!w.queued() && e.idle.empty());
+    CONNPOOL_ASSERT(!w.queued() && !available(e));
     w.ticket = ++tickets_;
     e.waiters.push_back(&w);
     w.queued_ = true;
@@ -254,9 +269,14 @@ class books {
   /// pool closed). `idle_only` (try_acquire): only an idle connection, and none while the endpoint
   /// has waiters.
   grant replace(conn_node& c, probe_result r, bool idle_only, time_point now, graveyard& dead) {
+    return replace(c, reason_of(r), close_mode::graceful, idle_only, now, dead);
+  }
+
+  /// As above, for a connection closed for `why` (validation_failed: its health check failed).
+  grant replace(conn_node& c, close_reason why, close_mode mode, bool idle_only, time_point now, graveyard& dead) {
     ep_node& e = *c.ep;
     ++e.probe_failed;
-    retire(c, reason_of(r), close_mode::graceful, now, dead);
+    retire(c, closed_ ? close_reason::pool_closed : why, mode, now, dead);
     grant g;
     if (closed_) {
       g.ec = error::pool_closed;
@@ -326,6 +346,83 @@ class books {
   std::uint32_t released(conn_node& c, probe_result r, time_point now, graveyard& dead) {
     ep_node& e = *c.ep;
     ++e.released;
+    c.check = check_mark::none;
+    return keep(c, r, now, dead);
+  }
+
+  /// An acquire took the idle connection `c` to check it, and gives it back unchecked (its
+  /// deadline passed first): kept as released() keeps it, not counted reused or released, and
+  /// checked before its next hand-out whatever its idle time.
+  std::uint32_t put_back(conn_node& c, time_point now, graveyard& dead) {
+    --c.ep->idle_taken;
+    c.check = check_mark::due;
+    return keep(c, probe_result::healthy, now, dead);
+  }
+
+  // ------------------------------------------------------------------------------- health checks
+
+  /// Background checks on (with ping_interval) while the caller has a check to run.
+  void pinging(bool on) noexcept { pinging_ = on && ping_interval_.count() > 0; }
+
+  /// Whether the connection `c`, taken from idle, must pass the health check before hand-out:
+  /// idle at least validate_after_idle since its last lease or passed check, or put back unchecked.
+  bool needs_check(const conn_node& c, time_point now) const noexcept {
+    if (c.check == check_mark::due) return true;
+    const time_point last = c.checked_at > c.idle_since ? c.checked_at : c.idle_since;
+    return later(last, validate_after_idle_) <= now;
+  }
+
+  /// The health check of the leased `c` passed (at an acquire).
+  void check_passed(conn_node& c, time_point now) noexcept {
+    c.check = check_mark::none;
+    c.checked_at = now;
+  }
+
+  /// Start the background checks that are due (with ping_interval): idle connections whose last
+  /// lease or passed check is ping_interval ago go into `out`, marked pinging; they stay idle
+  /// (counted, retired by idle_timeout and close() as any idle connection) but are not handed
+  /// out until ping_done(). O(started).
+  void start_pings(time_point now, std::vector<conn_node*>& out) {
+    if (closed_ || !pinging_) return;
+    while (conn_node* c = pingq_.front()) {
+      if (later(ping_key(*c), ping_interval_) > now) break;
+      out.reserve(out.size() + 1);  // the one step that may throw: before the books change
+      pingq_.erase(c);
+      c->check = check_mark::pinging;
+      out.push_back(c);
+    }
+  }
+
+  /// A background check of `c` ended (`ok`: it passed; `r`: what a probe after it found). Passed:
+  /// back to the endpoint's oldest waiter, else available idle, in its place (its idle time for
+  /// idle_timeout unchanged). Failed: retired (validation_failed). `c` must still be in the books
+  /// (lookup() by its id: one retired meanwhile is not).
+  void ping_done(conn_node& c, bool ok, probe_result r, time_point now, graveyard& dead) {
+    CONNPOOL_ASSERT(c.state == conn_state::idle && c.check == check_mark::pinging);
+    ep_node& e = *c.ep;
+    c.check = check_mark::none;
+    if (!ok || r != probe_result::healthy) {
+      retire(c, ok ? reason_of(r) : close_reason::validation_failed, ok ? close_mode::graceful : close_mode::abortive,
+             now, dead);
+      serve(now, dead);
+      return;
+    }
+    c.checked_at = now;
+    if (waiter_node* w = e.waiters.front()) {
+      set_state(c, conn_state::leased);
+      ++e.idle_taken;
+      c.idle_since = now;
+      hand(*w, grant{&c, false, {}});
+      return;
+    }
+    pingq_.push_back(&c);
+  }
+
+ private:
+  /// Keep a connection that came back healthy (to the endpoint's oldest waiter, else idle), or
+  /// retire it; see released().
+  std::uint32_t keep(conn_node& c, probe_result r, time_point now, graveyard& dead) {
+    ep_node& e = *c.ep;
     if (r == probe_result::healthy) r = c.seen;
     if (closed_) {
       retire(c, close_reason::pool_closed, opts_.retire_close, now, dead);
@@ -335,6 +432,7 @@ class books {
       retire(c, close_reason::max_lifetime, opts_.retire_close, now, dead);
     } else if (waiter_node* w = e.waiters.front()) {
       ++e.idle_taken;  // handed over as an idle connection, probed by the waiter
+      c.idle_since = now;  // just used: no health check for its idle time
       hand(*w, grant{&c, false, {}});
       return 0;
     } else {
@@ -350,6 +448,7 @@ class books {
     return 0;
   }
 
+ public:
   /// A lease is closed by the user (discard(), or destroyed unreleased).
   void discarded(conn_node& c, close_mode mode, time_point now, graveyard& dead) {
     retire(c, close_reason::discarded, mode, now, dead);
@@ -389,10 +488,15 @@ class books {
 
   // ------------------------------------------------------------------------------- time
 
-  /// When the idle connection `c` reaches idle_timeout (never if there is none). A connection that
-  /// released() kept idle can make next_due() earlier by this alone.
+  /// When the idle connection `c` reaches idle_timeout or its background check (never if neither
+  /// applies). A connection that released() kept idle can make next_due() earlier by this alone.
   CONNPOOL_HOT time_point idle_due(const conn_node& c) const noexcept {
-    return idle_timeout_.count() > 0 ? later(c.idle_since, idle_timeout_) : never;
+    time_point t = idle_timeout_.count() > 0 ? later(c.idle_since, idle_timeout_) : never;
+    if (pinging_) {
+      const time_point p = later(c.idle_since, ping_interval_);
+      if (p < t) t = p;
+    }
+    return t;
   }
 
   /// When expire() next has work: the earliest idle timeout, lifetime or endpoint to forget.
@@ -404,13 +508,18 @@ class books {
       const time_point f = later(unused_.front()->empty_since, endpoint_grace_);
       if (f < t) t = f;
     }
+    if (pinging_ && !pingq_.empty()) {
+      const time_point p = later(ping_key(*pingq_.front()), ping_interval_);
+      if (p < t) t = p;
+    }
     return t;
   }
 
   /// Retire idle connections past idle_timeout or their lifetime, and forget endpoints unused for
   /// endpoint_grace. O(retired + log n): the idle list is in idle order, lifetimes are a heap,
-  /// unused endpoints a list in order. Returns next_due().
-  time_point expire(time_point now, graveyard& dead) {
+  /// unused endpoints a list in order. With ping_interval, the background checks due go into
+  /// `pings` (see start_pings(); required then). Returns next_due().
+  time_point expire(time_point now, graveyard& dead, std::vector<conn_node*>* pings = nullptr) {
     if (!closed_) {
       if (idle_timeout_.count() > 0) {
         while (conn_node* c = all_idle_.front()) {
@@ -432,6 +541,7 @@ class books {
           forget(static_cast<entry&>(*e));
         }
       }
+      if (pings) start_pings(now, *pings);
     }
     return next_due();
   }
@@ -488,10 +598,12 @@ class books {
         if (!all_idle_.linked(c)) fail("an idle connection missing from the idle list across endpoints");
         if (c->idle_since < prev) fail("an endpoint's idle list out of idle order");
         if (lookup(c->id) != c) fail("an idle connection missing from the registry");
+        if (ping_interval_.count() > 0 && pingq_.linked(c) == (c->check == check_mark::pinging))
+          fail("an idle connection on the ping queue while its check runs, or missing from it");
         prev = c->idle_since;
       }
       if (n != e.idle.size()) fail("idle gauge differs from the idle list");
-      if (!e.waiters.empty() && !e.idle.empty()) fail("an endpoint has both waiters and idle connections");
+      if (!e.waiters.empty() && available(e)) fail("an endpoint has both waiters and available idle connections");
       std::uint64_t ticket = 0;
       for (waiter_node* w = e.waiters.front(); w; w = e.waiters.next(w)) {
         if (w->ep != &e) fail("a waiter on another endpoint's queue");
@@ -533,6 +645,8 @@ class books {
     for (conn_node* c = free_; c; c = c->ep_link.next, ++free_nodes)
       if (c->state != conn_state::closed || c->stamp != 0) fail("a free node still looks in use");
     if (free_nodes + registry_.size() != arena_size_) fail("the arena lost a node");
+    for (conn_node* c = pingq_.front(); c; c = pingq_.next(c))
+      if (c->state != conn_state::idle) fail("a connection on the ping queue is not idle");
     lifetimes_.for_each([&](conn_node* c) {
       if (lookup(c->id) != c) fail("a connection in the lifetime heap is not in the books");
     });
@@ -548,6 +662,25 @@ class books {
     }
   };
 
+  /// Whether `e` has an idle connection that can be handed out now.
+  bool available(const ep_node& e) const noexcept {
+    const conn_node* c = e.idle.back();
+    return c && (c->check != check_mark::pinging || available_before(c));
+  }
+
+  /// The most recently released idle connection before `c` on its endpoint's list that is not
+  /// being checked, or null. O(connections being checked): few, as the checks are staggered.
+  static conn_node* available_before(const conn_node* c) noexcept {
+    do c = decltype(ep_node::idle)::prev(c);
+    while (c && c->check == check_mark::pinging);
+    return const_cast<conn_node*>(c);
+  }
+
+  /// When `c` last proved alive: its last release or passed check.
+  static time_point ping_key(const conn_node& c) noexcept {
+    return c.checked_at > c.idle_since ? c.checked_at : c.idle_since;
+  }
+
   /// The only function that moves a connection between leased and idle; it alone edits the idle
   /// lists and the gauges.
   CONNPOOL_HOT void set_state(conn_node& c, conn_state to) noexcept {
@@ -556,6 +689,7 @@ class books {
     if (c.state == conn_state::idle) {
       e.idle.erase(&c);
       all_idle_.erase(&c);
+      if (ping_interval_.count() > 0 && pingq_.linked(&c)) pingq_.erase(&c);
     } else {
       --e.leased;
       --leased_total_;
@@ -568,6 +702,7 @@ class books {
       c.stamp = stamps_;
       e.idle.push_back(&c);
       all_idle_.push_back(&c);
+      if (ping_interval_.count() > 0) pingq_.push_back(&c);
     } else if (to == conn_state::leased) {
       ++e.leased;
       ++leased_total_;
@@ -627,7 +762,7 @@ class books {
     if (opts_.max_total && open_total_ >= opts_.max_total) {
       conn_node* victim = all_idle_.front();
       if (!victim) return false;
-      CONNPOOL_ASSERT(victim->ep != &e);
+      CONNPOOL_ASSERT(victim->ep != &e || victim->check == check_mark::pinging);
       retire(*victim, close_reason::surplus, opts_.retire_close, now, dead);
     }
     ++e.connecting;
@@ -740,11 +875,13 @@ class books {
   std::size_t leased_total_ = 0;
   std::uint32_t stamps_ = 0;
   const std::size_t max_idle_per_endpoint_;
-  const clock::duration idle_timeout_, max_lifetime_, endpoint_grace_;
+  bool pinging_ = false;
+  const clock::duration idle_timeout_, ping_interval_, validate_after_idle_, max_lifetime_, endpoint_grace_;
   ilist<conn_node, &conn_node::all_link> all_idle_;  // front: least recently released
   iheap<ep_node, &ep_node::room_pos, by_oldest_waiter> room_;
   iheap<conn_node, &conn_node::heap_pos, by_expiry> lifetimes_;
   ilist<ep_node, &ep_node::empty_link> unused_;  // endpoints to forget, in the order they became unused
+  ilist<conn_node, &conn_node::ping_link> pingq_;  // idle, not being checked, by ping_key (with ping_interval)
 
   const pool_options opts_;
   std::minstd_rand rng_;

@@ -35,6 +35,7 @@ class ilist {
   bool empty() const noexcept { return head_ == nullptr; }
   std::size_t size() const noexcept { return size_; }
   static T* next(const T* x) noexcept { return (x->*H).next; }
+  static T* prev(const T* x) noexcept { return (x->*H).prev; }
   /// Whether `x` is on this list (an element is on at most one list per hook).
   bool linked(const T* x) const noexcept { return (x->*H).prev != nullptr || head_ == x; }
 

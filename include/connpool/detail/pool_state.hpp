@@ -165,6 +165,17 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     setup_ = std::move(p);
   }
 
+  /// The health check (basic_pool::set_health_check()), run like a setup step.
+  void set_health_check(setup_step check) {
+    std::shared_ptr<const setup_step> p;
+    if (check) p = std::make_shared<const setup_step>(std::move(check));
+    std::lock_guard<spin_mutex> lk(mu_);
+    check_ = std::move(p);
+    check_on_.store(check_ != nullptr, std::memory_order_relaxed);
+    books_.pinging(check_ != nullptr);
+    rearm();
+  }
+
   // ---------------------------------------------------------------- synchronous acquire
 
   /// On success returns a leased connection and sets `reused`.
@@ -184,7 +195,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (c) {
       ep_node* e = c->node->ep;
       const grant g = probed(grant{c->node, false, {}}, false);
-      if (g.conn) {
+      if (g.conn && !check_on_.load(std::memory_order_relaxed)) {
         reused = true;
         return as_connection(g.conn);
       }
@@ -203,7 +214,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       entry* e = books_.find(ep);
       if (e && e->waiters.empty()) c = take_mine_or_mru(*e);
     }
-    return c ? as_connection(probed(grant{c->node, false, {}}, /*idle_only=*/true).conn) : nullptr;
+    if (!c) return nullptr;
+    c = as_connection(probed(grant{c->node, false, {}}, /*idle_only=*/true).conn);
+    // One that needs its health check waits for an acquire that can run it.
+    if (c && check_on_.load(std::memory_order_relaxed) && check_for(*c)) {
+      put_back(*c, false);
+      return nullptr;
+    }
+    return c;
   }
 
   // ---------------------------------------------------------------- asynchronous acquire
@@ -222,10 +240,19 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     // Served at once (an idle connection, or an error): no operation object and no timer.
     g = probed(g, false);
-    if (g.conn) return handler->complete(this, {}, as_connection(g.conn), true);
+    std::shared_ptr<const setup_step> check;
+    if (g.conn && check_on_.load(std::memory_order_relaxed)) check = check_for(*as_connection(g.conn));
+    if (g.conn && !check) return handler->complete(this, {}, as_connection(g.conn), true);
     if (g.ec) return handler->complete(this, g.ec, nullptr, false);
 
-    auto op = std::make_shared<async_op>(this->shared_from_this(), std::move(handler));
+    std::shared_ptr<async_op> op;
+    try {
+      op = std::make_shared<async_op>(this->shared_from_this(), std::move(handler));
+    } catch (...) {
+      if (g.conn) put_back(*as_connection(g.conn), false);
+      if (g.slot) abandon(*e, g);
+      throw;
+    }
     op->deadline = deadline_from(options().acquire_timeout);
 #if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
     // Per-operation cancellation: only an acquire that waits or connects can be cancelled.
@@ -235,6 +262,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (g.slot) {
       op->ep = e;
       return async_connect(op);
+    }
+    if (g.conn) {
+      op->ep = g.conn->ep;
+      return async_check(op, as_connection(g.conn), std::move(check));
     }
     {
       section s(*this);
@@ -401,6 +432,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     // Not under the lock.
     void proceed(grant g) {
       g = state->probed(g, false);
+      if (g.conn && state->check_on_.load(std::memory_order_relaxed)) {
+        if (auto check = state->check_for(*as_connection(g.conn)))
+          return state->async_check(this->shared_from_this(), as_connection(g.conn), std::move(check));
+      }
       if (g.slot) return state->async_connect(this->shared_from_this());
       finish(g.ec, as_connection(g.conn), g.conn != nullptr);
     }
@@ -505,6 +540,247 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return g;
   }
 
+  // ---------------------------------------------------------------- health checks
+
+  /// The health check to run on `c`, just taken from idle, before it is handed out; or null.
+  std::shared_ptr<const setup_step> check_for(const connection& c) const {
+    std::lock_guard<spin_mutex> lk(mu_);
+    if (!check_ || !books_.needs_check(*c.node, coarse_now())) return nullptr;
+    return check_;
+  }
+
+  /// `c` was taken to be checked, and goes back unchecked (see books::put_back()); `timed_out`:
+  /// because its acquire's deadline passed.
+  void put_back(connection& c, bool timed_out) noexcept {
+    section s(*this);
+    const time_point now = coarse_now();
+    books_.put_back(*c.node, now, s.dead);
+    if (timed_out) ++c.node->ep->counters.acquire_timeouts;
+    s.lease_ended();
+    rearm();
+  }
+
+  void check_passed(connection& c) noexcept {
+    std::lock_guard<spin_mutex> lk(mu_);
+    books_.check_passed(*c.node, coarse_now());
+  }
+
+  /// The check of `c` failed (`ec`), or passed and a probe after it found `r`: close it, and take
+  /// the books' grant in its place. Stopped by close(): counted pool_closed.
+  grant check_failed(connection& c, error_code ec, probe_result r) {
+    section s(*this);
+    const close_reason why = !ec ? reason_of(r) : close_reason::validation_failed;
+    grant g = books_.replace(*c.node, why, ec ? close_mode::abortive : close_mode::graceful, false, coarse_now(),
+                             s.dead);
+    s.lease_ended();
+    rearm();
+    return g;
+  }
+
+  void forget_dial(std::uint64_t id) noexcept {
+    if (!id) return;
+    std::lock_guard<spin_mutex> lk(mu_);
+    dials_.erase(id);
+  }
+
+  /// Register a race so that close() ends it; pool_closed once the pool is closed.
+  error_code enlist(const std::shared_ptr<dial_race>& rc) {
+    std::lock_guard<spin_mutex> lk(mu_);
+    if (books_.closed()) return error::pool_closed;
+    try {
+      dials_.emplace(next_dial_id_ + 1, rc);
+      rc->id = ++next_dial_id_;
+    } catch (const std::bad_alloc&) {
+      return net::error::no_memory;
+    }
+    return {};
+  }
+
+  /// The health check of `c`, taken from idle for `opp`, on the pool's executor. Bounded by
+  /// validate_timeout and the acquire's deadline; the acquire's cancellation and close() end it.
+  /// Passed: `c` is the acquire's. Failed: `c` is closed and the acquire goes on with the books'
+  /// grant in its place (the next idle connection, or a connect).
+  void async_check(std::shared_ptr<async_op> opp, connection* c, std::shared_ptr<const setup_step> check) {
+    async_op& op = *opp;
+    const time_point now = clock::now();
+    if (now >= op.deadline) {
+      put_back(*c, true);
+      return op.finish(error::acquire_timeout, nullptr, false);
+    }
+    const time_point check_by = std::min(later(now, options().validate_timeout), op.deadline);
+    std::shared_ptr<dial_race> rc;
+    try {
+      rc = std::make_shared<dial_race>(ex_, nullptr);
+    } catch (const std::bad_alloc&) {
+      put_back(*c, false);
+      return op.finish(net::error::no_memory, nullptr, false);
+    }
+    const Protocol protocol = c->endpoint().protocol();
+    error_code ec = move_descriptor(c->socket, rc->dial, protocol);
+    if (ec) return checked(opp, c, rc, ec);  // the descriptor is lost: closed, counted failed
+    ec = enlist(rc);
+    if (!ec) {
+      std::lock_guard<spin_mutex> lk(mu_);
+      if (op.cancel_requested) rc->aborted = true;
+      op.dial = rc;
+    }
+    // From here only the strand touches rc->dial, until checked() moves it back.
+    auto then = [self = this->shared_from_this(), rc, opp, c, protocol](error_code sec) {
+      rc->done = true;
+      rc->timer.cancel();
+      if (rc->cancelled) sec = error::pool_closed;
+      else if (rc->aborted) sec = net::error::operation_aborted;
+      else if (rc->timed_out) sec = net::error::timed_out;
+      const error_code mec = move_descriptor(rc->dial, c->socket, protocol);
+      if (!sec) sec = mec;
+      if (rc->dial.is_open()) close_socket(rc->dial, close_mode::abortive, false);
+      self->checked(opp, c, rc, sec);
+    };
+    auto run = [self = this->shared_from_this(), rc, check = std::move(check), ep = c->endpoint(), check_by,
+                then, ec]() mutable {
+      if (ec || rc->cancelled || rc->aborted) return then(ec ? ec : net::error::operation_aborted);
+      try {
+        arm_deadline(rc, check_by);
+        self->start_setup(rc, std::move(check), ep, then);
+      } catch (const std::bad_alloc&) {
+        rc->stop();
+        if (rc->in_setup) end_setup(*rc, net::error::no_memory); else then(net::error::no_memory);
+      }
+    };
+    try {
+      net::dispatch(rc->strand, std::move(run));
+    } catch (const std::bad_alloc&) {
+      error_code mec = move_descriptor(rc->dial, c->socket, protocol);
+      checked(opp, c, rc, mec ? mec : net::error::no_memory);
+    }
+  }
+
+  /// An acquire's check of `c` ended with `ec`.
+  void checked(const std::shared_ptr<async_op>& opp, connection* c, const std::shared_ptr<dial_race>& rc,
+               error_code ec) {
+    forget_dial(rc->id);
+    async_op& op = *opp;
+    probe_result r = probe_result::healthy;
+    if (!ec && (r = probe(c->socket.native_handle())) == probe_result::healthy) {
+      check_passed(*c);
+      return op.finish({}, c, true);
+    }
+    if (ec == net::error::operation_aborted && rc->aborted) {  // the acquire's own cancellation
+      abandon(*op.ep, grant{c->node, false, {}});
+      return op.finish(ec, nullptr, false);
+    }
+    const grant g = check_failed(*c, ec, r);
+    if (!g.ec && clock::now() >= op.deadline) {  // no time left for the next one
+      timed_out(*op.ep, g);
+      return op.finish(error::acquire_timeout, nullptr, false);
+    }
+    op.proceed(g);
+  }
+
+  /// An acquire's deadline passed with the grant `g` for `e` not used yet: give it back (a
+  /// connection unchecked, see put_back()), and count the timeout.
+  void timed_out(ep_node& e, grant g) noexcept {
+    section s(*this);
+    const time_point now = coarse_now();
+    if (g.conn) books_.put_back(*g.conn, now, s.dead);
+    else if (g.slot) books_.abandoned(e, g, now, s.dead);
+    ++e.counters.acquire_timeouts;
+    s.lease_ended();
+    rearm();
+  }
+
+  /// A background check (ping_interval), for an idle connection marked pinging: its id, and its
+  /// descriptor, taken out of the connection's socket under the lock.
+  struct ping_job {
+    std::uint64_t id;
+    int fd;
+    endpoint_type ep;
+  };
+
+  /// Under the lock: take the descriptors of the connections start_pings() gave. One that cannot
+  /// be taken fails its check at once.
+  void take_pings(std::vector<conn_node*>& due, std::vector<ping_job>& jobs, graveyard& dead) {
+    const time_point now = coarse_now();
+    for (conn_node* n : due) {
+      connection& c = *as_connection(n);
+      error_code ec;
+      int fd = -1;
+      try {
+        jobs.reserve(jobs.size() + 1);
+        fd = c.socket.release(ec);
+      } catch (const std::bad_alloc&) {
+        ec = net::error::no_memory;
+      }
+      if (ec) {
+        books_.ping_done(*n, false, probe_result::healthy, now, dead);
+        continue;
+      }
+      jobs.push_back({n->id, fd, c.endpoint()});
+    }
+  }
+
+  /// Run a background check, outside the lock.
+  void start_ping(ping_job& job, std::shared_ptr<const setup_step> check) {
+    std::shared_ptr<dial_race> rc;
+    try {
+      rc = std::make_shared<dial_race>(ex_, nullptr);
+    } catch (const std::bad_alloc&) {
+      ::close(job.fd);
+      return ping_ended(nullptr, job.id, net::error::no_memory);
+    }
+    error_code ec;
+    rc->dial.assign(job.ep.protocol(), job.fd, ec);
+    if (ec) {
+      ::close(job.fd);
+      return ping_ended(rc, job.id, ec);
+    }
+    ec = enlist(rc);
+    auto then = [self = this->shared_from_this(), rc, id = job.id](error_code sec) {
+      rc->done = true;
+      rc->timer.cancel();
+      if (rc->cancelled) sec = error::pool_closed;
+      else if (rc->timed_out) sec = net::error::timed_out;
+      self->ping_ended(rc, id, sec);
+    };
+    const time_point check_by = deadline_from(options().validate_timeout);
+    auto run = [self = this->shared_from_this(), rc, check = std::move(check), ep = job.ep, check_by, then,
+                ec]() mutable {
+      if (ec || rc->cancelled) return then(ec ? ec : net::error::operation_aborted);
+      try {
+        arm_deadline(rc, check_by);
+        self->start_setup(rc, std::move(check), ep, then);
+      } catch (const std::bad_alloc&) {
+        rc->stop();
+        if (rc->in_setup) end_setup(*rc, net::error::no_memory); else then(net::error::no_memory);
+      }
+    };
+    try {
+      net::dispatch(rc->strand, std::move(run));
+    } catch (const std::bad_alloc&) {
+      ping_ended(rc, job.id, net::error::no_memory);
+    }
+  }
+
+  /// A background check ended: its descriptor goes back to its connection, if the books still
+  /// have it (else it is closed here), and the books keep or retire it.
+  void ping_ended(const std::shared_ptr<dial_race>& rc, std::uint64_t id, error_code ec) noexcept {
+    const probe_result r = !ec && rc ? probe(rc->dial.native_handle()) : probe_result::healthy;
+    section s(*this);
+    if (rc) dials_.erase(rc->id);
+    conn_node* n = books_.lookup(id);
+    if (n && n->check == check_mark::pinging) {
+      if (rc && rc->dial.is_open()) {
+        const error_code mec = move_descriptor(rc->dial, as_connection(n)->socket, endpoint_of(n->ep).protocol());
+        if (!ec) ec = mec;
+      } else if (!ec) {
+        ec = net::error::bad_descriptor;
+      }
+      books_.ping_done(*n, !ec, r, coarse_now(), s.dead);
+      rearm();
+    }
+    if (rc && rc->dial.is_open()) close_socket(rc->dial, ec ? close_mode::abortive : options().retire_close, false);
+  }
+
   /// acquire() when no idle connection was free: connect in a free slot, or queue until one is
   /// granted or the deadline passes.
   connection* acquire_wait(const endpoint_type& ep, bool& reused, error_code& ec) {
@@ -550,10 +826,45 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// `e`: the endpoint the grant is for (a slot pins it). `deadline`: the acquire's, or `unset` if
   /// it has not been needed yet.
   connection* finish(ep_node& e, grant g, time_point deadline, bool& reused, error_code& ec) {
-    g = probed(g, false);
-    if (g.conn) {
-      reused = true;
-      return as_connection(g.conn);
+    for (;;) {
+      g = probed(g, false);
+      if (!g.conn) break;
+      connection& c = *as_connection(g.conn);
+      std::shared_ptr<const setup_step> check;
+      if (check_on_.load(std::memory_order_relaxed)) check = check_for(c);
+      if (!check) {
+        reused = true;
+        return &c;
+      }
+      if (deadline == unset) deadline = deadline_from(options().acquire_timeout);
+      const time_point now = clock::now();
+      if (now >= deadline) {
+        put_back(c, true);
+        ec = error::acquire_timeout;
+        return nullptr;
+      }
+      bool passed = false;
+      std::uint64_t id = 0;
+      error_code cec = step_sync(c, c.endpoint(), std::move(check),
+                                 std::min(later(now, options().validate_timeout), deadline), passed, id);
+      forget_dial(id);
+      if (cec == net::error::would_block) {  // on the pool's own thread: the check cannot run
+        put_back(c, false);
+        ec = cec;
+        return nullptr;
+      }
+      probe_result r = probe_result::healthy;
+      if (!cec && (r = probe(c.socket.native_handle())) == probe_result::healthy) {
+        check_passed(c);
+        reused = true;
+        return &c;
+      }
+      g = check_failed(c, cec, r);
+      if (!g.ec && clock::now() >= deadline) {  // no time left for the next one
+        timed_out(e, g);
+        ec = error::acquire_timeout;
+        return nullptr;
+      }
     }
     if (g.ec) {
       ec = g.ec;
@@ -570,7 +881,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::uint64_t dial_id = 0;
     if (!ec && !deadline_passed) {
       if (std::shared_ptr<const setup_step> step = current_setup())
-        ec = setup_sync(*c, endpoint_of(&e), std::move(step), std::min(connect_by, deadline), deadline_passed, dial_id);
+        ec = step_sync(*c, endpoint_of(&e), std::move(step), std::min(connect_by, deadline), deadline_passed, dial_id);
     }
     if (deadline_passed) ec = deadline < connect_by ? error::acquire_timeout : error::connect_timeout;
     return connected(e, std::move(c), ec, dial_id);
@@ -722,11 +1033,11 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
   }
 
-  /// The setup step for a connection made synchronously: its descriptor moves to a socket on the
-  /// pool's executor, where the step runs (the default pool's sockets live on a context nobody
-  /// runs), and back once it succeeded. Waits by the deadline, and a little longer for the
+  /// A step (setup or health check) for a synchronous acquire: the connection's descriptor moves
+  /// to a socket on the pool's executor, where the step runs (the default pool's sockets live on a
+  /// context nobody runs), and back once it succeeded; on failure it is closed. Waits by the deadline, and a little longer for the
   /// executor to report, in case nothing runs it.
-  error_code setup_sync(connection& c, const endpoint_type& ep, std::shared_ptr<const setup_step> step,
+  error_code step_sync(connection& c, const endpoint_type& ep, std::shared_ptr<const setup_step> step,
                         time_point deadline, bool& deadline_passed, std::uint64_t& dial_id) {
     // On the default pool's own thread (a completion handler that acquires synchronously), the
     // step could never run: fail at once rather than stall every connection of the pool.
@@ -1000,7 +1311,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (when == never || books_.closed() || (timer_armed_ && timer_at_ <= when)) return;
     const pool_options& o = options();
     std::chrono::milliseconds shortest = o.idle_timeout;
-    for (auto d : {o.max_lifetime, o.endpoint_grace})
+    for (auto d : {o.max_lifetime, o.endpoint_grace, o.ping_interval})
       if (d.count() > 0 && (shortest.count() <= 0 || d < shortest)) shortest = d;
     const auto slack = std::min<std::chrono::milliseconds>(shortest / 32, std::chrono::seconds(1));
     timer_at_ = when;
@@ -1013,10 +1324,24 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   }
 
   void on_timer() {
-    section s(*this);
-    timer_armed_ = false;
-    if (books_.closed()) return;
-    arm_timer(books_.expire(clock::now(), s.dead));
+    std::vector<ping_job> jobs;
+    std::shared_ptr<const setup_step> check;
+    {
+      section s(*this);
+      timer_armed_ = false;
+      if (books_.closed()) return;
+      if (check_ && options().ping_interval.count() > 0) {
+        std::vector<conn_node*> due;
+        arm_timer(books_.expire(clock::now(), s.dead, &due));
+        if (!due.empty()) {
+          check = check_;
+          take_pings(due, jobs, s.dead);
+        }
+      } else {
+        arm_timer(books_.expire(clock::now(), s.dead));
+      }
+    }
+    for (ping_job& j : jobs) start_ping(j, check);
   }
 
   // ---------------------------------------------------------------- idle watch
@@ -1046,6 +1371,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       for (int i = 0; i < n; ++i) {
         conn_node* c = books_.lookup(events[i].id);
         if (!c) continue;  // closed since
+        if (c->check == check_mark::pinging) continue;  // its check sees it; a probe follows it
         // Leased: remember what happened, release() will not keep it. Idle: probe it here, under
         // the lock, so that it cannot be handed out meanwhile.
         const probe_result r = c->state == conn_state::leased
@@ -1072,6 +1398,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   books_type books_;
   std::map<std::uint64_t, std::weak_ptr<dial_race>> dials_;  // async connects and setup steps in flight
   std::shared_ptr<const setup_step> setup_;                    // under mu_; null: none
+  std::shared_ptr<const setup_step> check_;                    // under mu_; null: none
+  std::atomic<bool> check_on_{false};                          // check_ is set: read without the lock
   std::uint64_t next_dial_id_ = 0;
   std::shared_ptr<pool_state> anchor_;  // see orphan()
 

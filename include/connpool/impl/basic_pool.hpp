@@ -152,6 +152,11 @@ void basic_pool<Protocol, Executor>::set_setup(setup_step step) {
 }
 
 template <class Protocol, class Executor>
+void basic_pool<Protocol, Executor>::set_health_check(health_check check) {
+  state_->set_health_check(std::move(check));
+}
+
+template <class Protocol, class Executor>
 const pool_options& basic_pool<Protocol, Executor>::options() const noexcept {
   return state_->options();
 }
