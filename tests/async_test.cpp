@@ -1022,3 +1022,36 @@ TEST_CASE("health: a synchronous acquire on the default pool's own thread that n
   CHECK(own.stats().idle == 1);  // left for an acquire that can check it
   held.release();
 }
+
+TEST_CASE("health: a connection retired while its background check runs closes at once; a sync acquire on the pool's thread does not wait for checks") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = connpool::pool_options();
+  o.ping_interval = 20ms;
+  o.validate_timeout = 10s;
+  o.validate_after_idle = 1h;
+  o.idle_timeout = 300ms;
+  o.max_per_endpoint = 1;
+  tcp_pool pool(o);
+  steered_check check;
+  *check.mode = steered_check::hang;
+  pool.set_health_check(check);
+  pool.acquire(server.endpoint()).release();
+  REQUIRE(eventually([&] { return *check.runs == 1; }));  // its check hangs
+  // On the pool's own thread, a synchronous acquire would wait for a connection whose check needs
+  // that thread: it fails at once instead.
+  std::promise<connpool::error_code> inner;
+  net::post(pool.get_executor(), [&] {
+    connpool::error_code iec;
+    auto l = pool.acquire(server.endpoint(), iec);
+    inner.set_value(iec);
+  });
+  auto f = inner.get_future();
+  REQUIRE(f.wait_for(3s) == std::future_status::ready);
+  CHECK(f.get() == net::error::would_block);
+  // idle_timeout retires it mid-check: the socket closes then, not when the 10 s check would end.
+  CHECK(eventually([&] { return pool.stats().idle_timeout == 1; }));
+  CHECK(eventually([&] { return server.counts().live == 0; }, 2000ms));
+  CHECK(pool.stats().open() == 0);
+  CHECK(pool.stats().validation_failed == 0);
+}

@@ -210,8 +210,10 @@ TEST_CASE("books: the health check is due by idle time since the last lease or p
   CHECK(f.b.needs_check(*c, t0 + 2000ms));
   // Put back unchecked (its acquire's deadline passed): due whatever its idle time; not reused.
   const auto reused = f.b.stats(1).reused;
-  f.b.put_back(*c, t0 + 2000ms, f.dead);
+  f.b.put_back(*c, /*unchecked=*/true, /*timed_out=*/true, t0 + 2000ms, f.dead);
   CHECK(f.b.stats(1).reused == reused - 1);
+  CHECK(f.b.stats(1).acquire_timeouts == 1);
+  CHECK(c->idle_since == t0);  // its idle time kept: released at t0
   CHECK(f.b.stats(1).idle == 1);
   CHECK(f.b.take_idle(*f.b.find(1)) == c);
   CHECK(f.b.needs_check(*c, t0 + 2001ms));
@@ -333,6 +335,32 @@ TEST_CASE("books: a passed background check keeps the connection's idle time; id
   f.b.close(t0 + 6s, f.dead);
   CHECK(f.b.lookup(cid) == nullptr);
   CHECK(f.b.stats(3).pool_closed == 1);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: the ping queue exists only while pings are on; turning them on queues every idle connection") {
+  connpool::pool_options o = opts();
+  o.ping_interval = 1000ms;
+  fixture f(o);
+  auto* a = f.connect(1, t0);
+  auto* b = f.connect(2, t0);
+  f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  f.b.released(*b, d::probe_result::healthy, t0 + 10ms, f.dead);
+  CHECK(f.b.next_due() == d::never);
+  CHECK(f.b.idle_due(*a) == d::never);
+  f.b.check_invariants();
+  f.b.pinging(true);
+  CHECK(f.b.next_due() == t0 + 1000ms);
+  f.b.check_invariants();
+  std::vector<d::conn_node*> due;
+  f.b.expire(t0 + 1010ms, f.dead, &due);
+  CHECK(due.size() == 2);
+  // Off while both checks run: they end, and nothing is queued again.
+  f.b.pinging(false);
+  f.b.ping_done(*a, true, d::probe_result::healthy, t0 + 1020ms, f.dead);
+  f.b.ping_done(*b, true, d::probe_result::healthy, t0 + 1020ms, f.dead);
+  CHECK(f.b.next_due() == d::never);
+  CHECK(f.b.stats().idle == 2);
   f.b.check_invariants();
 }
 

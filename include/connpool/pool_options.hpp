@@ -37,6 +37,7 @@ struct pool_options {
   /// \name Health check
   /// Used only with a check set by basic_pool::set_health_check(); without one they cost nothing.
   ///@{
+
   /// A connection idle this long (since its last lease or its last passed check) is checked
   /// before it is handed out; one used more recently is handed out after the probe alone.
   /// 0: check at every hand-out from idle.

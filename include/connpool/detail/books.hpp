@@ -19,14 +19,16 @@
 // between states; it alone edits the idle lists and the gauges.
 //
 // Waiters queue per endpoint, FIFO. Invariants after every call:
-// - an endpoint with waiters has no idle connection (a connection that comes back goes to the
-//   oldest waiter of its endpoint);
+// - an endpoint with waiters has no available idle connection (a connection that comes back goes
+//   to the oldest waiter of its endpoint); only connections whose background health check runs
+//   (check_mark::pinging) may be idle there;
 // - the room queue holds exactly the endpoints that have waiters and are below max_per_endpoint,
 //   ordered by the ticket of their oldest waiter; it is empty unless the pool is at max_total with
 //   no idle connection anywhere to evict. So room freed under max_total goes to the oldest waiter
 //   that needs room, in O(log endpoints), without looking at any other waiter.
 //
-// Costs: take_idle, a release and serving a waiter of the same endpoint are O(1); serving the room
+// Costs: take_idle (plus the connections being pinged that it passes over), a release and serving
+// a waiter of the same endpoint are O(1); serving the room
 // queue O(log endpoints); a retire pass O(retired + log n); an endpoint lookup O(1) on average.
 
 #include <cassert>
@@ -347,22 +349,44 @@ class books {
     ep_node& e = *c.ep;
     ++e.released;
     c.check = check_mark::none;
-    return keep(c, r, now, dead);
+    return keep(c, r, now, dead, now);
   }
 
-  /// An acquire took the idle connection `c` to check it, and gives it back unchecked (its
-  /// deadline passed first): kept as released() keeps it, not counted reused or released, and
-  /// checked before its next hand-out whatever its idle time.
-  std::uint32_t put_back(conn_node& c, time_point now, graveyard& dead) {
-    --c.ep->idle_taken;
-    c.check = check_mark::due;
-    return keep(c, probe_result::healthy, now, dead);
+  /// An acquire took the idle connection `c` and gives it back unused: its deadline passed first
+  /// (`timed_out`, counted), or it needs a check the acquire cannot run. Kept as released() keeps
+  /// it, not counted reused or released, with its idle time (at most raised to that of the
+  /// connection released last, which keeps the idle lists in order). `unchecked`: it was taken
+  /// for its health check, and gets it before its next hand-out whatever its idle time.
+  void put_back(conn_node& c, bool unchecked, bool timed_out, time_point now, graveyard& dead) {
+    ep_node& e = *c.ep;
+    --e.idle_taken;
+    if (timed_out) ++e.counters.acquire_timeouts;
+    if (unchecked) c.check = check_mark::due;
+    keep(c, probe_result::healthy, now, dead, c.idle_since);
   }
 
   // ------------------------------------------------------------------------------- health checks
 
   /// Background checks on (with ping_interval) while the caller has a check to run.
-  void pinging(bool on) noexcept { pinging_ = on && ping_interval_.count() > 0; }
+  /// O(idle) when it changes: the ping queue is kept only while pings are on, so that without a
+  /// check no release or hand-out touches it.
+  void pinging(bool on) noexcept {
+    on = on && ping_interval_.count() > 0;
+    if (on == pinging_) return;
+    pinging_ = on;
+    if (on) {
+      for (conn_node* c = all_idle_.front(); c; c = all_idle_.next(c))
+        if (c->check != check_mark::pinging) pingq_.push_back(c);
+    } else {
+      while (conn_node* c = pingq_.front()) pingq_.erase(c);
+    }
+  }
+
+  /// What take_idle(e) would take (without a hint), still idle; or null.
+  conn_node* peek_idle(const ep_node& e) const noexcept {
+    conn_node* c = e.idle.back();
+    return c && c->check == check_mark::pinging ? available_before(c) : c;
+  }
 
   /// Whether the connection `c`, taken from idle, must pass the health check before hand-out:
   /// idle at least validate_after_idle since its last lease or passed check, or put back unchecked.
@@ -415,13 +439,14 @@ class books {
       hand(*w, grant{&c, false, {}});
       return;
     }
-    pingq_.push_back(&c);
+    if (pinging_) pingq_.push_back(&c);
   }
 
  private:
   /// Keep a connection that came back healthy (to the endpoint's oldest waiter, else idle), or
   /// retire it; see released().
-  std::uint32_t keep(conn_node& c, probe_result r, time_point now, graveyard& dead) {
+  /// Its idle time (for idle_timeout and the health check) starts at `idle_since`.
+  std::uint32_t keep(conn_node& c, probe_result r, time_point now, graveyard& dead, time_point idle_since) {
     ep_node& e = *c.ep;
     if (r == probe_result::healthy) r = c.seen;
     if (closed_) {
@@ -432,11 +457,11 @@ class books {
       retire(c, close_reason::max_lifetime, opts_.retire_close, now, dead);
     } else if (waiter_node* w = e.waiters.front()) {
       ++e.idle_taken;  // handed over as an idle connection, probed by the waiter
-      c.idle_since = now;  // just used: no health check for its idle time
+      c.idle_since = idle_since;  // released just now: not checked for its idle time
       hand(*w, grant{&c, false, {}});
       return 0;
     } else {
-      c.idle_since = now;
+      c.idle_since = idle_since;
       set_state(c, conn_state::idle);
       const std::uint32_t stamp = c.stamp;
       if (max_idle_per_endpoint_ && e.idle.size() > max_idle_per_endpoint_)
@@ -598,7 +623,7 @@ class books {
         if (!all_idle_.linked(c)) fail("an idle connection missing from the idle list across endpoints");
         if (c->idle_since < prev) fail("an endpoint's idle list out of idle order");
         if (lookup(c->id) != c) fail("an idle connection missing from the registry");
-        if (ping_interval_.count() > 0 && pingq_.linked(c) == (c->check == check_mark::pinging))
+        if (pinging_ && pingq_.linked(c) == (c->check == check_mark::pinging))
           fail("an idle connection on the ping queue while its check runs, or missing from it");
         prev = c->idle_since;
       }
@@ -645,6 +670,7 @@ class books {
     for (conn_node* c = free_; c; c = c->ep_link.next, ++free_nodes)
       if (c->state != conn_state::closed || c->stamp != 0) fail("a free node still looks in use");
     if (free_nodes + registry_.size() != arena_size_) fail("the arena lost a node");
+    if (!pinging_ && !pingq_.empty()) fail("a ping queue while pings are off");
     for (conn_node* c = pingq_.front(); c; c = pingq_.next(c))
       if (c->state != conn_state::idle) fail("a connection on the ping queue is not idle");
     lifetimes_.for_each([&](conn_node* c) {
@@ -689,7 +715,7 @@ class books {
     if (c.state == conn_state::idle) {
       e.idle.erase(&c);
       all_idle_.erase(&c);
-      if (ping_interval_.count() > 0 && pingq_.linked(&c)) pingq_.erase(&c);
+      if (pinging_ && pingq_.linked(&c)) pingq_.erase(&c);
     } else {
       --e.leased;
       --leased_total_;
@@ -702,7 +728,7 @@ class books {
       c.stamp = stamps_;
       e.idle.push_back(&c);
       all_idle_.push_back(&c);
-      if (ping_interval_.count() > 0) pingq_.push_back(&c);
+      if (pinging_) pingq_.push_back(&c);
     } else if (to == conn_state::leased) {
       ++e.leased;
       ++leased_total_;

@@ -5,7 +5,8 @@
 // closes, runs the idle watch and the retire timer, and reports back to the books.
 //
 // One mutex guards the books. No I/O runs while it is held, except the rare probe that classifies
-// a connection the idle watch reported. Every section that may retire connections is a `section`:
+// a connection the idle watch reported, and the descriptor moves (epoll_ctl) and probe of a
+// background health check (ping_interval), once per check. Every section that may retire connections is a `section`:
 // the lock, and a graveyard whose sockets are closed after the lock is released. That is the one
 // close path, so every socket is closed exactly once and no close runs under the lock.
 
@@ -72,11 +73,16 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   using entry = typename books_type::entry;
 
   /// A connection: its socket, and its node in the books (set once connected).
+ private:
+  struct dial_race;
+
+ public:
   struct connection {
     connection(const Executor& ex, std::shared_ptr<net::io_context> ctx) : context(std::move(ctx)), socket(ex) {}
     const endpoint_type& endpoint() const noexcept { return endpoint_of(node->ep); }
     conn_node* node = nullptr;
     bool watched = false;  // in the idle watch's epoll set
+    std::weak_ptr<dial_race> ping;  // its background check in progress, under the lock
     // The context its socket lives on, when the pool owns it (default-constructed pool): a
     // connection being closed by a release() that raced the pool's destruction must not outlive it.
     std::shared_ptr<net::io_context> context;
@@ -212,13 +218,19 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       std::lock_guard<spin_mutex> lk(mu_);
       if (books_.closed()) return nullptr;
       entry* e = books_.find(ep);
-      if (e && e->waiters.empty()) c = take_mine_or_mru(*e);
+      if (e && e->waiters.empty()) {
+        if (!check_) {
+          c = take_mine_or_mru(*e);
+        } else if (conn_node* n = books_.peek_idle(*e); n && !books_.needs_check(*n, coarse_now())) {
+          c = as_connection(books_.take_idle(*e, n, n->stamp));  // one that needs its check stays idle
+        }
+      }
     }
     if (!c) return nullptr;
     c = as_connection(probed(grant{c->node, false, {}}, /*idle_only=*/true).conn);
-    // One that needs its health check waits for an acquire that can run it.
+    // A replacement for one that failed its probe may need its check: left for an acquire.
     if (c && check_on_.load(std::memory_order_relaxed) && check_for(*c)) {
-      put_back(*c, false);
+      put_back(*c, /*unchecked=*/false, /*timed_out=*/false);
       return nullptr;
     }
     return c;
@@ -249,7 +261,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     try {
       op = std::make_shared<async_op>(this->shared_from_this(), std::move(handler));
     } catch (...) {
-      if (g.conn) put_back(*as_connection(g.conn), false);
+      if (g.conn) put_back(*as_connection(g.conn), false, false);
       if (g.slot) abandon(*e, g);
       throw;
     }
@@ -389,8 +401,6 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     graveyard dead;
   };
 
-  struct dial_race;
-
   // ---------------------------------------------------------------- waiters
 
   struct sync_waiter final : waiter_node {
@@ -483,8 +493,11 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         rearm();
         op.timer.cancel();
         waiting = std::move(op.keep_alive);
-      } else if (!(dialing = op.dial.lock())) {
-        op.cancel_requested = true;  // granted a slot, its connect not started yet: it will not start
+      } else {
+        // Its connect or check in flight is stopped; one not started yet (between a failed check
+        // and the next check or connect) sees the flag and does not start.
+        op.cancel_requested = true;
+        dialing = op.dial.lock();
       }
     }
     if (waiting) return waiting->finish(net::error::operation_aborted, nullptr, false);
@@ -549,13 +562,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return check_;
   }
 
-  /// `c` was taken to be checked, and goes back unchecked (see books::put_back()); `timed_out`:
-  /// because its acquire's deadline passed.
-  void put_back(connection& c, bool timed_out) noexcept {
+  /// `c` was taken from idle and goes back unused (see books::put_back()).
+  void put_back(connection& c, bool unchecked, bool timed_out) noexcept {
     section s(*this);
-    const time_point now = coarse_now();
-    books_.put_back(*c.node, now, s.dead);
-    if (timed_out) ++c.node->ep->counters.acquire_timeouts;
+    books_.put_back(*c.node, unchecked, timed_out, coarse_now(), s.dead);
     s.lease_ended();
     rearm();
   }
@@ -604,7 +614,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     async_op& op = *opp;
     const time_point now = clock::now();
     if (now >= op.deadline) {
-      put_back(*c, true);
+      put_back(*c, /*unchecked=*/true, /*timed_out=*/true);
       return op.finish(error::acquire_timeout, nullptr, false);
     }
     const time_point check_by = std::min(later(now, options().validate_timeout), op.deadline);
@@ -612,7 +622,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     try {
       rc = std::make_shared<dial_race>(ex_, nullptr);
     } catch (const std::bad_alloc&) {
-      put_back(*c, false);
+      put_back(*c, true, false);
       return op.finish(net::error::no_memory, nullptr, false);
     }
     const Protocol protocol = c->endpoint().protocol();
@@ -625,7 +635,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       op.dial = rc;
     }
     // From here only the strand touches rc->dial, until checked() moves it back.
-    auto then = [self = this->shared_from_this(), rc, opp, c, protocol](error_code sec) {
+    auto then = [self = this->shared_from_this(), w = std::weak_ptr<dial_race>(rc), opp, c, protocol](error_code sec) {
+      const std::shared_ptr<dial_race> rc = w.lock();  // see start_ping()
+      if (!rc) return;
       rc->done = true;
       rc->timer.cancel();
       if (rc->cancelled) sec = error::pool_closed;
@@ -682,9 +694,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   void timed_out(ep_node& e, grant g) noexcept {
     section s(*this);
     const time_point now = coarse_now();
-    if (g.conn) books_.put_back(*g.conn, now, s.dead);
-    else if (g.slot) books_.abandoned(e, g, now, s.dead);
-    ++e.counters.acquire_timeouts;
+    if (g.conn) {
+      books_.put_back(*g.conn, /*unchecked=*/false, /*timed_out=*/true, now, s.dead);
+    } else {
+      if (g.slot) books_.abandoned(e, g, now, s.dead);
+      ++e.counters.acquire_timeouts;
+    }
     s.lease_ended();
     rearm();
   }
@@ -734,13 +749,17 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       ::close(job.fd);
       return ping_ended(rc, job.id, ec);
     }
-    ec = enlist(rc);
-    auto then = [self = this->shared_from_this(), rc, id = job.id](error_code sec) {
-      rc->done = true;
-      rc->timer.cancel();
-      if (rc->cancelled) sec = error::pool_closed;
-      else if (rc->timed_out) sec = net::error::timed_out;
-      self->ping_ended(rc, id, sec);
+    ec = enlist_ping(rc, job.id);
+    // The race holds `then` (on_setup_end), so `then` holds the race weakly: if the executor's
+    // context is destroyed with the check pending, nothing keeps the race alive.
+    auto then = [self = this->shared_from_this(), w = std::weak_ptr<dial_race>(rc), id = job.id](error_code sec) {
+      const std::shared_ptr<dial_race> r = w.lock();  // alive: whoever ends the race holds it
+      if (!r) return;
+      r->done = true;
+      r->timer.cancel();
+      if (r->cancelled) sec = error::pool_closed;
+      else if (r->timed_out) sec = net::error::timed_out;
+      self->ping_ended(r, id, sec);
     };
     const time_point check_by = deadline_from(options().validate_timeout);
     auto run = [self = this->shared_from_this(), rc, check = std::move(check), ep = job.ep, check_by, then,
@@ -761,24 +780,71 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
   }
 
-  /// A background check ended: its descriptor goes back to its connection, if the books still
-  /// have it (else it is closed here), and the books keep or retire it.
-  void ping_ended(const std::shared_ptr<dial_race>& rc, std::uint64_t id, error_code ec) noexcept {
-    const probe_result r = !ec && rc ? probe(rc->dial.native_handle()) : probe_result::healthy;
-    section s(*this);
-    if (rc) dials_.erase(rc->id);
+  /// Register a background check so that close() ends it, and so that its connection, if the
+  /// books retire it meanwhile, ends it too (see stop_ping()). An error if the pool closed or the
+  /// connection is gone.
+  error_code enlist_ping(const std::shared_ptr<dial_race>& rc, std::uint64_t id) {
+    std::lock_guard<spin_mutex> lk(mu_);
+    if (books_.closed()) return error::pool_closed;
     conn_node* n = books_.lookup(id);
-    if (n && n->check == check_mark::pinging) {
-      if (rc && rc->dial.is_open()) {
-        const error_code mec = move_descriptor(rc->dial, as_connection(n)->socket, endpoint_of(n->ep).protocol());
-        if (!ec) ec = mec;
-      } else if (!ec) {
-        ec = net::error::bad_descriptor;
-      }
-      books_.ping_done(*n, !ec, r, coarse_now(), s.dead);
-      rearm();
+    if (!n || n->check != check_mark::pinging) return net::error::operation_aborted;
+    try {
+      dials_.emplace(next_dial_id_ + 1, rc);
+      rc->id = ++next_dial_id_;
+    } catch (const std::bad_alloc&) {
+      return net::error::no_memory;
     }
-    if (rc && rc->dial.is_open()) close_socket(rc->dial, ec ? close_mode::abortive : options().retire_close, false);
+    as_connection(n)->ping = rc;
+    return {};
+  }
+
+  /// A connection is closed: if its background check runs, end it (its socket then closes).
+  static void stop_ping(connection& c) noexcept {
+    std::shared_ptr<dial_race> rc = c.ping.lock();
+    if (!rc) return;
+    try {
+      net::post(rc->strand, [rc] {
+        if (rc->done) return;
+        rc->cancelled = true;
+        rc->stop();
+        rc->timer.cancel();
+        end_setup(*rc, net::error::operation_aborted);
+      });
+    } catch (...) {
+      // Out of memory: the check ends by its deadline instead.
+    }
+  }
+
+  /// A background check ended: its descriptor goes back to its connection, if the books still
+  /// have it, and the books keep or retire it (a probe, under the lock, catches a FIN that came
+  /// while the idle watch passed the connection by). A connection retired meanwhile has no
+  /// descriptor left but this one: it is closed here, after the lock (retire_close, or RST if the
+  /// check failed).
+  void ping_ended(const std::shared_ptr<dial_race>& rc, std::uint64_t id, error_code ec) noexcept {
+    bool close_here = false;
+    {
+      section s(*this);
+      if (rc) dials_.erase(rc->id);
+      conn_node* n = books_.lookup(id);
+      if (n && n->check == check_mark::pinging) {
+        connection& c = *as_connection(n);
+        c.ping.reset();
+        if (rc && rc->dial.is_open()) {
+          const error_code mec = move_descriptor(rc->dial, c.socket, endpoint_of(n->ep).protocol());
+          if (!ec) ec = mec;
+        } else if (!ec) {
+          ec = net::error::bad_descriptor;
+        }
+        const probe_result r = ec ? probe_result::healthy : probe(c.socket.native_handle());
+        books_.ping_done(*n, !ec, r, coarse_now(), s.dead);
+        rearm();
+      }
+      close_here = rc && rc->dial.is_open();
+    }
+    if (close_here) {
+      const bool stopped = ec == error::pool_closed || ec == net::error::operation_aborted;
+      close_socket(rc->dial, ec && !stopped ? close_mode::abortive : options().retire_close, false);
+    }
   }
 
   /// acquire() when no idle connection was free: connect in a free slot, or queue until one is
@@ -798,6 +864,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       e = &en;
       g = books_.try_grant(en, now, s.dead);
       if (!g) {
+        // Idle connections that cannot be had now are being checked in the background, on the
+        // pool's thread: on that thread, waiting would stall the checks it waits for.
+        if (!en.idle.empty() && own_ctx_ && own_ctx_->get_executor().running_in_this_thread()) {
+          ec = net::error::would_block;
+          return nullptr;
+        }
         deadline = deadline_from(options().acquire_timeout);
         sync_waiter w(e);
         books_.enqueue(w);
@@ -839,7 +911,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (deadline == unset) deadline = deadline_from(options().acquire_timeout);
       const time_point now = clock::now();
       if (now >= deadline) {
-        put_back(c, true);
+        put_back(c, /*unchecked=*/true, /*timed_out=*/true);
         ec = error::acquire_timeout;
         return nullptr;
       }
@@ -849,7 +921,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
                                  std::min(later(now, options().validate_timeout), deadline), passed, id);
       forget_dial(id);
       if (cec == net::error::would_block) {  // on the pool's own thread: the check cannot run
-        put_back(c, false);
+        put_back(c, /*unchecked=*/true, /*timed_out=*/false);
         ec = cec;
         return nullptr;
       }
@@ -1077,7 +1149,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     // From here the caller never touches rc: the strand ends the race, closes the socket or moves
     // it back into `c` (while the caller, waiting, still owns c: decided under out->m).
-    auto then = [rc, out, &c, protocol = ep.protocol()](error_code sec) {
+    auto then = [w = std::weak_ptr<dial_race>(rc), out, &c, protocol = ep.protocol()](error_code sec) {
+      const std::shared_ptr<dial_race> rc = w.lock();  // see start_ping()
+      if (!rc) return;
       rc->done = true;
       rc->timer.cancel();
       if (rc->cancelled) sec = error::pool_closed;
@@ -1222,8 +1296,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         rc->setup_ran = true;
         try {
           return start_setup(rc, std::move(step), endpoint_of(opp->ep),
-                             [self = this->shared_from_this(), rc, opp, acquire_bound](error_code sec) {
-                               self->dialled(rc, opp, acquire_bound, sec);
+                             [self = this->shared_from_this(), w = std::weak_ptr<dial_race>(rc), opp,
+                              acquire_bound](error_code sec) {
+                               if (const std::shared_ptr<dial_race> r = w.lock())  // see start_ping()
+                                 self->dialled(r, opp, acquire_bound, sec);
                              });
         } catch (const std::bad_alloc&) {
           if (rc->in_setup) return end_setup(*rc, net::error::no_memory);
@@ -1289,6 +1365,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (dead.empty()) return;
     for (const buried& b : dead) {
       connection* c = static_cast<connection*>(b.conn);
+      stop_ping(*c);
       close_socket(c->socket, b.mode, b.peer_gone);
       delete c;
     }
