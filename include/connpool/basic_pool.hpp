@@ -6,11 +6,13 @@
 #include <system_error>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 #include "connpool/detail/asio.hpp"
 
 #include "connpool/detail/pool_state.hpp"
 #include "connpool/error.hpp"
+#include "connpool/host.hpp"
 #include "connpool/pool_options.hpp"
 
 namespace connpool {
@@ -113,6 +115,50 @@ class basic_pool {
     return async_acquire(ep, net::default_completion_token_t<E>());
   }
 
+  /// \name Backends by name (tcp_pool only)
+  /// A named backend is one pool key for all of its addresses: one set of limits, idle
+  /// connections, waiters and stats, per host. Its addresses are looked up asynchronously (the
+  /// resolver of set_resolver(), else getaddrinfo through Asio) on the first connect, cached, and
+  /// looked up again every options().resolve_interval while the backend is in use, in the
+  /// background: never on an acquire's path once cached. A lookup that fails keeps the last good
+  /// addresses; the first one's error (e.g. net::error::host_not_found) is the error of the
+  /// acquires that waited for it. An address that leaves the set has its idle connections closed
+  /// at once and its leased ones when they come back (address_removed), and gets no new ones.
+  ///
+  /// A new connection goes to the address with the fewest connections (an address whose connect
+  /// failed goes last for a second), families alternating; connects follow Happy Eyeballs
+  /// (RFC 8305): the next address starts options().happy_eyeballs_delay after the last one or as
+  /// soon as it fails, and the first to connect wins. The lookup and the connects are bounded by
+  /// the connect deadline (connect_timeout, or acquire_timeout if nearer); a lookup that hangs
+  /// gives connect_timeout or acquire_timeout. The setup step and the health check run as for any
+  /// connection; lease::endpoint() is the address it is connected to.
+  ///@{
+
+  /// As acquire(ep), for a named backend. The synchronous form waits for the asynchronous one; on
+  /// a default-constructed pool's own thread, an acquire that cannot be served at once from idle
+  /// fails with net::error::would_block.
+  lease acquire(const host& h);
+  /// As above, reporting errors in `ec`.
+  lease acquire(const host& h, error_code& ec);
+  /// As try_acquire(ep), for a named backend.
+  lease try_acquire(const host& h);
+  /// As async_acquire(ep, token), for a named backend.
+  template <class Token>
+  auto async_acquire(const host& h, Token&& token);
+  /// One named backend (all zero for one the pool never saw).
+  pool_stats stats(const host& h) const;
+
+  /// Completion of a lookup: the addresses, or an error. Call it once, from any thread.
+  using resolve_done = std::function<void(error_code, std::vector<endpoint_type>)>;
+  /// A resolver: `resolver(host, done)` looks `host` up asynchronously (it must not block).
+  using resolver = std::function<void(const host&, resolve_done)>;
+  /// Look named backends up with `r` instead of getaddrinfo (a service registry, a test's own
+  /// table). A lookup that does not call `done` within the connect timeout (or resolve_interval,
+  /// if shorter) counts as failed with net::error::timed_out. Null: getaddrinfo again. Applies
+  /// to lookups that start after the call.
+  void set_resolver(resolver r);
+  ///@}
+
   /// Totals across endpoints.
   pool_stats stats() const;
   /// One endpoint (all zero for an endpoint the pool never saw).
@@ -189,6 +235,7 @@ class basic_pool {
  private:
   using state_type = detail::pool_state<Protocol, Executor>;
   struct initiate_acquire;
+  struct initiate_acquire_named;
   template <class Handler>
   struct completion_impl;
 

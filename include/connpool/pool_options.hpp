@@ -34,6 +34,20 @@ struct pool_options {
   /// when endpoints come and go. 0: never forget.
   std::chrono::milliseconds endpoint_grace{60000};
 
+  /// \name Backends by name
+  /// For acquires by connpool::host.
+  ///@{
+
+  /// A named backend's addresses are looked up again this often while it is in use (open
+  /// connections or waiting acquires), in the background; a lookup that fails keeps the last good
+  /// addresses. Connections to an address that left the set are closed (address_removed). Also
+  /// bounds each lookup (or connect_timeout, if shorter). 0: look up once.
+  std::chrono::milliseconds resolve_interval{30000};
+  /// Happy Eyeballs (RFC 8305): the next address's connect starts this long after the last one
+  /// started, or as soon as it fails; the first to connect wins and the others are closed.
+  std::chrono::milliseconds happy_eyeballs_delay{250};
+  ///@}
+
   /// \name Health check
   /// Used only with a check set by basic_pool::set_health_check(); without one they cost nothing.
   ///@{
@@ -81,6 +95,8 @@ struct pool_options {
     if (idle_timeout < milliseconds::zero()) return "idle_timeout";
     if (max_lifetime < milliseconds::zero()) return "max_lifetime";
     if (endpoint_grace < milliseconds::zero()) return "endpoint_grace";
+    if (resolve_interval < milliseconds::zero()) return "resolve_interval";
+    if (happy_eyeballs_delay < milliseconds::zero()) return "happy_eyeballs_delay";
     if (validate_after_idle < milliseconds::zero()) return "validate_after_idle";
     if (validate_timeout <= milliseconds::zero()) return "validate_timeout";
     if (ping_interval < milliseconds::zero()) return "ping_interval";
@@ -127,6 +143,7 @@ struct pool_stats {
   std::size_t surplus = 0;          ///< over max_idle_per_endpoint, or evicted to make room under max_total
   std::size_t pool_closed = 0;      ///< closed by close(), or returned after it
   std::size_t validation_failed = 0;  ///< failed its health check, or the check passed its deadline
+  std::size_t address_removed = 0;    ///< its address left its named backend's addresses (a refresh)
   ///@}
 
   /// Connections currently open (idle + leased), plus those being opened.
@@ -135,7 +152,7 @@ struct pool_stats {
   /// Connections the pool closed, for every reason (discarded included).
   std::size_t closed() const noexcept {
     return discarded + peer_closed + peer_reset + unexpected_data + idle_timeout + max_lifetime + surplus +
-           pool_closed + validation_failed;
+           pool_closed + validation_failed + address_removed;
   }
 
   /// Adds every gauge and counter of `o`.
@@ -158,6 +175,7 @@ struct pool_stats {
     surplus += o.surplus;
     pool_closed += o.pool_closed;
     validation_failed += o.validation_failed;
+    address_removed += o.address_removed;
     return *this;
   }
 };

@@ -188,11 +188,12 @@ class books {
 
   // ------------------------------------------------------------------------------- endpoints
 
-  /// The entry of `k`, or null. Services mostly talk to one or a few endpoints, so the last one
-  /// found is checked first.
-  entry* find(const Key& k) const noexcept {
+  /// The entry of `k` (a Key, or what KeyEqual compares with a Key and Key is made from), or
+  /// null. Services mostly talk to one or a few endpoints, so the last one found is checked first.
+  template <class K>
+  entry* find(const K& k) const noexcept {
     if (last_ && KeyEqual()(last_->key, k)) return last_;
-    auto it = map_.find(k);
+    auto it = map_.find(Key(k));
     if (it == map_.end()) return nullptr;
     last_ = it->second.get();
     return last_;
@@ -200,11 +201,12 @@ class books {
 
   /// The entry of `k`, made if new (unused, so it is forgotten after endpoint_grace if nothing
   /// uses it). Throws std::bad_alloc.
-  entry& get(const Key& k, time_point now) {
+  template <class K>
+  entry& get(const K& k, time_point now) {
     if (entry* e = find(k)) return *e;
-    auto owned = std::make_unique<entry>(k);
+    auto owned = std::make_unique<entry>(Key(k));
     entry* e = owned.get();
-    map_.emplace(k, std::move(owned));
+    map_.emplace(e->key, std::move(owned));
     last_ = e;
     settle(*e, now);
     return *e;
@@ -345,11 +347,35 @@ class books {
   /// else healthy. Kept (to the endpoint's oldest waiter, else idle) unless the pool closed, the
   /// probe or the watch found the peer gone, or its lifetime passed. Returns the stamp of its idle
   /// period if it went idle (for take_idle()), else 0.
-  std::uint32_t released(conn_node& c, probe_result r, time_point now, graveyard& dead) {
+  /// `gone`: its address left its backend's address set (see retire_idle_if()): retired, counted
+  /// address_removed.
+  std::uint32_t released(conn_node& c, probe_result r, time_point now, graveyard& dead, bool gone = false) {
     ep_node& e = *c.ep;
     ++e.released;
     c.check = check_mark::none;
+    if (gone && !closed_) {
+      retire(c, close_reason::address_removed, opts_.retire_close, now, dead);
+      serve(now, dead);
+      return 0;
+    }
     return keep(c, r, now, dead, now);
+  }
+
+  /// Retire the idle connections of `e` for which `pred(payload)` holds (the I/O layer's test:
+  /// their address left the backend's set), for `why`. O(idle connections of `e`).
+  template <class Pred>
+  std::size_t retire_idle_if(ep_node& e, Pred pred, close_reason why, time_point now, graveyard& dead) {
+    std::size_t n = 0;
+    for (conn_node* c = e.idle.front(); c;) {
+      conn_node* next = decltype(ep_node::idle)::next(c);
+      if (pred(c->payload)) {
+        retire(*c, why, opts_.retire_close, now, dead);
+        ++n;
+      }
+      c = next;
+    }
+    if (n) serve(now, dead);
+    return n;
   }
 
   /// An acquire took the idle connection `c` and gives it back unused: its deadline passed first
@@ -601,7 +627,8 @@ class books {
     return s;
   }
 
-  pool_stats stats(const Key& k) const noexcept {
+  template <class K>
+  pool_stats stats(const K& k) const noexcept {
     const entry* e = find(k);
     return e ? e->snapshot() : pool_stats{};
   }

@@ -22,8 +22,11 @@
 #include <mutex>
 #include <random>
 #include <string_view>
+#include <string>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "connpool/detail/asio.hpp"
 
@@ -32,6 +35,7 @@
 #include "connpool/detail/socket_ops.hpp"
 #include "connpool/detail/spin_mutex.hpp"
 #include "connpool/error.hpp"
+#include "connpool/host.hpp"
 #include "connpool/pool_options.hpp"
 
 namespace connpool {
@@ -63,13 +67,38 @@ struct endpoint_key {
   }
 };
 
+/// A pool key: an endpoint, or a named backend (a host the pool resolves), which is one key for
+/// all of its addresses.
+template <class Endpoint>
+struct pool_key {
+  pool_key() = default;
+  pool_key(const Endpoint& e) : ep(e) {}  // NOLINT(google-explicit-constructor): lookups by endpoint
+  explicit pool_key(const void* backend) : name(backend) {}
+  Endpoint ep{};               // an endpoint key's endpoint
+  const void* name = nullptr;  // a named backend's (pool_state::backend), or null
+};
+
+template <class Endpoint>
+struct pool_key_ops {
+  bool operator()(const pool_key<Endpoint>& a, const pool_key<Endpoint>& b) const noexcept {
+    return a.name == b.name && (a.name || endpoint_key<Endpoint>()(a.ep, b.ep));
+  }
+  bool operator()(const pool_key<Endpoint>& a, const Endpoint& b) const noexcept {
+    return !a.name && endpoint_key<Endpoint>()(a.ep, b);
+  }
+  std::size_t operator()(const pool_key<Endpoint>& k) const noexcept {
+    return k.name ? std::hash<const void*>()(k.name) : endpoint_key<Endpoint>()(k.ep);
+  }
+};
+
 template <class Protocol, class Executor>
 class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Executor>> {
  public:
   using endpoint_type = typename Protocol::endpoint;
   using socket_type = net::basic_stream_socket<Protocol, Executor>;
   using timer_type = net::basic_waitable_timer<clock, net::wait_traits<clock>, Executor>;
-  using books_type = books<endpoint_type, endpoint_key<endpoint_type>, endpoint_key<endpoint_type>>;
+  using key_type = pool_key<endpoint_type>;
+  using books_type = books<key_type, pool_key_ops<endpoint_type>, pool_key_ops<endpoint_type>>;
   using entry = typename books_type::entry;
 
   /// A connection: its socket, and its node in the books (set once connected).
@@ -77,12 +106,19 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   struct dial_race;
 
  public:
+  struct address;
+
   struct connection {
     connection(const Executor& ex, std::shared_ptr<net::io_context> ctx) : context(std::move(ctx)), socket(ex) {}
-    const endpoint_type& endpoint() const noexcept { return endpoint_of(node->ep); }
+    ~connection();
+    connection(const connection&) = delete;
+    connection& operator=(const connection&) = delete;
+    const endpoint_type& endpoint() const noexcept { return remote; }
     conn_node* node = nullptr;
     bool watched = false;  // in the idle watch's epoll set
     std::weak_ptr<dial_race> ping;  // its background check in progress, under the lock
+    endpoint_type remote;           // where it is connected
+    std::shared_ptr<address> addr;  // a named backend's connection: its address (counts it)
     // The context its socket lives on, when the pool owns it (default-constructed pool): a
     // connection being closed by a release() that raced the pool's destruction must not outlive it.
     std::shared_ptr<net::io_context> context;
@@ -92,7 +128,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   static connection* as_connection(conn_node* c) noexcept {
     return c ? static_cast<connection*>(c->payload) : nullptr;
   }
-  static const endpoint_type& endpoint_of(const ep_node* e) noexcept { return static_cast<const entry*>(e)->key; }
+  /// An endpoint key's endpoint.
+  static const endpoint_type& endpoint_of(const ep_node* e) noexcept { return static_cast<const entry*>(e)->key.ep; }
 
   static std::uint64_t next_uid() noexcept {
     static std::atomic<std::uint64_t> n{0};
@@ -185,7 +222,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   // ---------------------------------------------------------------- synchronous acquire
 
   /// On success returns a leased connection and sets `reused`.
-  connection* acquire(const endpoint_type& ep, bool& reused, error_code& ec) {
+  template <class K>
+  connection* acquire(const K& ep, bool& reused, error_code& ec) {
     // The common case first: an idle connection, taken under the lock and probed outside it. No
     // clock read, no allocation.
     connection* c = nullptr;
@@ -212,7 +250,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// A healthy idle connection now, or null: never connects, never waits, never passes a waiter of
   /// its endpoint.
-  connection* try_acquire(const endpoint_type& ep) {
+  template <class K>
+  connection* try_acquire(const K& ep) {
     connection* c = nullptr;
     {
       std::lock_guard<spin_mutex> lk(mu_);
@@ -238,7 +277,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   // ---------------------------------------------------------------- asynchronous acquire
 
-  void async_acquire(const endpoint_type& ep, std::unique_ptr<completion> handler) {
+  template <class K>
+  void async_acquire(const K& ep, std::unique_ptr<completion> handler) {
     grant g;
     ep_node* e = nullptr;
     {
@@ -325,7 +365,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::uint32_t stamp;
     {
       section s(*this);
-      stamp = books_.released(*n, r, now, s.dead);
+      stamp = books_.released(*n, r, now, s.dead, c->addr && c->addr->removed.load(std::memory_order_relaxed));
       s.lease_ended();
       if (stamp)  // kept idle, nothing else changed that could bring the next due time forward
         arm_by(books_.idle_due(*n));
@@ -358,6 +398,11 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (books_.closed()) return;
     books_.close(coarse_now(), s.dead);
     cancel_dials();
+    for (auto& kv : backends_) {
+      kv.second->refresh.cancel();
+      kv.second->lookup_timer.cancel();
+      kv.second->resolving = false;
+    }
     error_code ignored;
     timer_.cancel();
     if (watch_desc_.is_open()) watch_desc_.cancel(ignored);
@@ -368,9 +413,113 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return books_.stats();
   }
 
-  pool_stats stats(const endpoint_type& ep) const {
+  template <class K>
+  pool_stats stats(const K& ep) const {
     std::lock_guard<spin_mutex> lk(mu_);
     return books_.stats(ep);
+  }
+
+  // ---------------------------------------------------------------- named backends (TCP)
+
+  /// A lookup's completion: the addresses, or an error.
+  using resolve_done = std::function<void(error_code, std::vector<endpoint_type>)>;
+  /// A resolver: look up `h`, then call `done` once, from any thread.
+  using resolver = std::function<void(const host&, resolve_done)>;
+
+  void set_resolver(resolver r) {
+    std::shared_ptr<const resolver> p;
+    if (r) p = std::make_shared<const resolver>(std::move(r));
+    std::lock_guard<spin_mutex> lk(mu_);
+    resolver_ = std::move(p);
+  }
+
+  /// One address of a named backend. Shared with the connections to it and the attempts in
+  /// flight, which count themselves in `open` (least connections first).
+  struct address {
+    explicit address(const endpoint_type& e) : ep(e) {}
+    const endpoint_type ep;
+    std::atomic<int> open{0};
+    std::atomic<clock::rep> refused_until{0};  // a failed connect puts it last until then
+    std::atomic<bool> removed{false};          // it left the backend's set: its connections close
+  };
+
+  /// A named backend: one pool key for all its addresses. Made on first use, freed with the pool.
+  struct backend {
+    backend(host h, const Executor& ex) : name(std::move(h)), refresh(ex), lookup_timer(ex) {}
+    const host name;
+    // Under mu_ (the timers' operations too).
+    std::vector<std::shared_ptr<address>> addrs;
+    bool resolved = false;   // addrs are a lookup's result (once true, stays true)
+    bool resolving = false;  // a lookup is in flight
+    std::uint64_t generation = 0;  // of the last lookup started: a late answer to an older one is ignored
+    time_point resolved_at{};
+    error_code last_error;
+    std::vector<std::weak_ptr<dial_race>> waiting;  // connects waiting for the first lookup
+    timer_type refresh;       // the next lookup, while the backend is in use
+    timer_type lookup_timer;  // bounds the lookup in flight
+  };
+
+  /// The key of `h`: its backend, made if new (`make`), else null if it has none yet.
+  const backend* backend_for(const host& h, bool make) {
+    std::string id = h.name;
+    id += '\0';
+    id += h.service;
+    std::lock_guard<spin_mutex> lk(mu_);
+    auto it = backends_.find(id);
+    if (it != backends_.end()) return it->second.get();
+    if (!make) return nullptr;
+    auto b = std::make_unique<backend>(h, ex_);
+    const backend* p = b.get();
+    backends_.emplace(std::move(id), std::move(b));
+    return p;
+  }
+
+  /// A synchronous acquire of a named backend: the asynchronous acquire, waited for (by its
+  /// deadline, and 200 ms more for the executor to report). On the default pool's own thread, an
+  /// acquire that is not served at once fails with would_block (it would wait for that thread).
+  connection* acquire_by_name(const key_type& k, bool& reused, error_code& ec) {
+    struct result {
+      std::mutex m;
+      std::condition_variable cv;
+      bool done = false, abandoned = false, reused = false;
+      error_code ec;
+      connection* c = nullptr;
+    };
+    struct waiter final : completion {
+      explicit waiter(std::shared_ptr<result> r) : res(std::move(r)) {}
+      void complete(pool_state* s, error_code e, connection* c, bool re) override {
+        std::unique_lock<std::mutex> lk(res->m);
+        if (res->abandoned) {
+          lk.unlock();
+          if (c) s->discard(c, close_mode::graceful);
+          return;
+        }
+        res->done = true;
+        res->ec = e;
+        res->c = c;
+        res->reused = re;
+        res->cv.notify_one();
+      }
+      std::shared_ptr<result> res;
+    };
+    auto res = std::make_shared<result>();
+    const time_point deadline = deadline_from(options().acquire_timeout);
+    async_acquire(k, std::make_unique<waiter>(res));
+    std::unique_lock<std::mutex> lk(res->m);
+    const bool own_thread = own_ctx_ && own_ctx_->get_executor().running_in_this_thread();
+    const time_point give_up_at = deadline == never ? never : later(deadline, std::chrono::milliseconds(200));
+    while (!res->done) {
+      if (own_thread || (give_up_at != never && res->cv.wait_until(lk, give_up_at) == std::cv_status::timeout &&
+                         !res->done)) {
+        res->abandoned = true;
+        ec = own_thread ? error_code(net::error::would_block) : error_code(error::acquire_timeout);
+        return nullptr;
+      }
+      if (give_up_at == never) res->cv.wait(lk);
+    }
+    ec = res->ec;
+    reused = res->reused;
+    return res->c;
   }
 
  private:
@@ -830,7 +979,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         connection& c = *as_connection(n);
         c.ping.reset();
         if (rc && rc->dial.is_open()) {
-          const error_code mec = move_descriptor(rc->dial, c.socket, endpoint_of(n->ep).protocol());
+          const error_code mec = move_descriptor(rc->dial, c.socket, c.remote.protocol());
           if (!ec) ec = mec;
         } else if (!ec) {
           ec = net::error::bad_descriptor;
@@ -847,9 +996,371 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
   }
 
+  // ---------------------------------------------------------------- named backends: connecting
+
+  static backend* backend_of(const ep_node* e) noexcept {
+    return static_cast<backend*>(const_cast<void*>(static_cast<const entry*>(e)->key.name));
+  }
+
+  /// A named backend's connect: its addresses (the cached ones, or the first lookup's, waited for
+  /// within the deadline), then Happy Eyeballs across them, then the setup step as for any
+  /// connect. Every step runs on the race's strand; the deadline, close() and the cancellation end
+  /// each of them as they end a plain connect.
+  void async_connect_named(std::shared_ptr<async_op> opp) {
+    async_op& op = *opp;
+    const time_point connect_by = deadline_from(options().connect_timeout);
+    const time_point connect_deadline = std::min(connect_by, op.deadline);
+    const bool acquire_bound = op.deadline < connect_by;
+    error_code ec;
+    std::shared_ptr<dial_race> rc;
+    if (std::unique_ptr<connection> c = new_connection(ec)) {
+      try {
+        rc = std::make_shared<dial_race>(ex_, std::move(c));
+      } catch (const std::bad_alloc&) {
+        ec = net::error::no_memory;
+      }
+    }
+    if (!rc) {
+      connection* out = connected(*op.ep, nullptr, ec);
+      return op.finish(ec, out, false);
+    }
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      if (books_.closed()) {
+        ec = error::pool_closed;
+      } else if (op.cancel_requested) {
+        ec = net::error::operation_aborted;
+      } else {
+        try {
+          dials_.emplace(next_dial_id_ + 1, rc);
+          rc->id = ++next_dial_id_;
+          op.dial = rc;
+        } catch (const std::bad_alloc&) {
+          ec = net::error::no_memory;
+        }
+      }
+    }
+    if (ec) {
+      connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id, ec == net::error::operation_aborted);
+      return op.finish(ec, out, false);
+    }
+    auto start = [self = this->shared_from_this(), rc, opp, acquire_bound, connect_deadline] {
+      if (rc->cancelled || rc->aborted) return self->dialled(rc, opp, acquire_bound, net::error::operation_aborted);
+      arm_deadline(rc, connect_deadline);
+      self->resolve_then_dial(rc, opp, acquire_bound);
+    };
+    try {
+      net::dispatch(rc->strand, std::move(start));
+    } catch (const std::bad_alloc&) {
+      ec = net::error::no_memory;
+      connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id);
+      op.finish(ec, out, false);
+    }
+  }
+
+  /// On the strand: dial the backend's addresses, or wait for its first lookup (a phase that the
+  /// deadline, close() and the cancellation end, as they end a setup step). A stale set is used
+  /// as it is, and refreshed in the background.
+  void resolve_then_dial(const std::shared_ptr<dial_race>& rc, const std::shared_ptr<async_op>& opp,
+                         bool acquire_bound) {
+    backend& b = *backend_of(opp->ep);
+    std::vector<std::shared_ptr<address>> addrs;
+    bool ready = false, lookup = false;
+    std::uint64_t gen = 0;
+    error_code ec;
+    try {
+      std::lock_guard<spin_mutex> lk(mu_);
+      ready = b.resolved;
+      if (ready) {
+        addrs = b.addrs;
+        const auto interval = options().resolve_interval;
+        lookup = !b.resolving && interval.count() > 0 && later(b.resolved_at, interval) <= coarse_now();
+      } else {
+        b.waiting.push_back(rc);
+        lookup = !b.resolving;
+      }
+      if (lookup) gen = begin_lookup(b);
+    } catch (const std::bad_alloc&) {
+      ec = net::error::no_memory;
+    }
+    if (ec) return dialled(rc, opp, acquire_bound, ec);
+    if (lookup) start_lookup(b, gen);
+    if (ready) return dial_plan(rc, opp, acquire_bound, std::move(addrs));
+    rc->in_setup = true;
+    rc->on_setup_end = [self = this->shared_from_this(), w = std::weak_ptr<dial_race>(rc), opp,
+                        acquire_bound](error_code lec) {
+      const std::shared_ptr<dial_race> r = w.lock();  // see start_ping()
+      if (!r) return;
+      if (lec) return self->dialled(r, opp, acquire_bound, lec);
+      self->resolve_then_dial(r, opp, acquire_bound);
+    };
+  }
+
+  /// Under the lock: a lookup of `b` starts; its generation, and its bound.
+  std::uint64_t begin_lookup(backend& b) {
+    b.resolving = true;
+    const std::uint64_t gen = ++b.generation;
+    std::chrono::milliseconds bound = options().connect_timeout;
+    const auto interval = options().resolve_interval;
+    if (interval.count() > 0 && (bound.count() <= 0 || interval < bound)) bound = interval;
+    if (bound.count() > 0) {
+      b.lookup_timer.expires_at(deadline_from(bound));
+      b.lookup_timer.async_wait([w = this->weak_from_this(), bp = &b, gen](error_code tec) {
+        if (tec) return;
+        if (auto self = w.lock()) self->resolved(*bp, gen, net::error::timed_out, {});
+      });
+    }
+    return gen;
+  }
+
+  /// Outside the lock: ask the resolver (the user's, or Asio's getaddrinfo) for `b`'s addresses.
+  void start_lookup(backend& b, std::uint64_t gen) {
+    std::shared_ptr<const resolver> user;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      user = resolver_;
+    }
+    resolve_done done = [w = this->weak_from_this(), bp = &b, gen](error_code ec, std::vector<endpoint_type> eps) {
+      auto self = w.lock();
+      if (!self) return;
+      try {
+        net::post(self->ex_, [self, bp, gen, ec, eps = std::move(eps)]() mutable {
+          self->resolved(*bp, gen, ec, std::move(eps));
+        });
+      } catch (...) {
+        // Out of memory: the lookup's bound ends it.
+      }
+    };
+    try {
+      if (user) {
+        (*user)(b.name, std::move(done));
+      } else if constexpr (std::is_same_v<Protocol, net::ip::tcp>) {
+        auto r = std::make_shared<net::ip::basic_resolver<net::ip::tcp, Executor>>(ex_);
+        r->async_resolve(b.name.name, b.name.service,
+                         [r, done](error_code ec, typename net::ip::basic_resolver<net::ip::tcp, Executor>::results_type rs) {
+                           std::vector<endpoint_type> eps;
+                           if (!ec)
+                             for (const auto& e : rs) eps.push_back(e.endpoint());
+                           done(ec, std::move(eps));
+                         });
+      }
+    } catch (...) {
+      resolved(b, gen, error::setup_failed, {});  // the resolver threw
+    }
+  }
+
+  /// A lookup of `b` ended. The first success makes the address set; a later one replaces it:
+  /// addresses kept keep their counts, addresses gone are marked, their idle connections close
+  /// at once (address_removed) and their leased ones when they come back. A failure keeps the
+  /// last good set; before any, the connects waiting for it fail with its error.
+  void resolved(backend& b, std::uint64_t gen, error_code ec, std::vector<endpoint_type> eps) {
+    std::vector<std::weak_ptr<dial_race>> wake;
+    error_code wake_ec;
+    {
+      section s(*this);
+      if (gen != b.generation || !b.resolving) return;  // a late answer to an older lookup
+      b.resolving = false;
+      b.lookup_timer.cancel();
+      if (books_.closed()) return;
+      const time_point now = coarse_now();
+      if (!ec && eps.empty()) ec = net::error::host_not_found;
+      try {
+        if (ec) {
+          b.last_error = ec;
+          if (!b.resolved) {
+            wake.swap(b.waiting);
+            wake_ec = ec;
+          }
+        } else {
+          std::vector<std::shared_ptr<address>> next;
+          next.reserve(eps.size());
+          for (const endpoint_type& e : eps) {
+            if (std::any_of(next.begin(), next.end(), [&](const auto& a) { return a->ep == e; })) continue;
+            auto kept = std::find_if(b.addrs.begin(), b.addrs.end(), [&](const auto& a) { return a->ep == e; });
+            next.push_back(kept != b.addrs.end() ? *kept : std::make_shared<address>(e));
+          }
+          bool gone = false;
+          for (const auto& a : b.addrs) {
+            if (std::find(next.begin(), next.end(), a) == next.end()) {
+              a->removed = true;
+              gone = true;
+            }
+          }
+          b.addrs.swap(next);
+          b.resolved = true;
+          b.resolved_at = now;
+          b.last_error.clear();
+          wake.swap(b.waiting);
+          if (gone) {
+            if (entry* e = books_.find(key_type(static_cast<const void*>(&b))))
+              books_.retire_idle_if(
+                  *e, [](void* p) { const auto& a = static_cast<connection*>(p)->addr; return a && a->removed.load(); },
+                  close_reason::address_removed, now, s.dead);
+          }
+        }
+        // The next lookup, while the backend is in use.
+        const auto interval = options().resolve_interval;
+        if (interval.count() > 0) {
+          b.refresh.expires_at(deadline_from(interval));
+          b.refresh.async_wait([w = this->weak_from_this(), bp = &b](error_code tec) {
+            if (tec) return;
+            if (auto self = w.lock()) self->on_refresh(*bp);
+          });
+        }
+      } catch (const std::bad_alloc&) {
+        wake.swap(b.waiting);
+        wake_ec = net::error::no_memory;
+      }
+      rearm();
+    }
+    for (auto& w : wake) {
+      if (auto rc = w.lock()) {
+        try {
+          net::post(rc->strand, [rc, wake_ec] { end_setup(*rc, wake_ec); });
+        } catch (...) {
+          // Out of memory: that connect ends by its deadline.
+        }
+      }
+    }
+  }
+
+  /// The refresh timer: look `b` up again if it is in use (connections, or waiting acquires);
+  /// if not, the next connect to it finds its set stale and refreshes it.
+  void on_refresh(backend& b) {
+    std::uint64_t gen = 0;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      if (books_.closed() || b.resolving) return;
+      const entry* e = books_.find(key_type(static_cast<const void*>(&b)));
+      if (!e || (e->open() == 0 && e->waiters.empty())) return;
+      gen = begin_lookup(b);
+    }
+    start_lookup(b, gen);
+  }
+
+  /// The order to try `addrs` in: addresses that refused recently last, then fewest connections
+  /// first, then families alternating from the first one's (RFC 8305, section 4).
+  static std::vector<std::shared_ptr<address>> plan_of(std::vector<std::shared_ptr<address>> addrs) {
+    const clock::rep now = clock::now().time_since_epoch().count();
+    std::stable_sort(addrs.begin(), addrs.end(), [now](const auto& a, const auto& b) {
+      const bool ra = a->refused_until.load() > now, rb = b->refused_until.load() > now;
+      if (ra != rb) return rb;
+      return a->open.load() < b->open.load();
+    });
+    std::vector<std::shared_ptr<address>> out;
+    out.reserve(addrs.size());
+    std::vector<bool> taken(addrs.size(), false);
+    bool v6 = !addrs.empty() && addrs.front()->ep.protocol().family() == AF_INET6;
+    for (std::size_t n = 0; n < addrs.size(); ++n) {
+      std::size_t pick = addrs.size();
+      for (std::size_t i = 0; i < addrs.size(); ++i)
+        if (!taken[i] && (addrs[i]->ep.protocol().family() == AF_INET6) == v6) {
+          pick = i;
+          break;
+        }
+      if (pick == addrs.size())  // none of that family left
+        for (std::size_t i = 0; i < addrs.size(); ++i)
+          if (!taken[i]) {
+            pick = i;
+            break;
+          }
+      taken[pick] = true;
+      out.push_back(addrs[pick]);
+      v6 = addrs[pick]->ep.protocol().family() != AF_INET6;
+    }
+    return out;
+  }
+
+  /// On the strand: Happy Eyeballs across `addrs`.
+  void dial_plan(const std::shared_ptr<dial_race>& rc, const std::shared_ptr<async_op>& opp, bool acquire_bound,
+                 std::vector<std::shared_ptr<address>> addrs) {
+    try {
+      rc->plan = plan_of(std::move(addrs));
+      rc->tries.reserve(rc->plan.size());
+    } catch (const std::bad_alloc&) {
+      return dialled(rc, opp, acquire_bound, net::error::no_memory);
+    }
+    if (rc->plan.empty()) return dialled(rc, opp, acquire_bound, net::error::host_not_found);
+    start_try(rc, opp, acquire_bound);
+  }
+
+  /// On the strand: start the next address's connect; arm the timer for the one after.
+  void start_try(const std::shared_ptr<dial_race>& rc, const std::shared_ptr<async_op>& opp, bool acquire_bound) {
+    while (rc->next < rc->plan.size()) {
+      std::shared_ptr<address> a = rc->plan[rc->next++];
+      error_code ec;
+      typename dial_race::attempt* t = nullptr;
+      try {
+        rc->tries.push_back(std::make_unique<typename dial_race::attempt>(dial_race::dial_executor(rc->strand, ex_)));
+        t = rc->tries.back().get();
+      } catch (const std::bad_alloc&) {
+        ec = net::error::no_memory;
+      }
+      if (!ec) ec = open_socket(t->s, a->ep.protocol());
+      if (!ec) ec = apply_socket_options(t->s, options());
+      if (ec) {  // this address cannot even be tried: the next one, now
+        rc->last_ec = ec;
+        if (t && t->s.is_open()) close_socket(t->s, close_mode::abortive, false);
+        continue;
+      }
+      ++a->open;
+      t->addr = std::move(a);
+      ++rc->pending;
+      t->s.async_connect(t->addr->ep, net::bind_executor(rc->strand, [self = this->shared_from_this(), rc, opp,
+                                                                        acquire_bound, t](error_code cec) {
+        self->tried(rc, opp, acquire_bound, *t, cec);
+      }));
+      if (rc->next < rc->plan.size()) {
+        rc->retry.expires_after(options().happy_eyeballs_delay);
+        rc->retry.async_wait(net::bind_executor(rc->strand, [self = this->shared_from_this(), rc, opp,
+                                                             acquire_bound](error_code tec) {
+          if (tec || rc->won || rc->done || rc->timed_out || rc->cancelled || rc->aborted) return;
+          self->start_try(rc, opp, acquire_bound);
+        }));
+      }
+      return;
+    }
+    if (rc->pending == 0) dialled(rc, opp, acquire_bound, rc->last_ec ? rc->last_ec : net::error::host_not_found);
+  }
+
+  /// On the strand: one address's connect ended. The first success wins: the others are
+  /// cancelled (and closed when their handlers see the race won). A failure starts the next
+  /// address at once; the last one ends the race with its error.
+  void tried(const std::shared_ptr<dial_race>& rc, const std::shared_ptr<async_op>& opp, bool acquire_bound,
+             typename dial_race::attempt& t, error_code ec) {
+    --rc->pending;
+    const bool stopped = rc->timed_out || rc->cancelled || rc->aborted;
+    if (!ec && !rc->won && !rc->done && !stopped) {
+      rc->won = true;
+      rc->retry.cancel();
+      error_code ignored;
+      for (auto& other : rc->tries)
+        if (other.get() != &t && other->s.is_open()) other->s.cancel(ignored);
+      rc->dial = std::move(t.s);
+      rc->conn->remote = t.addr->ep;
+      rc->conn->addr = std::move(t.addr);  // its count moves to the connection
+      return dialled(rc, opp, acquire_bound, {});
+    }
+    if (ec && ec != net::error::operation_aborted && !rc->won) {
+      rc->last_ec = ec;
+      t.addr->refused_until = later(clock::now(), std::chrono::seconds(1)).time_since_epoch().count();
+    }
+    if (t.s.is_open()) close_socket(t.s, close_mode::abortive, false);
+    --t.addr->open;
+    t.addr.reset();
+    if (rc->won || rc->done) return;  // a loser
+    if (stopped) {
+      if (rc->pending == 0) dialled(rc, opp, acquire_bound, net::error::operation_aborted);
+      return;
+    }
+    if (rc->next < rc->plan.size()) return start_try(rc, opp, acquire_bound);
+    if (rc->pending == 0) dialled(rc, opp, acquire_bound, rc->last_ec);
+  }
+
   /// acquire() when no idle connection was free: connect in a free slot, or queue until one is
   /// granted or the deadline passes.
-  connection* acquire_wait(const endpoint_type& ep, bool& reused, error_code& ec) {
+  template <class K>
+  connection* acquire_wait(const K& ep, bool& reused, error_code& ec) {
     time_point deadline = unset;  // read the clock only if the acquire has to wait or connect
     ep_node* e;
     grant g;
@@ -946,6 +1457,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     reused = false;
     std::unique_ptr<connection> c = new_connection(ec);
     if (!c) return connected(e, nullptr, ec);
+    c->remote = endpoint_of(&e);
     if (deadline == unset) deadline = deadline_from(options().acquire_timeout);
     const time_point connect_by = deadline_from(options().connect_timeout);
     bool deadline_passed = false;
@@ -1041,6 +1553,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       error_code ignored;
       dial.cancel(ignored);
       retry.cancel();
+      for (auto& t : tries)
+        if (t->s.is_open()) t->s.cancel(ignored);
     }
     net::strand<Executor> strand;
     timer_type timer;  // the deadline
@@ -1056,6 +1570,18 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::function<void(error_code)> on_setup_end;
     std::shared_ptr<const setup_step> step;  // held, with the endpoint, until the race ends
     endpoint_type ep;
+    // A named backend's connect (Happy Eyeballs): the addresses in the order to try, an attempt
+    // per address started, how many are in flight, the first to connect wins.
+    struct attempt {
+      explicit attempt(const Executor& ex) : s(ex) {}
+      socket_type s;
+      std::shared_ptr<address> addr;
+    };
+    std::vector<std::shared_ptr<address>> plan;
+    std::vector<std::unique_ptr<attempt>> tries;
+    std::size_t next = 0, pending = 0;
+    bool won = false;
+    error_code last_ec;
   };
 
   std::shared_ptr<const setup_step> current_setup() const {
@@ -1207,6 +1733,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// CPU per request with 1000 coroutines on one thread (docs/benchmarks.md). The moved descriptor
   /// is registered afresh, without EPOLLOUT.
   void async_connect(std::shared_ptr<async_op> opp) {
+    if (backend_of(opp->ep)) return async_connect_named(std::move(opp));
     async_op& op = *opp;
     const time_point connect_by = deadline_from(options().connect_timeout);
     const time_point connect_deadline = std::min(connect_by, op.deadline);
@@ -1226,6 +1753,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     socket_type& dial = rc->dial;
     const endpoint_type& ep = endpoint_of(op.ep);
+    rc->conn->remote = ep;
     ec = open_socket(dial, ep.protocol());
     if (!ec) ec = apply_socket_options(dial, options());
     if (!ec) {
@@ -1295,7 +1823,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (std::shared_ptr<const setup_step> step = current_setup()) {
         rc->setup_ran = true;
         try {
-          return start_setup(rc, std::move(step), endpoint_of(opp->ep),
+          return start_setup(rc, std::move(step), rc->conn->remote,
                              [self = this->shared_from_this(), w = std::weak_ptr<dial_race>(rc), opp,
                               acquire_bound](error_code sec) {
                                if (const std::shared_ptr<dial_race> r = w.lock())  // see start_ping()
@@ -1315,7 +1843,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       cec = net::error::operation_aborted;
     else if (rc->timed_out)
       cec = acquire_bound ? error::acquire_timeout : error::connect_timeout;
-    if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, endpoint_of(opp->ep).protocol());
+    if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, rc->conn->remote.protocol());
     if (rc->dial.is_open()) close_socket(rc->dial, close_mode::abortive, false);
     connection* out = connected(*opp->ep, std::move(rc->conn), cec, rc->id, rc->aborted && cec == net::error::operation_aborted);
     opp->finish(cec, out, false);
@@ -1476,6 +2004,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   std::map<std::uint64_t, std::weak_ptr<dial_race>> dials_;  // async connects and setup steps in flight
   std::shared_ptr<const setup_step> setup_;                    // under mu_; null: none
   std::shared_ptr<const setup_step> check_;                    // under mu_; null: none
+  std::shared_ptr<const resolver> resolver_;                   // under mu_; null: Asio's
+  std::unordered_map<std::string, std::unique_ptr<backend>> backends_;  // under mu_; by name '\0' service
   std::atomic<bool> check_on_{false};                          // check_ is set: read without the lock
   std::uint64_t next_dial_id_ = 0;
   std::shared_ptr<pool_state> anchor_;  // see orphan()
@@ -1486,6 +2016,11 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   net::posix::basic_stream_descriptor<Executor> watch_desc_;
   bool watching_ = false;
 };
+
+template <class Protocol, class Executor>
+pool_state<Protocol, Executor>::connection::~connection() {
+  if (addr) --addr->open;
+}
 
 }  // namespace detail
 CONNPOOL_ABI_END

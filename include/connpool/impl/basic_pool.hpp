@@ -127,6 +127,72 @@ auto basic_pool<Protocol, Executor>::async_acquire(const endpoint_type& ep, Toke
 }
 
 template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const host& h) {
+  error_code ec;
+  lease l = acquire(h, ec);
+  if (ec) throw system_error(ec, "connpool acquire " + h.name + ":" + h.service);
+  return l;
+}
+
+template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const host& h,
+                                                                                   error_code& ec) {
+  static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
+  ec.clear();
+  const typename state_type::backend* b = nullptr;
+  try {
+    b = state_->backend_for(h, true);
+  } catch (const std::bad_alloc&) {
+    ec = net::error::no_memory;
+    return lease();
+  }
+  bool reused = false;
+  auto* c = state_->acquire_by_name(typename state_type::key_type(static_cast<const void*>(b)), reused, ec);
+  if (!c) return lease();
+  return lease(state_.get(), c, reused);
+}
+
+template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::try_acquire(const host& h) {
+  static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
+  const auto* b = state_->backend_for(h, false);
+  if (!b) return lease();
+  auto* c = state_->try_acquire(typename state_type::key_type(static_cast<const void*>(b)));
+  if (!c) return lease();
+  return lease(state_.get(), c, true);
+}
+
+template <class Protocol, class Executor>
+struct basic_pool<Protocol, Executor>::initiate_acquire_named {
+  std::shared_ptr<state_type> state;
+  template <class Handler>
+  void operator()(Handler&& h, const host& name) const {
+    using H = std::decay_t<Handler>;
+    auto c = std::make_unique<completion_impl<H>>(H(std::forward<Handler>(h)), state->executor());
+    const auto* b = state->backend_for(name, true);
+    state->async_acquire(typename state_type::key_type(static_cast<const void*>(b)), std::move(c));
+  }
+};
+
+template <class Protocol, class Executor>
+template <class Token>
+auto basic_pool<Protocol, Executor>::async_acquire(const host& h, Token&& token) {
+  static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
+  return net::async_initiate<Token, void(error_code, lease)>(initiate_acquire_named{state_}, token, h);
+}
+
+template <class Protocol, class Executor>
+pool_stats basic_pool<Protocol, Executor>::stats(const host& h) const {
+  const auto* b = state_->backend_for(h, false);
+  return b ? state_->stats(typename state_type::key_type(static_cast<const void*>(b))) : pool_stats{};
+}
+
+template <class Protocol, class Executor>
+void basic_pool<Protocol, Executor>::set_resolver(resolver r) {
+  state_->set_resolver(std::move(r));
+}
+
+template <class Protocol, class Executor>
 pool_stats basic_pool<Protocol, Executor>::stats() const {
   return state_->stats();
 }
