@@ -330,3 +330,32 @@ TEST_CASE("names: a synchronous acquire on the default pool's own thread: idle i
   CHECK_FALSE(e1);
   CHECK(e2 == net::error::would_block);
 }
+
+TEST_CASE("names: a default pool destroyed while a lookup hangs returns at once; the acquire gets pool_closed") {
+  test::fd_guard fds;
+  table_resolver dns;
+  dns.s->hang = true;
+  std::promise<connpool::error_code> got;
+  auto f = got.get_future();
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    auto o = connpool::pool_options();
+    o.connect_timeout = 5000ms;
+    o.acquire_timeout = 5000ms;
+    tcp_pool pool(o);
+    pool.set_resolver(dns);
+    pool.async_acquire(connpool::host("hanging.test", 1),
+                       [&](connpool::error_code ec, tcp_pool::lease) { got.set_value(ec); });
+    REQUIRE(eventually([&] { return dns.s->lookups == 1; }));
+  }
+  CHECK(std::chrono::steady_clock::now() - t0 < 2000ms);  // not the 5 s bounds
+  REQUIRE(f.wait_for(1s) == std::future_status::ready);
+  CHECK(f.get() == connpool::error::pool_closed);
+  // The late answer finds the pool gone, and does nothing.
+  std::vector<tcp_pool::resolve_done> held;
+  {
+    std::lock_guard<std::mutex> lk(dns.s->m);
+    held.swap(dns.s->held);
+  }
+  for (auto& d : held) d(connpool::error_code(), {endpoint(net::ip::make_address("127.0.0.1"), 9)});
+}

@@ -58,8 +58,11 @@
 // The few functions on every acquire and release: measured (callgrind) not inlined by g++ -O3.
 #if defined(__GNUC__) || defined(__clang__)
 #define CONNPOOL_HOT inline __attribute__((always_inline))
+// A slow path kept out of the hot function that calls it (its registers and frame with it).
+#define CONNPOOL_COLD __attribute__((noinline))
 #else
 #define CONNPOOL_HOT inline
+#define CONNPOOL_COLD
 #endif
 
 namespace connpool {
@@ -191,7 +194,7 @@ class books {
   /// The entry of `k` (a Key, or what KeyEqual compares with a Key and Key is made from), or
   /// null. Services mostly talk to one or a few endpoints, so the last one found is checked first.
   template <class K>
-  entry* find(const K& k) const noexcept {
+  CONNPOOL_HOT entry* find(const K& k) const noexcept {
     if (last_ && KeyEqual()(last_->key, k)) return last_;
     auto it = map_.find(Key(k));
     if (it == map_.end()) return nullptr;
@@ -222,10 +225,10 @@ class books {
   /// Never takes a connection whose background check is running (check_mark::pinging).
   CONNPOOL_HOT conn_node* take_idle(ep_node& e, const conn_node* mine = nullptr, std::uint32_t stamp = 0) noexcept {
     conn_node* c = e.idle.back();
-    if (mine && mine != c && mine->stamp == stamp && mine->ep == &e && mine->state == conn_state::idle &&
-        mine->check != check_mark::pinging)
+    // A connection whose check starts gets a new stamp (start_pings()), so a hint never names one.
+    if (mine && mine != c && mine->stamp == stamp && mine->ep == &e && mine->state == conn_state::idle)
       c = const_cast<conn_node*>(mine);
-    if (c && c->check == check_mark::pinging) c = available_before(c);
+    if (pinged_ && c && c->check == check_mark::pinging) c = available_before(c);
     if (c) {
       set_state(*c, conn_state::leased);
       ++e.idle_taken;
@@ -383,11 +386,17 @@ class books {
   /// it, not counted reused or released, with its idle time (at most raised to that of the
   /// connection released last, which keeps the idle lists in order). `unchecked`: it was taken
   /// for its health check, and gets it before its next hand-out whatever its idle time.
-  void put_back(conn_node& c, bool unchecked, bool timed_out, time_point now, graveyard& dead) {
+  /// `gone`: as for released().
+  void put_back(conn_node& c, bool unchecked, bool timed_out, time_point now, graveyard& dead, bool gone = false) {
     ep_node& e = *c.ep;
     --e.idle_taken;
     if (timed_out) ++e.counters.acquire_timeouts;
     if (unchecked) c.check = check_mark::due;
+    if (gone && !closed_) {
+      retire(c, close_reason::address_removed, opts_.retire_close, now, dead);
+      serve(now, dead);
+      return;
+    }
     keep(c, probe_result::healthy, now, dead, c.idle_since);
   }
 
@@ -439,6 +448,9 @@ class books {
       out.reserve(out.size() + 1);  // the one step that may throw: before the books change
       pingq_.erase(c);
       c->check = check_mark::pinging;
+      if (++stamps_ == 0) ++stamps_;
+      c->stamp = stamps_;  // a new idle period: no hint names it while its check runs
+      ++pinged_;
       out.push_back(c);
     }
   }
@@ -451,6 +463,7 @@ class books {
     CONNPOOL_ASSERT(c.state == conn_state::idle && c.check == check_mark::pinging);
     ep_node& e = *c.ep;
     c.check = check_mark::none;
+    --pinged_;
     if (!ok || r != probe_result::healthy) {
       retire(c, ok ? reason_of(r) : close_reason::validation_failed, ok ? close_mode::graceful : close_mode::abortive,
              now, dead);
@@ -472,7 +485,8 @@ class books {
   /// Keep a connection that came back healthy (to the endpoint's oldest waiter, else idle), or
   /// retire it; see released().
   /// Its idle time (for idle_timeout and the health check) starts at `idle_since`.
-  std::uint32_t keep(conn_node& c, probe_result r, time_point now, graveyard& dead, time_point idle_since) {
+  CONNPOOL_HOT std::uint32_t keep(conn_node& c, probe_result r, time_point now, graveyard& dead,
+                                  time_point idle_since) {
     ep_node& e = *c.ep;
     if (r == probe_result::healthy) r = c.seen;
     if (closed_) {
@@ -698,6 +712,9 @@ class books {
       if (c->state != conn_state::closed || c->stamp != 0) fail("a free node still looks in use");
     if (free_nodes + registry_.size() != arena_size_) fail("the arena lost a node");
     if (!pinging_ && !pingq_.empty()) fail("a ping queue while pings are off");
+    std::size_t pinged = 0;
+    for (conn_node* c = all_idle_.front(); c; c = all_idle_.next(c)) pinged += c->check == check_mark::pinging;
+    if (pinged != pinged_) fail("count of connections being checked");
     for (conn_node* c = pingq_.front(); c; c = pingq_.next(c))
       if (c->state != conn_state::idle) fail("a connection on the ping queue is not idle");
     lifetimes_.for_each([&](conn_node* c) {
@@ -766,6 +783,7 @@ class books {
   void retire(conn_node& c, close_reason why, close_mode mode, time_point now, graveyard& dead) {
     ep_node& e = *c.ep;
     dead.reserve(dead.size() + 1);  // the one step that may throw: before the books change
+    if (c.check == check_mark::pinging) --pinged_;
     set_state(c, conn_state::closed);
     ++counter(e.counters, why);
     registry_.erase(c.id);
@@ -929,6 +947,7 @@ class books {
   std::uint32_t stamps_ = 0;
   const std::size_t max_idle_per_endpoint_;
   bool pinging_ = false;
+  std::size_t pinged_ = 0;  // connections whose background check runs
   const clock::duration idle_timeout_, ping_interval_, validate_after_idle_, max_lifetime_, endpoint_grace_;
   ilist<conn_node, &conn_node::all_link> all_idle_;  // front: least recently released
   iheap<ep_node, &ep_node::room_pos, by_oldest_waiter> room_;

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <thread>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -27,6 +28,8 @@
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include <netdb.h>
 
 #include "connpool/detail/asio.hpp"
 
@@ -450,8 +453,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     // Under mu_ (the timers' operations too).
     std::vector<std::shared_ptr<address>> addrs;
     bool resolved = false;   // addrs are a lookup's result (once true, stays true)
-    bool resolving = false;  // a lookup is in flight
-    std::uint64_t generation = 0;  // of the last lookup started: a late answer to an older one is ignored
+    bool resolving = false;  // an answer is awaited, within lookup_timer's bound
+    bool in_thread = false;  // the default resolver's getaddrinfo runs (it cannot be stopped)
+    std::uint64_t generation = 0;  // resolver calls started
+    std::uint64_t accepted = 0;    // the call whose answer was applied last: older answers are ignored
+    std::uint64_t arms = 0;        // of lookup_timer
+    std::uint64_t thread_gen = 0;  // the call getaddrinfo's thread answers
     time_point resolved_at{};
     error_code last_error;
     std::vector<std::weak_ptr<dial_race>> waiting;  // connects waiting for the first lookup
@@ -474,6 +481,11 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return p;
   }
 
+  bool books_closed() const {
+    std::lock_guard<spin_mutex> lk(mu_);
+    return books_.closed();
+  }
+
   /// A synchronous acquire of a named backend: the asynchronous acquire, waited for (by its
   /// deadline, and 200 ms more for the executor to report). On the default pool's own thread, an
   /// acquire that is not served at once fails with would_block (it would wait for that thread).
@@ -491,7 +503,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         std::unique_lock<std::mutex> lk(res->m);
         if (res->abandoned) {
           lk.unlock();
-          if (c) s->discard(c, close_mode::graceful);
+          if (c) s->release(c);  // healthy and unused: back for the next acquire
           return;
         }
         res->done = true;
@@ -502,20 +514,28 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       }
       std::shared_ptr<result> res;
     };
+    if (own_ctx_ && own_ctx_->get_executor().running_in_this_thread()) {
+      // On the pool's own thread nothing could complete a wait: an idle connection or nothing.
+      if (connection* c = try_acquire(k)) {
+        reused = true;
+        return c;
+      }
+      ec = books_closed() ? error_code(error::pool_closed) : error_code(net::error::would_block);
+      return nullptr;
+    }
     auto res = std::make_shared<result>();
     const time_point deadline = deadline_from(options().acquire_timeout);
     async_acquire(k, std::make_unique<waiter>(res));
     std::unique_lock<std::mutex> lk(res->m);
-    const bool own_thread = own_ctx_ && own_ctx_->get_executor().running_in_this_thread();
     const time_point give_up_at = deadline == never ? never : later(deadline, std::chrono::milliseconds(200));
     while (!res->done) {
-      if (own_thread || (give_up_at != never && res->cv.wait_until(lk, give_up_at) == std::cv_status::timeout &&
-                         !res->done)) {
-        res->abandoned = true;
-        ec = own_thread ? error_code(net::error::would_block) : error_code(error::acquire_timeout);
+      if (give_up_at == never) {
+        res->cv.wait(lk);
+      } else if (res->cv.wait_until(lk, give_up_at) == std::cv_status::timeout && !res->done) {
+        res->abandoned = true;  // nothing ran the executor in time
+        ec = error::acquire_timeout;
         return nullptr;
       }
-      if (give_up_at == never) res->cv.wait(lk);
     }
     ec = res->ec;
     reused = res->reused;
@@ -526,7 +546,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// The lock, and the connections retired under it: closed once the lock is released.
   class section {
    public:
-    explicit section(pool_state& s) : s_(s), lk_(s.mu_) {}
+    CONNPOOL_HOT explicit section(pool_state& s) : s_(s), lk_(s.mu_) {}
     ~section() {
       if (lk_.owns_lock()) lk_.unlock();
       bury(dead);
@@ -714,7 +734,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// `c` was taken from idle and goes back unused (see books::put_back()).
   void put_back(connection& c, bool unchecked, bool timed_out) noexcept {
     section s(*this);
-    books_.put_back(*c.node, unchecked, timed_out, coarse_now(), s.dead);
+    books_.put_back(*c.node, unchecked, timed_out, coarse_now(), s.dead,
+                    c.addr && c.addr->removed.load(std::memory_order_relaxed));
     s.lease_ended();
     rearm();
   }
@@ -844,7 +865,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     section s(*this);
     const time_point now = coarse_now();
     if (g.conn) {
-      books_.put_back(*g.conn, /*unchecked=*/false, /*timed_out=*/true, now, s.dead);
+      const connection& c = *as_connection(g.conn);
+      books_.put_back(*g.conn, /*unchecked=*/false, /*timed_out=*/true, now, s.dead,
+                      c.addr && c.addr->removed.load(std::memory_order_relaxed));
     } else {
       if (g.slot) books_.abandoned(e, g, now, s.dead);
       ++e.counters.acquire_timeouts;
@@ -1070,21 +1093,25 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     error_code ec;
     try {
       std::lock_guard<spin_mutex> lk(mu_);
-      ready = b.resolved;
-      if (ready) {
-        addrs = b.addrs;
-        const auto interval = options().resolve_interval;
-        lookup = !b.resolving && interval.count() > 0 && later(b.resolved_at, interval) <= coarse_now();
+      if (books_.closed()) {
+        ec = error::pool_closed;
       } else {
-        b.waiting.push_back(rc);
-        lookup = !b.resolving;
+        ready = b.resolved;
+        if (ready) {
+          addrs = b.addrs;
+          const auto interval = options().resolve_interval;
+          lookup = interval.count() > 0 && later(b.resolved_at, interval) <= coarse_now();
+        } else {
+          b.waiting.push_back(rc);
+          lookup = true;
+        }
+        if (lookup) gen = begin_lookup(b);
       }
-      if (lookup) gen = begin_lookup(b);
     } catch (const std::bad_alloc&) {
       ec = net::error::no_memory;
     }
     if (ec) return dialled(rc, opp, acquire_bound, ec);
-    if (lookup) start_lookup(b, gen);
+    if (gen) start_lookup(b, gen);
     if (ready) return dial_plan(rc, opp, acquire_bound, std::move(addrs));
     rc->in_setup = true;
     rc->on_setup_end = [self = this->shared_from_this(), w = std::weak_ptr<dial_race>(rc), opp,
@@ -1096,24 +1123,72 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     };
   }
 
-  /// Under the lock: a lookup of `b` starts; its generation, and its bound.
+  /// Under the lock: an answer for `b` is wanted. Returns the generation of a resolver call the
+  /// caller starts after unlocking (start_lookup()), or 0 if an answer is awaited already (a call
+  /// in flight, or the default resolver's getaddrinfo still running after its bound passed).
+  /// Throws std::bad_alloc, the backend unchanged.
   std::uint64_t begin_lookup(backend& b) {
-    b.resolving = true;
-    const std::uint64_t gen = ++b.generation;
+    if (b.resolving || books_.closed()) return 0;
     std::chrono::milliseconds bound = options().connect_timeout;
     const auto interval = options().resolve_interval;
     if (interval.count() > 0 && (bound.count() <= 0 || interval < bound)) bound = interval;
     if (bound.count() > 0) {
       b.lookup_timer.expires_at(deadline_from(bound));
-      b.lookup_timer.async_wait([w = this->weak_from_this(), bp = &b, gen](error_code tec) {
+      b.lookup_timer.async_wait([w = this->weak_from_this(), bp = &b, arm = b.arms + 1](error_code tec) {
         if (tec) return;
-        if (auto self = w.lock()) self->resolved(*bp, gen, net::error::timed_out, {});
+        if (auto self = w.lock()) self->lookup_timed_out(*bp, arm);
       });
     }
-    return gen;
+    ++b.arms;
+    b.resolving = true;
+    if (!resolver_ && b.in_thread) return 0;
+    ++b.generation;
+    if (!resolver_) {
+      b.in_thread = true;
+      b.thread_gen = b.generation;
+    }
+    return b.generation;
   }
 
-  /// Outside the lock: ask the resolver (the user's, or Asio's getaddrinfo) for `b`'s addresses.
+  /// The bound of the awaited answer passed: connects waiting for a first lookup stay, bounded by
+  /// their own deadlines, and a new call starts for them (for the default resolver, when its
+  /// getaddrinfo returns: its answer will do).
+  void lookup_timed_out(backend& b, std::uint64_t arm) {
+    std::uint64_t gen = 0;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      if (arm != b.arms || !b.resolving) return;
+      b.resolving = false;
+      b.last_error = net::error::timed_out;
+      if (!b.waiting.empty()) {
+        try {
+          gen = begin_lookup(b);
+        } catch (const std::bad_alloc&) {
+          // The waiting connects end by their deadlines.
+        }
+      }
+    }
+    if (gen) start_lookup(b, gen);
+  }
+
+  /// getaddrinfo's error as Asio reports it.
+  static error_code addrinfo_error(int rc) {
+    switch (rc) {
+#if defined(EAI_NODATA) && EAI_NODATA != EAI_NONAME
+      case EAI_NODATA:
+#endif
+      case EAI_NONAME: return net::error::host_not_found;
+      case EAI_AGAIN: return net::error::host_not_found_try_again;
+      case EAI_SERVICE: return net::error::service_not_found;
+      case EAI_MEMORY: return net::error::no_memory;
+      case EAI_SYSTEM: return error_code(errno, std::system_category());
+      default: return net::error::no_recovery;
+    }
+  }
+
+  /// Outside the lock: ask the resolver for `b`'s addresses: the user's, or getaddrinfo on a
+  /// thread of its own (Asio's resolver would run it on the pool's context, where a lookup that
+  /// hangs holds the context and every other lookup queued behind it).
   void start_lookup(backend& b, std::uint64_t gen) {
     std::shared_ptr<const resolver> user;
     {
@@ -1124,8 +1199,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       auto self = w.lock();
       if (!self) return;
       try {
-        net::post(self->ex_, [self, bp, gen, ec, eps = std::move(eps)]() mutable {
-          self->resolved(*bp, gen, ec, std::move(eps));
+        // Holds the state weakly: a handler left in a context nobody runs any more must not keep it.
+        net::post(self->ex_, [w, bp, gen, ec, eps = std::move(eps)]() mutable {
+          if (auto s = w.lock()) s->resolved(*bp, gen, ec, std::move(eps));
         });
       } catch (...) {
         // Out of memory: the lookup's bound ends it.
@@ -1135,33 +1211,51 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (user) {
         (*user)(b.name, std::move(done));
       } else if constexpr (std::is_same_v<Protocol, net::ip::tcp>) {
-        auto r = std::make_shared<net::ip::basic_resolver<net::ip::tcp, Executor>>(ex_);
-        r->async_resolve(b.name.name, b.name.service,
-                         [r, done](error_code ec, typename net::ip::basic_resolver<net::ip::tcp, Executor>::results_type rs) {
-                           std::vector<endpoint_type> eps;
-                           if (!ec)
-                             for (const auto& e : rs) eps.push_back(e.endpoint());
-                           done(ec, std::move(eps));
-                         });
+        std::thread([name = b.name, done = std::move(done)] {
+          addrinfo hints{};
+          hints.ai_family = AF_UNSPEC;
+          hints.ai_socktype = SOCK_STREAM;
+          hints.ai_flags = AI_ADDRCONFIG;
+          addrinfo* list = nullptr;
+          const int rc = ::getaddrinfo(name.name.c_str(), name.service.c_str(), &hints, &list);
+          std::vector<endpoint_type> eps;
+          error_code ec = rc == 0 ? error_code() : addrinfo_error(rc);
+          try {
+            for (addrinfo* a = list; a; a = a->ai_next) {
+              if (a->ai_family != AF_INET && a->ai_family != AF_INET6) continue;
+              endpoint_type e;
+              std::memcpy(e.data(), a->ai_addr, a->ai_addrlen);
+              eps.push_back(e);
+            }
+          } catch (const std::bad_alloc&) {
+            ec = net::error::no_memory;
+          }
+          if (list) ::freeaddrinfo(list);
+          done(ec, std::move(eps));
+        }).detach();
       }
-    } catch (...) {
-      resolved(b, gen, error::setup_failed, {});  // the resolver threw
+    } catch (...) {  // the resolver threw, or no thread could be made
+      net::post(ex_, [w = this->weak_from_this(), bp = &b, gen] {
+        if (auto self = w.lock()) self->resolved(*bp, gen, error::setup_failed, {});
+      });
     }
   }
 
   /// A lookup of `b` ended. The first success makes the address set; a later one replaces it:
   /// addresses kept keep their counts, addresses gone are marked, their idle connections close
   /// at once (address_removed) and their leased ones when they come back. A failure keeps the
-  /// last good set; before any, the connects waiting for it fail with its error.
+  /// last good set; before any, the connects waiting for it fail with its error. An answer to a
+  /// call older than the last one applied is ignored.
   void resolved(backend& b, std::uint64_t gen, error_code ec, std::vector<endpoint_type> eps) {
     std::vector<std::weak_ptr<dial_race>> wake;
     error_code wake_ec;
     {
       section s(*this);
-      if (gen != b.generation || !b.resolving) return;  // a late answer to an older lookup
+      if (b.in_thread && gen == b.thread_gen) b.in_thread = false;
+      if (gen <= b.accepted || books_.closed()) return;
+      b.accepted = gen;
       b.resolving = false;
       b.lookup_timer.cancel();
-      if (books_.closed()) return;
       const time_point now = coarse_now();
       if (!ec && eps.empty()) ec = net::error::host_not_found;
       try {
@@ -1233,9 +1327,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (books_.closed() || b.resolving) return;
       const entry* e = books_.find(key_type(static_cast<const void*>(&b)));
       if (!e || (e->open() == 0 && e->waiters.empty())) return;
-      gen = begin_lookup(b);
+      try {
+        gen = begin_lookup(b);
+      } catch (const std::bad_alloc&) {
+        return;  // the next connect finds the set stale and tries again
+      }
     }
-    start_lookup(b, gen);
+    if (gen) start_lookup(b, gen);
   }
 
   /// The order to try `addrs` in: addresses that refused recently last, then fewest connections
@@ -1305,18 +1403,30 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       }
       ++a->open;
       t->addr = std::move(a);
+      try {
+        t->s.async_connect(t->addr->ep, net::bind_executor(rc->strand, [self = this->shared_from_this(), rc, opp,
+                                                                          acquire_bound, t](error_code cec) {
+          self->tried(rc, opp, acquire_bound, *t, cec);
+        }));
+      } catch (const std::bad_alloc&) {
+        --t->addr->open;
+        t->addr.reset();
+        close_socket(t->s, close_mode::abortive, false);
+        rc->last_ec = net::error::no_memory;
+        continue;
+      }
       ++rc->pending;
-      t->s.async_connect(t->addr->ep, net::bind_executor(rc->strand, [self = this->shared_from_this(), rc, opp,
-                                                                        acquire_bound, t](error_code cec) {
-        self->tried(rc, opp, acquire_bound, *t, cec);
-      }));
       if (rc->next < rc->plan.size()) {
         rc->retry.expires_after(options().happy_eyeballs_delay);
-        rc->retry.async_wait(net::bind_executor(rc->strand, [self = this->shared_from_this(), rc, opp,
-                                                             acquire_bound](error_code tec) {
-          if (tec || rc->won || rc->done || rc->timed_out || rc->cancelled || rc->aborted) return;
-          self->start_try(rc, opp, acquire_bound);
-        }));
+        try {
+          rc->retry.async_wait(net::bind_executor(rc->strand, [self = this->shared_from_this(), rc, opp,
+                                                               acquire_bound](error_code tec) {
+            if (tec || rc->won || rc->done || rc->timed_out || rc->cancelled || rc->aborted) return;
+            self->start_try(rc, opp, acquire_bound);
+          }));
+        } catch (const std::bad_alloc&) {
+          // No delay timer: the next address starts when this one fails.
+        }
       }
       return;
     }
@@ -1344,6 +1454,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (ec && ec != net::error::operation_aborted && !rc->won) {
       rc->last_ec = ec;
       t.addr->refused_until = later(clock::now(), std::chrono::seconds(1)).time_since_epoch().count();
+    } else if (rc->won && ec == net::error::operation_aborted) {
+      // Started before the winner and still not connected: slower by a Happy Eyeballs delay at
+      // least. It goes last for a while, so that new connections do not wait for it each time.
+      t.addr->refused_until = later(clock::now(), std::chrono::seconds(10)).time_since_epoch().count();
     }
     if (t.s.is_open()) close_socket(t.s, close_mode::abortive, false);
     --t.addr->open;
@@ -1408,7 +1522,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// `e`: the endpoint the grant is for (a slot pins it). `deadline`: the acquire's, or `unset` if
   /// it has not been needed yet.
-  connection* finish(ep_node& e, grant g, time_point deadline, bool& reused, error_code& ec) {
+  CONNPOOL_COLD connection* finish(ep_node& e, grant g, time_point deadline, bool& reused, error_code& ec) {
     for (;;) {
       g = probed(g, false);
       if (!g.conn) break;
