@@ -118,7 +118,9 @@ class basic_pool {
   /// \name Backends by name (tcp_pool only)
   /// A named backend is one pool key for all of its addresses: one set of limits, idle
   /// connections, waiters and stats, per host. Its addresses are looked up asynchronously (the
-  /// resolver of set_resolver(), else getaddrinfo through Asio) on the first connect, cached, and
+  /// resolver of set_resolver(), else getaddrinfo on a thread of its own, one per backend at a
+  /// time, so a lookup that hangs holds neither the pool's executor nor other backends) on the
+  /// first connect, cached, and
   /// looked up again every options().resolve_interval while the backend is in use, in the
   /// background: never on an acquire's path once cached. A lookup that fails keeps the last good
   /// addresses; the first one's error (e.g. net::error::host_not_found) is the error of the
@@ -130,13 +132,16 @@ class basic_pool {
   /// (RFC 8305): the next address starts options().happy_eyeballs_delay after the last one or as
   /// soon as it fails, and the first to connect wins. The lookup and the connects are bounded by
   /// the connect deadline (connect_timeout, or acquire_timeout if nearer); a lookup that hangs
-  /// gives connect_timeout or acquire_timeout. The setup step and the health check run as for any
+  /// gives connect_timeout or acquire_timeout (each lookup is also bounded by connect_timeout, or
+  /// resolve_interval if shorter; then another one starts for the connects still waiting). The setup step and the health check run as for any
   /// connection; lease::endpoint() is the address it is connected to.
   ///@{
 
-  /// As acquire(ep), for a named backend. The synchronous form waits for the asynchronous one; on
-  /// a default-constructed pool's own thread, an acquire that cannot be served at once from idle
-  /// fails with net::error::would_block.
+  /// As acquire(ep), for a named backend. The synchronous form waits for the asynchronous one, so
+  /// the pool's executor must run meanwhile: on a default-constructed pool's own thread, an
+  /// acquire that cannot be served at once from idle fails with net::error::would_block; on a pool
+  /// built on your executor, do not acquire by name synchronously from the only thread that runs
+  /// it (it would wait until acquire_timeout, and 200 ms more).
   lease acquire(const host& h);
   /// As above, reporting errors in `ec`.
   lease acquire(const host& h, error_code& ec);

@@ -1181,7 +1181,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       case EAI_AGAIN: return net::error::host_not_found_try_again;
       case EAI_SERVICE: return net::error::service_not_found;
       case EAI_MEMORY: return net::error::no_memory;
-      case EAI_SYSTEM: return error_code(errno, std::system_category());
+      case EAI_SYSTEM: return error_code(errno, net::error::get_system_category());
       default: return net::error::no_recovery;
     }
   }
