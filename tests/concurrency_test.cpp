@@ -2,6 +2,9 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -85,4 +88,71 @@ TEST_CASE("concurrency: no dead hand-out, no leak, no CLOSE_WAIT, every acquire 
                              s.idle_timeout + s.max_lifetime + s.pool_closed);
     }
   }
+}
+
+TEST_CASE("concurrency: by name, with a health check at every hand-out and pings every 5 ms; sync and async at once") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  const connpool::host h("127.0.0.1", server.endpoint().port());  // getaddrinfo, numeric: no DNS
+  auto o = connpool::pool_options();
+  o.max_per_endpoint = 4;
+  o.acquire_timeout = 3000ms;
+  o.validate_after_idle = 0ms;
+  o.ping_interval = 5ms;
+  net::io_context io;
+  std::atomic<int> ok{0}, failed{0}, checks{0};
+  {
+    tcp_pool pool(io, o);
+    pool.set_health_check([&checks](tcp_pool::socket_type& s, const tcp_pool::endpoint_type&, tcp_pool::setup_done done) {
+      ++checks;
+      auto buf = std::make_shared<std::string>("ping\n");
+      net::async_write(s, net::buffer(*buf), [&s, buf, done](connpool::error_code ec, std::size_t) {
+        if (ec) return done(ec);
+        net::async_read(s, net::buffer(*buf), [buf, done](connpool::error_code rec, std::size_t) {
+          done(rec ? rec : *buf == "ping\n" ? connpool::error_code() : connpool::error_code(net::error::invalid_argument));
+        });
+      });
+    });
+    auto guard = net::make_work_guard(io);
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 2; ++t) ts.emplace_back([&] { io.run(); });  // the pool's executor, two threads
+    std::vector<std::thread> clients;
+    for (int t = 0; t < 3; ++t)
+      clients.emplace_back([&] {
+        for (int i = 0; i < 150; ++i) {
+          connpool::error_code ec;
+          auto l = pool.acquire(h, ec);
+          if (ec || test::roundtrip(l, "x") != "x") {
+            ++failed;
+            continue;
+          }
+          ++ok;
+          if (i % 3 == 0) std::this_thread::sleep_for(2ms);  // idle gaps, so that pings run between leases
+          l.release();
+        }
+      });
+    // And asynchronous acquires on the same pool, from the executor's threads.
+    std::atomic<int> async_left{150};
+    std::function<void()> next = [&] {
+      if (async_left-- <= 0) return;
+      pool.async_acquire(h, [&](connpool::error_code ec, tcp_pool::lease l) {
+        if (ec || test::roundtrip(l, "y") != "y") ++failed; else ++ok;
+        l.release();
+        next();
+      });
+    };
+    next();
+    for (auto& c : clients) c.join();
+    CHECK(eventually([&] { return async_left.load() <= 0 && ok + failed == 600; }, 10000ms));
+    const auto s = pool.stats(h);
+    CHECK(failed == 0);
+    CHECK(s.validation_failed == 0);
+    CHECK(s.open() <= 4);
+    CHECK(s.created == s.closed() + s.idle + s.leased);
+    MESSAGE("checks run " << checks.load() << ", connections made " << s.created << ", reused " << s.reused);
+    pool.close();
+    guard.reset();
+    for (auto& t : ts) t.join();
+  }
+  CHECK(checks > 0);
 }
