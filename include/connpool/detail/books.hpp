@@ -350,35 +350,28 @@ class books {
   /// else healthy. Kept (to the endpoint's oldest waiter, else idle) unless the pool closed, the
   /// probe or the watch found the peer gone, or its lifetime passed. Returns the stamp of its idle
   /// period if it went idle (for take_idle()), else 0.
-  /// `gone`: its address left its backend's address set (see retire_idle_if()): retired, counted
-  /// address_removed.
-  std::uint32_t released(conn_node& c, probe_result r, time_point now, graveyard& dead, bool gone = false) {
+  std::uint32_t released(conn_node& c, probe_result r, time_point now, graveyard& dead) {
     ep_node& e = *c.ep;
     ++e.released;
     c.check = check_mark::none;
-    if (gone && !closed_) {
-      retire(c, close_reason::address_removed, opts_.retire_close, now, dead);
-      serve(now, dead);
-      return 0;
-    }
-    return keep(c, r, now, dead, now);
+    return keep(c, r, now, dead);
   }
 
-  /// Retire the idle connections of `e` for which `pred(payload)` holds (the I/O layer's test:
-  /// their address left the backend's set), for `why`. O(idle connections of `e`).
+  /// The connections of `e` for which `pred(payload)` holds (the I/O layer's test: their address
+  /// left the backend's set): idle ones are retired now, leased ones when they come back (their
+  /// `seen` records it), both counted address_removed. O(connections of the pool): for the rare
+  /// change of a backend's addresses, so that no release pays for it.
   template <class Pred>
-  std::size_t retire_idle_if(ep_node& e, Pred pred, close_reason why, time_point now, graveyard& dead) {
-    std::size_t n = 0;
-    for (conn_node* c = e.idle.front(); c;) {
-      conn_node* next = decltype(ep_node::idle)::next(c);
-      if (pred(c->payload)) {
-        retire(*c, why, opts_.retire_close, now, dead);
-        ++n;
-      }
-      c = next;
+  void address_removed(ep_node& e, Pred pred, time_point now, graveyard& dead) {
+    std::vector<conn_node*> idle;
+    for (const auto& kv : registry_) {
+      conn_node* c = kv.second;
+      if (c->ep != &e || !pred(c->payload)) continue;
+      if (c->state == conn_state::idle) idle.push_back(c);
+      else if (c->seen == probe_result::healthy) c->seen = probe_result::address_removed;
     }
-    if (n) serve(now, dead);
-    return n;
+    for (conn_node* c : idle) retire(*c, close_reason::address_removed, opts_.retire_close, now, dead);
+    if (!idle.empty()) serve(now, dead);
   }
 
   /// An acquire took the idle connection `c` and gives it back unused: its deadline passed first
@@ -386,18 +379,15 @@ class books {
   /// it, not counted reused or released, with its idle time (at most raised to that of the
   /// connection released last, which keeps the idle lists in order). `unchecked`: it was taken
   /// for its health check, and gets it before its next hand-out whatever its idle time.
-  /// `gone`: as for released().
-  void put_back(conn_node& c, bool unchecked, bool timed_out, time_point now, graveyard& dead, bool gone = false) {
+  void put_back(conn_node& c, bool unchecked, bool timed_out, time_point now, graveyard& dead) {
     ep_node& e = *c.ep;
     --e.idle_taken;
     if (timed_out) ++e.counters.acquire_timeouts;
     if (unchecked) c.check = check_mark::due;
-    if (gone && !closed_) {
-      retire(c, close_reason::address_removed, opts_.retire_close, now, dead);
-      serve(now, dead);
-      return;
-    }
-    keep(c, probe_result::healthy, now, dead, c.idle_since);
+    // Its idle time is kept: `now` for keep() is its idle_since (only the idle lists' order, the
+    // lifetime test and the endpoint's unused time read it, and an earlier time is harmless there).
+    static_cast<void>(now);
+    keep(c, probe_result::healthy, c.idle_since, dead);
   }
 
   // ------------------------------------------------------------------------------- health checks
@@ -484,9 +474,8 @@ class books {
  private:
   /// Keep a connection that came back healthy (to the endpoint's oldest waiter, else idle), or
   /// retire it; see released().
-  /// Its idle time (for idle_timeout and the health check) starts at `idle_since`.
-  CONNPOOL_HOT std::uint32_t keep(conn_node& c, probe_result r, time_point now, graveyard& dead,
-                                  time_point idle_since) {
+  /// Its idle time (for idle_timeout and the health check) starts at `now`.
+  CONNPOOL_HOT std::uint32_t keep(conn_node& c, probe_result r, time_point now, graveyard& dead) {
     ep_node& e = *c.ep;
     if (r == probe_result::healthy) r = c.seen;
     if (closed_) {
@@ -497,11 +486,11 @@ class books {
       retire(c, close_reason::max_lifetime, opts_.retire_close, now, dead);
     } else if (waiter_node* w = e.waiters.front()) {
       ++e.idle_taken;  // handed over as an idle connection, probed by the waiter
-      c.idle_since = idle_since;  // released just now: not checked for its idle time
+      c.idle_since = now;  // released just now: not checked for its idle time
       hand(*w, grant{&c, false, {}});
       return 0;
     } else {
-      c.idle_since = idle_since;
+      c.idle_since = now;
       set_state(c, conn_state::idle);
       const std::uint32_t stamp = c.stamp;
       if (max_idle_per_endpoint_ && e.idle.size() > max_idle_per_endpoint_)

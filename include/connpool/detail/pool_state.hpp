@@ -368,7 +368,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::uint32_t stamp;
     {
       section s(*this);
-      stamp = books_.released(*n, r, now, s.dead, c->addr && c->addr->removed.load(std::memory_order_relaxed));
+      stamp = books_.released(*n, r, now, s.dead);
       s.lease_ended();
       if (stamp)  // kept idle, nothing else changed that could bring the next due time forward
         arm_by(books_.idle_due(*n));
@@ -734,8 +734,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// `c` was taken from idle and goes back unused (see books::put_back()).
   void put_back(connection& c, bool unchecked, bool timed_out) noexcept {
     section s(*this);
-    books_.put_back(*c.node, unchecked, timed_out, coarse_now(), s.dead,
-                    c.addr && c.addr->removed.load(std::memory_order_relaxed));
+    books_.put_back(*c.node, unchecked, timed_out, coarse_now(), s.dead);
     s.lease_ended();
     rearm();
   }
@@ -865,9 +864,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     section s(*this);
     const time_point now = coarse_now();
     if (g.conn) {
-      const connection& c = *as_connection(g.conn);
-      books_.put_back(*g.conn, /*unchecked=*/false, /*timed_out=*/true, now, s.dead,
-                      c.addr && c.addr->removed.load(std::memory_order_relaxed));
+      books_.put_back(*g.conn, /*unchecked=*/false, /*timed_out=*/true, now, s.dead);
     } else {
       if (g.slot) books_.abandoned(e, g, now, s.dead);
       ++e.counters.acquire_timeouts;
@@ -1287,9 +1284,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
           wake.swap(b.waiting);
           if (gone) {
             if (entry* e = books_.find(key_type(static_cast<const void*>(&b))))
-              books_.retire_idle_if(
+              books_.address_removed(
                   *e, [](void* p) { const auto& a = static_cast<connection*>(p)->addr; return a && a->removed.load(); },
-                  close_reason::address_removed, now, s.dead);
+                  now, s.dead);
           }
         }
         // The next lookup, while the backend is in use.

@@ -13,7 +13,9 @@ CONNPOOL_ABI_BEGIN
 namespace detail {
 
 /// What a non-blocking look at an idle connection found.
-enum class probe_result : unsigned char { healthy, peer_closed, peer_reset, unexpected_data };
+/// `address_removed` is no probe's finding: it is recorded on a leased connection whose address left
+/// its named backend's set, so that its release closes it.
+enum class probe_result : unsigned char { healthy, peer_closed, peer_reset, unexpected_data, address_removed };
 
 /// Why a connection is closed; each maps to one pool_stats counter.
 enum class close_reason {
@@ -25,6 +27,7 @@ inline close_reason reason_of(probe_result r) noexcept {
   switch (r) {
     case probe_result::peer_closed: return close_reason::peer_closed;
     case probe_result::unexpected_data: return close_reason::unexpected_data;
+    case probe_result::address_removed: return close_reason::address_removed;
     default: return close_reason::peer_reset;
   }
 }
