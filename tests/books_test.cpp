@@ -381,6 +381,34 @@ TEST_CASE("books: under max_total, a connection whose check runs may be evicted,
   f.b.check_invariants();
 }
 
+TEST_CASE("books: max_uses retires a connection at its last lease; max_waiting_per_endpoint refuses the next waiter") {
+  connpool::pool_options o = opts();
+  o.max_uses = 3;
+  o.max_per_endpoint = 1;
+  o.max_waiting_per_endpoint = 2;
+  fixture f(o);
+  auto* c = f.connect(1, t0);
+  f.b.released(*c, d::probe_result::healthy, t0, f.dead);
+  CHECK(f.b.take_idle(*f.b.find(1)) == c);
+  f.b.released(*c, d::probe_result::healthy, t0, f.dead);
+  CHECK(f.b.take_idle(*f.b.find(1)) == c);
+  // Two waiters may queue; a third is refused.
+  test_waiter w1(f.b.find(1)), w2(f.b.find(1));
+  CHECK(f.b.may_wait(*f.b.find(1)));
+  f.b.enqueue(w1);
+  CHECK(f.b.may_wait(*f.b.find(1)));
+  f.b.enqueue(w2);
+  CHECK_FALSE(f.b.may_wait(*f.b.find(1)));
+  CHECK(f.b.stats(1).waiters_rejected == 1);
+  // The third release is its last: closed, and its place goes to the oldest waiter as a slot.
+  f.b.released(*c, d::probe_result::healthy, t0, f.dead);
+  CHECK(f.b.stats(1).max_uses == 1);
+  CHECK(w1.done);
+  CHECK(w1.result.slot);
+  CHECK_FALSE(w2.done);
+  f.b.check_invariants();
+}
+
 TEST_CASE("books: max_lifetime is jittered within 90-100%; idle ones retire on time, leased ones when released") {
   connpool::pool_options o = opts();
   o.max_per_endpoint = 0;

@@ -8,6 +8,7 @@
 #include <spawn.h>
 
 #include <atomic>
+#include <future>
 #include <string>
 #include <set>
 #include <fstream>
@@ -375,6 +376,41 @@ TEST_CASE("limits: max_idle_per_endpoint closes the surplus") {
   y.release();
   CHECK(pool.stats().idle == 1);
   CHECK(pool.stats().surplus == 1);
+}
+
+TEST_CASE("limits: max_uses closes a connection after its last lease; max_waiting_per_endpoint fails fast") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto o = quick();
+  o.max_uses = 2;
+  o.max_per_endpoint = 1;
+  o.max_waiting_per_endpoint = 1;
+  o.acquire_timeout = 3000ms;
+  tcp_pool pool(o);
+  auto l = pool.acquire(server.endpoint());
+  l.release();
+  l = pool.acquire(server.endpoint());
+  CHECK(l.reused());
+  // One acquire may wait for it (another thread); the next fails at once.
+  auto waiter = std::async(std::launch::async, [&] {
+    connpool::error_code ec;
+    auto w = pool.acquire(server.endpoint(), ec);
+    return std::make_pair(ec, w.reused());
+  });
+  REQUIRE(eventually([&] { return pool.stats().waiting == 1; }));
+  connpool::error_code ec;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto refused = pool.acquire(server.endpoint(), ec);
+  CHECK(ec == connpool::error::too_many_waiters);
+  CHECK(std::chrono::steady_clock::now() - t0 < 1s);
+  CHECK(pool.stats().waiters_rejected == 1);
+  l.release();  // its second lease: closed; the waiter connects afresh
+  auto [wec, wreused] = waiter.get();
+  CHECK_FALSE(wec);
+  CHECK_FALSE(wreused);
+  const auto s = pool.stats();
+  CHECK(s.max_uses == 1);
+  CHECK(s.created == 2);
 }
 
 TEST_CASE("options: out-of-range values are rejected, naming the field; the kernel's maxima are accepted") {

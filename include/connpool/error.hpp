@@ -18,6 +18,7 @@ enum class error {
   connect_timeout,   ///< connect_timeout passed while connecting
   invalid_options,   ///< a pool_options value is out of range (for example a negative duration)
   setup_failed,      ///< the connection's setup step (basic_pool::set_setup()) threw an exception
+  too_many_waiters,  ///< the endpoint had max_waiting_per_endpoint acquires waiting already
 };
 
 namespace detail {
@@ -54,6 +55,7 @@ class error_category_impl final : public error_category_base {
       case error::connect_timeout: return "timed out connecting";
       case error::invalid_options: return "invalid connection pool options";
       case error::setup_failed: return "the connection's setup step threw an exception";
+      case error::too_many_waiters: return "too many acquires waiting for this endpoint";
     }
     return "unknown connpool error";
   }

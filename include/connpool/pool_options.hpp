@@ -21,6 +21,13 @@ struct pool_options {
   std::size_t max_per_endpoint = 64;        ///< idle + leased + connecting, per endpoint
   std::size_t max_idle_per_endpoint = 64;   ///< idle connections beyond this are closed (surplus)
   std::size_t max_total = 0;                ///< idle + leased + connecting, across endpoints
+  /// An acquire that would wait while this many acquires of its endpoint wait already fails at
+  /// once with error::too_many_waiters (counted waiters_rejected): fail fast under overload
+  /// instead of queueing past any useful deadline. 0: no limit.
+  std::size_t max_waiting_per_endpoint = 0;
+  /// A connection is closed when its lease count reaches this (counted max_uses), as nginx's
+  /// keepalive_requests, so that load spreads again across backends behind a balancer. 0: no limit.
+  std::size_t max_uses = 0;
   /// Bounds each connection attempt, from its start; error::connect_timeout when it passes first
   /// (when acquire_timeout passes first: error::acquire_timeout).
   std::chrono::milliseconds connect_timeout{3000};
@@ -130,6 +137,7 @@ struct pool_stats {
   std::size_t connect_failed = 0;    ///< connection attempts that failed (timeouts included; those
                                      ///< stopped by close() or by cancellation not)
   std::size_t acquire_timeouts = 0;  ///< acquires that failed with error::acquire_timeout
+  std::size_t waiters_rejected = 0;  ///< acquires that failed with error::too_many_waiters
   ///@}
 
   /// \name Connections the pool closed, by reason
@@ -144,6 +152,7 @@ struct pool_stats {
   std::size_t pool_closed = 0;      ///< closed by close(), or returned after it
   std::size_t validation_failed = 0;  ///< failed its health check, or the check passed its deadline
   std::size_t address_removed = 0;    ///< its address left its named backend's addresses (a refresh)
+  std::size_t max_uses = 0;           ///< reached max_uses leases
   ///@}
 
   /// Connections currently open (idle + leased), plus those being opened.
@@ -152,7 +161,7 @@ struct pool_stats {
   /// Connections the pool closed, for every reason (discarded included).
   std::size_t closed() const noexcept {
     return discarded + peer_closed + peer_reset + unexpected_data + idle_timeout + max_lifetime + surplus +
-           pool_closed + validation_failed + address_removed;
+           pool_closed + validation_failed + address_removed + max_uses;
   }
 
   /// Adds every gauge and counter of `o`.
@@ -176,6 +185,8 @@ struct pool_stats {
     pool_closed += o.pool_closed;
     validation_failed += o.validation_failed;
     address_removed += o.address_removed;
+    max_uses += o.max_uses;
+    waiters_rejected += o.waiters_rejected;
     return *this;
   }
 };

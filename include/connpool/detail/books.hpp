@@ -98,6 +98,7 @@ struct alignas(64) conn_node {
   std::uint64_t id = 0;           // never reused within a pool; 0 while the node is free
   std::size_t heap_pos = not_in_heap;  // in the lifetime heap
   time_point checked_at{};        // its last passed health check
+  std::uint32_t uses = 0;         // leases released (with max_uses)
   list_hook<conn_node> ping_link;  // the ping queue (with ping_interval)
 };
 static_assert(offsetof(conn_node, expires) == 64, "the hot fields of a connection node fill its first cache line");
@@ -172,6 +173,7 @@ class books {
 
   books(const pool_options& o, std::uint64_t seed)
       : max_idle_per_endpoint_(o.max_idle_per_endpoint),
+        max_uses_(o.max_uses),
         idle_timeout_(span(o.idle_timeout)),
         ping_interval_(span(o.ping_interval)),
         validate_after_idle_(span(o.validate_after_idle)),
@@ -354,7 +356,20 @@ class books {
     ep_node& e = *c.ep;
     ++e.released;
     c.check = check_mark::none;
+    if (max_uses_ && ++c.uses >= max_uses_ && !closed_ && r == probe_result::healthy && c.seen == r) {
+      retire(c, close_reason::max_uses, opts_.retire_close, now, dead);
+      serve(now, dead);
+      return 0;
+    }
     return keep(c, r, now, dead);
+  }
+
+  /// Whether an acquire of `e` that try_grant() gave nothing may queue; if not (max_waiting_per_
+  /// endpoint), it fails with error::too_many_waiters, counted here.
+  bool may_wait(ep_node& e) noexcept {
+    if (!opts_.max_waiting_per_endpoint || e.waiters.size() < opts_.max_waiting_per_endpoint) return true;
+    ++e.counters.waiters_rejected;
+    return false;
   }
 
   /// The connections of `e` for which `pred(payload)` holds (the I/O layer's test: their address
@@ -935,6 +950,7 @@ class books {
   std::size_t leased_total_ = 0;
   std::uint32_t stamps_ = 0;
   const std::size_t max_idle_per_endpoint_;
+  const std::size_t max_uses_;
   bool pinging_ = false;
   std::size_t pinged_ = 0;  // connections whose background check runs
   const clock::duration idle_timeout_, ping_interval_, validate_after_idle_, max_lifetime_, endpoint_grace_;

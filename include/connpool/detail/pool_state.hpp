@@ -331,7 +331,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         entry& en = books_.get(ep, now);
         op->ep = &en;
         g = books_.try_grant(en, now, s.dead);
-        if (!g) {
+        if (!g && !books_.may_wait(en)) {
+          g.ec = error::too_many_waiters;
+        } else if (!g) {
           if (op->deadline != never) {  // first: it is the step that may throw
             op->timer.expires_at(op->deadline);
             op->timer.async_wait([w = std::weak_ptr<async_op>(op)](error_code tec) {
@@ -1485,6 +1487,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       entry& en = books_.get(ep, now);
       e = &en;
       g = books_.try_grant(en, now, s.dead);
+      if (!g && !books_.may_wait(en)) {
+        ec = error::too_many_waiters;
+        return nullptr;
+      }
       if (!g) {
         // Idle connections that cannot be had now are being checked in the background, on the
         // pool's thread: on that thread, waiting would stall the checks it waits for.

@@ -20,7 +20,7 @@ enum class probe_result : unsigned char { healthy, peer_closed, peer_reset, unex
 /// Why a connection is closed; each maps to one pool_stats counter.
 enum class close_reason {
   discarded, peer_closed, peer_reset, unexpected_data, idle_timeout, max_lifetime, surplus, pool_closed,
-  validation_failed, address_removed
+  validation_failed, address_removed, max_uses
 };
 
 inline close_reason reason_of(probe_result r) noexcept {
@@ -44,6 +44,7 @@ inline std::size_t& counter(pool_stats& s, close_reason r) noexcept {
     case close_reason::surplus: return s.surplus;
     case close_reason::validation_failed: return s.validation_failed;
     case close_reason::address_removed: return s.address_removed;
+    case close_reason::max_uses: return s.max_uses;
     case close_reason::pool_closed: break;
   }
   return s.pool_closed;
