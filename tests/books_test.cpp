@@ -409,6 +409,35 @@ TEST_CASE("books: max_uses retires a connection at its last lease; max_waiting_p
   f.b.check_invariants();
 }
 
+TEST_CASE("books: a connection put back past its lifetime is retired; one whose address was removed closes on release by retire_close") {
+  connpool::pool_options o = opts();
+  o.max_lifetime = 1000ms;
+  o.retire_close = connpool::close_mode::abortive;
+  fixture f(o);
+  auto* c = f.connect(1, t0);
+  f.b.released(*c, d::probe_result::healthy, t0, f.dead);
+  CHECK(f.b.take_idle(*f.b.find(1)) == c);  // taken for its check
+  f.b.expire(t0 + 1000ms, f.dead);           // its lifetime passes while it is out
+  f.b.put_back(*c, true, true, t0 + 1001ms, f.dead);
+  CHECK(f.b.stats(1).max_lifetime == 1);
+  CHECK(f.b.stats(1).idle == 0);
+  f.b.check_invariants();
+  // Address removed: an idle one closes now, a leased one when it comes back; both by retire_close.
+  auto* a = f.connect(2, t0 + 2s);
+  auto* b = f.connect(2, t0 + 2s);
+  f.b.released(*a, d::probe_result::healthy, t0 + 2s, f.dead);
+  f.dead.clear();
+  f.b.address_removed(*f.b.find(2), [](void*) { return true; }, t0 + 2s, f.dead);
+  CHECK(f.b.stats(2).address_removed == 1);
+  CHECK(b->seen == d::probe_result::address_removed);
+  f.b.released(*b, d::probe_result::healthy, t0 + 2s, f.dead);
+  CHECK(f.b.stats(2).address_removed == 2);
+  REQUIRE(f.dead.size() == 2);
+  CHECK(f.dead[0].mode == connpool::close_mode::abortive);
+  CHECK(f.dead[1].mode == connpool::close_mode::abortive);
+  f.b.check_invariants();
+}
+
 TEST_CASE("books: max_lifetime is jittered within 90-100%; idle ones retire on time, leased ones when released") {
   connpool::pool_options o = opts();
   o.max_per_endpoint = 0;

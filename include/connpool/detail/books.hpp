@@ -91,7 +91,7 @@ struct alignas(64) conn_node {
   void* payload = nullptr;        // the caller's connection
   std::uint32_t stamp = 0;        // names its current idle period (wraps; a hint only); 0 while free
   conn_state state = conn_state::closed;
-  probe_result seen = probe_result::healthy;  // what the watch saw while it was leased
+  probe_result seen = probe_result::healthy;  // what the watch saw while it was leased, or address_removed
   check_mark check = check_mark::none;
   // The second: read only with max_lifetime, a health check, at connect and close.
   time_point expires = never;     // jittered max_lifetime
@@ -361,7 +361,7 @@ class books {
       serve(now, dead);
       return 0;
     }
-    return keep(c, r, now, dead);
+    return keep(c, r, now, dead, now);
   }
 
   /// Whether an acquire of `e` that try_grant() gave nothing may queue; if not (max_waiting_per_
@@ -374,11 +374,14 @@ class books {
 
   /// The connections of `e` for which `pred(payload)` holds (the I/O layer's test: their address
   /// left the backend's set): idle ones are retired now, leased ones when they come back (their
-  /// `seen` records it), both counted address_removed. O(connections of the pool): for the rare
-  /// change of a backend's addresses, so that no release pays for it.
+  /// `seen` records it, unless the watch recorded a FIN or RST there first: then counted so),
+  /// counted address_removed. O(connections of the pool): for the rare change of a backend's
+  /// addresses, so that no release pays for it. May throw std::bad_alloc, the books unchanged.
   template <class Pred>
   void address_removed(ep_node& e, Pred pred, time_point now, graveyard& dead) {
     std::vector<conn_node*> idle;
+    idle.reserve(e.idle.size());
+    dead.reserve(dead.size() + e.idle.size());
     for (const auto& kv : registry_) {
       conn_node* c = kv.second;
       if (c->ep != &e || !pred(c->payload)) continue;
@@ -399,10 +402,7 @@ class books {
     --e.idle_taken;
     if (timed_out) ++e.counters.acquire_timeouts;
     if (unchecked) c.check = check_mark::due;
-    // Its idle time is kept: `now` for keep() is its idle_since (only the idle lists' order, the
-    // lifetime test and the endpoint's unused time read it, and an earlier time is harmless there).
-    static_cast<void>(now);
-    keep(c, probe_result::healthy, c.idle_since, dead);
+    keep(c, probe_result::healthy, now, dead, c.idle_since);
   }
 
   // ------------------------------------------------------------------------------- health checks
@@ -489,23 +489,25 @@ class books {
  private:
   /// Keep a connection that came back healthy (to the endpoint's oldest waiter, else idle), or
   /// retire it; see released().
-  /// Its idle time (for idle_timeout and the health check) starts at `now`.
-  CONNPOOL_HOT std::uint32_t keep(conn_node& c, probe_result r, time_point now, graveyard& dead) {
+  /// Its idle time (for idle_timeout and the health check) starts at `idle_since`.
+  CONNPOOL_HOT std::uint32_t keep(conn_node& c, probe_result r, time_point now, graveyard& dead,
+                                  time_point idle_since) {
     ep_node& e = *c.ep;
     if (r == probe_result::healthy) r = c.seen;
     if (closed_) {
       retire(c, close_reason::pool_closed, opts_.retire_close, now, dead);
     } else if (r != probe_result::healthy) {
-      retire(c, reason_of(r), close_mode::graceful, now, dead);
+      retire(c, reason_of(r), r == probe_result::address_removed ? opts_.retire_close : close_mode::graceful, now,
+             dead);
     } else if (max_lifetime_.count() > 0 && c.expires <= now) {
       retire(c, close_reason::max_lifetime, opts_.retire_close, now, dead);
     } else if (waiter_node* w = e.waiters.front()) {
       ++e.idle_taken;  // handed over as an idle connection, probed by the waiter
-      c.idle_since = now;  // released just now: not checked for its idle time
+      c.idle_since = idle_since;  // after a release, now: not checked for its idle time
       hand(*w, grant{&c, false, {}});
       return 0;
     } else {
-      c.idle_since = now;
+      c.idle_since = idle_since;
       set_state(c, conn_state::idle);
       const std::uint32_t stamp = c.stamp;
       if (max_idle_per_endpoint_ && e.idle.size() > max_idle_per_endpoint_)

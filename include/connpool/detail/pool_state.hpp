@@ -1385,6 +1385,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   void start_try(const std::shared_ptr<dial_race>& rc, const std::shared_ptr<async_op>& opp, bool acquire_bound) {
     while (rc->next < rc->plan.size()) {
       std::shared_ptr<address> a = rc->plan[rc->next++];
+      if (a->removed.load(std::memory_order_relaxed)) continue;  // left the set since the plan was made
       error_code ec;
       typename dial_race::attempt* t = nullptr;
       try {
@@ -1629,6 +1630,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (!ec) {
       try {
         c->node = books_.connected(e, c.get(), now);
+        // Its address left the set while it connected: it closes when its lease ends. (resolved()
+        // marks addresses under this lock, so none is missed between.)
+        if (c->addr && c->addr->removed.load(std::memory_order_relaxed)) c->node->seen = probe_result::address_removed;
         c->watched = watching_ && watch_.add(c->socket.native_handle(), c->node->id);
         rearm();
         return c.release();
