@@ -80,6 +80,19 @@ struct redis_on_loopback {
   net::ip::tcp::endpoint ep;
 };
 
+/// The first lease from `pool` to the Redis at `ep`, once it listens (within 5 s), or an empty one.
+tcp_pool::lease first_lease(tcp_pool& pool, const net::ip::tcp::endpoint& ep) {
+  tcp_pool::lease l;
+  eventually(
+      [&] {
+        connpool::error_code ec;
+        l = pool.acquire(ep, ec);
+        return !ec;
+      },
+      5000ms);
+  return l;
+}
+
 /// One RESP command and its reply, as the reply's first line plus a bulk string's body if any.
 std::string command(tcp_pool::lease& l, const std::vector<std::string>& args, connpool::error_code& ec) {
   std::string req = "*" + std::to_string(args.size()) + "\r\n";
@@ -197,14 +210,8 @@ TEST_CASE("redis: a setup step does AUTH and SELECT 1 on every new connection; a
   o.connect_timeout = 1000ms;
   tcp_pool pool(o);
   pool.set_setup(redis_setup("s3cret", "1"));
-  tcp_pool::lease l;
-  REQUIRE(eventually(  // until Redis listens (bounded)
-      [&] {
-        connpool::error_code ec;
-        l = pool.acquire(ep, ec);
-        return !ec;
-      },
-      5000ms));
+  tcp_pool::lease l = first_lease(pool, ep);
+  REQUIRE(l);
   connpool::error_code ec;
   CHECK(command(l, {"SET", "setup:key", "in db 1"}, ec) == "+OK");
   l.release();
@@ -272,14 +279,8 @@ TEST_CASE("redis (netns): a PING health check finds a blackholed connection the 
   o.validate_after_idle = 0ms;
   o.validate_timeout = 300ms;
   tcp_pool pool(o);
-  tcp_pool::lease l;
-  REQUIRE(eventually(  // until Redis listens (bounded)
-      [&] {
-        connpool::error_code ec;
-        l = pool.acquire(ep, ec);
-        return !ec;
-      },
-      5000ms));
+  tcp_pool::lease l = first_lease(pool, ep);
+  REQUIRE(l);
   connpool::error_code ec;
   CHECK(command(l, {"PING"}, ec) == "+PONG");
   REQUIRE(blackhole(ns, ep, l));

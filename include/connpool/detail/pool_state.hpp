@@ -809,11 +809,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     auto then = [self = this->shared_from_this(), w = std::weak_ptr<dial_race>(rc), opp, c, protocol](error_code sec) {
       const std::shared_ptr<dial_race> rc = w.lock();  // see start_ping()
       if (!rc) return;
-      rc->done = true;
-      rc->timer.cancel();
-      if (rc->cancelled) sec = error::pool_closed;
-      else if (rc->aborted) sec = net::error::operation_aborted;
-      else if (rc->timed_out) sec = net::error::timed_out;
+      sec = end_race(*rc, sec, net::error::timed_out);
       const error_code mec = move_descriptor(rc->dial, c->socket, protocol);
       if (!sec) sec = mec;
       if (rc->dial.is_open()) close_socket(rc->dial, close_mode::abortive, false);
@@ -926,11 +922,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     auto then = [self = this->shared_from_this(), w = std::weak_ptr<dial_race>(rc), id = job.id](error_code sec) {
       const std::shared_ptr<dial_race> r = w.lock();  // alive: whoever ends the race holds it
       if (!r) return;
-      r->done = true;
-      r->timer.cancel();
-      if (r->cancelled) sec = error::pool_closed;
-      else if (r->timed_out) sec = net::error::timed_out;
-      self->ping_ended(r, id, sec);
+      self->ping_ended(r, id, end_race(*r, sec, net::error::timed_out));
     };
     const time_point check_by = deadline_from(options().validate_timeout);
     auto run = [self = this->shared_from_this(), rc, check = std::move(check), ep = job.ep, check_by, then,
@@ -1022,62 +1014,6 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   static backend* backend_of(const ep_node* e) noexcept {
     return static_cast<backend*>(const_cast<void*>(static_cast<const entry*>(e)->key.name));
-  }
-
-  /// A named backend's connect: its addresses (the cached ones, or the first lookup's, waited for
-  /// within the deadline), then Happy Eyeballs across them, then the setup step as for any
-  /// connect. Every step runs on the race's strand; the deadline, close() and the cancellation end
-  /// each of them as they end a plain connect.
-  void async_connect_named(std::shared_ptr<async_op> opp) {
-    async_op& op = *opp;
-    const time_point connect_by = deadline_from(options().connect_timeout);
-    const time_point connect_deadline = std::min(connect_by, op.deadline);
-    const bool acquire_bound = op.deadline < connect_by;
-    error_code ec;
-    std::shared_ptr<dial_race> rc;
-    if (std::unique_ptr<connection> c = new_connection(ec)) {
-      try {
-        rc = std::make_shared<dial_race>(ex_, std::move(c));
-      } catch (const std::bad_alloc&) {
-        ec = net::error::no_memory;
-      }
-    }
-    if (!rc) {
-      connection* out = connected(*op.ep, nullptr, ec);
-      return op.finish(ec, out, false);
-    }
-    {
-      std::lock_guard<spin_mutex> lk(mu_);
-      if (books_.closed()) {
-        ec = error::pool_closed;
-      } else if (op.cancel_requested) {
-        ec = net::error::operation_aborted;
-      } else {
-        try {
-          dials_.emplace(next_dial_id_ + 1, rc);
-          rc->id = ++next_dial_id_;
-          op.dial = rc;
-        } catch (const std::bad_alloc&) {
-          ec = net::error::no_memory;
-        }
-      }
-    }
-    if (ec) {
-      connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id, ec == net::error::operation_aborted);
-      return op.finish(ec, out, false);
-    }
-    auto start = [self = this->shared_from_this(), rc, opp, acquire_bound, connect_deadline] {
-      if (rc->cancelled || rc->aborted) return self->dialled(rc, opp, acquire_bound, net::error::operation_aborted);
-      arm_deadline(rc, connect_deadline);
-      self->resolve_then_dial(rc, opp, acquire_bound);
-    };
-    try {
-      net::dispatch(rc->strand, std::move(start));
-    } catch (const std::bad_alloc&) {
-      ec = net::error::no_memory;
-      connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id);
-      op.finish(ec, out, false);
-    }
   }
 
   /// On the strand: dial the backend's addresses, or wait for its first lookup (a phase that the
@@ -1723,6 +1659,18 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }));
   }
 
+  /// On the strand: a step's race (setup step or health check) is over: its deadline timer is
+  /// stopped, and what stopped it wins over the step's own result: close() (pool_closed), the
+  /// acquire's cancellation (operation_aborted), the deadline (`timed_out_as`).
+  static error_code end_race(dial_race& rc, error_code ec, error_code timed_out_as) {
+    rc.done = true;
+    rc.timer.cancel();
+    if (rc.cancelled) return error::pool_closed;
+    if (rc.aborted) return net::error::operation_aborted;
+    if (rc.timed_out) return timed_out_as;
+    return ec;
+  }
+
   /// On the strand: end the setup step with `ec`, if it is still running.
   static void end_setup(dial_race& rc, error_code ec) {
     if (!rc.in_setup) return;
@@ -1799,10 +1747,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     auto then = [w = std::weak_ptr<dial_race>(rc), out, &c, protocol = ep.protocol()](error_code sec) {
       const std::shared_ptr<dial_race> rc = w.lock();  // see start_ping()
       if (!rc) return;
-      rc->done = true;
-      rc->timer.cancel();
-      if (rc->cancelled) sec = error::pool_closed;
-      else if (rc->timed_out) sec = error::connect_timeout;
+      sec = end_race(*rc, sec, error::connect_timeout);
       std::lock_guard<std::mutex> lk(out->m);
       if (out->abandoned || sec) {
         close_socket(rc->dial, close_mode::abortive, false);
@@ -1853,9 +1798,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// frees send space would wake the reactor of a pool on your executor: measured 0.3 us of client
   /// CPU per request with 1000 coroutines on one thread (docs/benchmarks.md). The moved descriptor
   /// is registered afresh, without EPOLLOUT.
+  ///
+  /// A named backend's connect takes its addresses (the cached ones, or the first lookup's, waited
+  /// for within the deadline), then Happy Eyeballs across them (resolve_then_dial()), then the
+  /// setup step as for any connect, in the same race.
   void async_connect(std::shared_ptr<async_op> opp) {
-    if (backend_of(opp->ep)) return async_connect_named(std::move(opp));
     async_op& op = *opp;
+    const bool named = backend_of(op.ep) != nullptr;
     const time_point connect_by = deadline_from(options().connect_timeout);
     const time_point connect_deadline = std::min(connect_by, op.deadline);
     const bool acquire_bound = op.deadline < connect_by;
@@ -1872,11 +1821,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       connection* out = connected(*op.ep, nullptr, ec);
       return op.finish(ec, out, false);
     }
-    socket_type& dial = rc->dial;
-    const endpoint_type& ep = endpoint_of(op.ep);
-    rc->conn->remote = ep;
-    ec = open_socket(dial, ep.protocol());
-    if (!ec) ec = apply_socket_options(dial, options());
+    if (!named) {
+      const endpoint_type& ep = endpoint_of(op.ep);
+      rc->conn->remote = ep;
+      ec = open_socket(rc->dial, ep.protocol());
+      if (!ec) ec = apply_socket_options(rc->dial, options());
+    }
     if (!ec) {
       std::lock_guard<spin_mutex> lk(mu_);
       if (books_.closed()) {
@@ -1900,8 +1850,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     // Every step from here runs on the strand: the timer cannot cancel a connect not started yet,
     // and a close() that came first (its cancel is queued on the strand) stops the connect here.
-    auto start = [self = this->shared_from_this(), rc, opp, acquire_bound, connect_deadline] {
+    auto start = [self = this->shared_from_this(), rc, opp, acquire_bound, connect_deadline, named] {
       if (rc->cancelled || rc->aborted) return self->dialled(rc, opp, acquire_bound, net::error::operation_aborted);
+      if (named) {
+        arm_deadline(rc, connect_deadline);
+        return self->resolve_then_dial(rc, opp, acquire_bound);
+      }
       dial_once(self, rc, opp, acquire_bound);
       arm_deadline(rc, connect_deadline);
     };
