@@ -16,7 +16,7 @@ if [ "${CONNPOOL_ASIO:-standalone}" = boost ]; then
 fi
 # The fault suite (namespaces with nft rules, a real Redis); the examples (Redis, nginx); the
 # consumer test's Boost.Asio half.
-want_packages nftables redis-server nginx libboost-dev
+want_packages nftables redis-server nginx libboost-dev libssl-dev openssl
 build=${BUILD_DIR:-build}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo} \
   ${CONNPOOL_SANITIZE:+-DCONNPOOL_SANITIZE=$CONNPOOL_SANITIZE} $asio_args ${CMAKE_ARGS:-} >/dev/null

@@ -18,6 +18,9 @@
 namespace connpool {
 CONNPOOL_ABI_BEGIN
 
+template <class Executor>
+class basic_tls_pool;
+
 /// A pool of stream connections per endpoint, which checks every idle connection before it hands
 /// it out, closes idle connections as soon as their peer closes or resets them, and bounds every
 /// wait.
@@ -241,10 +244,13 @@ class basic_pool {
   using state_type = detail::pool_state<Protocol, Executor>;
   struct initiate_acquire;
   struct initiate_acquire_named;
-  template <class Handler>
+  template <class Handler, class Lease = lease>
   struct completion_impl;
 
   basic_pool(std::unique_ptr<net::io_context> own, pool_options options);
+  static typename state_type::setup_step as_step(setup_step step);
+  template <class>
+  friend class basic_tls_pool;  // connpool/tls.hpp: a layer over this pool's sockets
 
   std::shared_ptr<state_type> state_;
   std::unique_ptr<net::executor_work_guard<net::io_context::executor_type>> work_;
@@ -313,6 +319,8 @@ class basic_pool<Protocol, Executor>::lease {
 
  private:
   friend class basic_pool;
+  template <class>
+  friend class basic_tls_pool;
   using connection = typename state_type::connection;
   lease(state_type* s, connection* c, bool reused) noexcept : state_(s), conn_(c), reused_(reused) {}
 

@@ -94,6 +94,21 @@ struct pool_key_ops {
   }
 };
 
+/// What a layer over the pooled socket (TLS, connpool/tls.hpp) keeps per connection across leases,
+/// and how the pool asks it about the connection. Only pools with such a layer have one: a plain
+/// pool's connections have none and never call it.
+struct connection_ext {
+  virtual ~connection_ext() = default;
+  /// The raw probe of `fd` found `raw`: bytes waiting, or the layer's own buffers, may be the
+  /// layer's records rather than data (a TLS session ticket). Consume them without blocking and
+  /// say what the connection really is. Called by one thread at a time, while nobody else uses the
+  /// connection (under the pool's lock for the idle watch).
+  virtual probe_result refine(int fd, probe_result raw) noexcept = 0;
+  /// A graceful close, before the FIN: the layer's own goodbye (a TLS close_notify), sent without
+  /// blocking.
+  virtual void goodbye(int fd) noexcept = 0;
+};
+
 template <class Protocol, class Executor>
 class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Executor>> {
  public:
@@ -125,8 +140,25 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     // The context its socket lives on, when the pool owns it (default-constructed pool): a
     // connection being closed by a release() that raced the pool's destruction must not outlive it.
     std::shared_ptr<net::io_context> context;
+    // A layer's state (TLS): made with the connection, never changed; before `context`'s end.
+    std::shared_ptr<connection_ext> ext;
     socket_type socket;
   };
+
+  /// The probe, and the layer's view of what it found (only when it found something).
+  static probe_result probe_conn(connection& c) noexcept {
+    const probe_result r = probe(c.socket.native_handle());
+    if (r == probe_result::healthy || !c.ext) return r;
+    return c.ext->refine(c.socket.native_handle(), r);
+  }
+
+  /// Makes a new connection's layer state (connpool/tls.hpp): its socket, the context that socket
+  /// lives on (null for a pool on your executor), and the backend's host name (empty for an
+  /// endpoint).
+  using ext_factory = std::function<std::shared_ptr<connection_ext>(socket_type&, const std::shared_ptr<net::io_context>&,
+                                                                    const std::string&)>;
+  /// Set once, before the first acquire.
+  void set_ext_factory(ext_factory f) { make_ext_ = std::move(f); }
 
   static connection* as_connection(conn_node* c) noexcept {
     return c ? static_cast<connection*>(c->payload) : nullptr;
@@ -202,7 +234,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// A connection's setup step and its completion (basic_pool::set_setup()).
   using setup_done = std::function<void(error_code)>;
-  using setup_step = std::function<void(socket_type&, const endpoint_type&, setup_done)>;
+  /// The connection's layer state (connection_ext) is the third argument: null without a layer.
+  using setup_step = std::function<void(socket_type&, const endpoint_type&, connection_ext*, setup_done)>;
 
   void set_setup(setup_step step) {
     std::shared_ptr<const setup_step> p;
@@ -363,7 +396,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       error_code ignored;
       c->socket.non_blocking(false, ignored);
     }
-    const probe_result r = c->watched ? probe_result::healthy : probe(c->socket.native_handle());
+    probe_result r = c->watched ? probe_result::healthy : probe(c->socket.native_handle());
+    if (c->ext) r = c->ext->refine(c->socket.native_handle(), r);  // what the layer left unread
     const time_point now = coarse_now();
     conn_node* n = c->node;
     const std::uint64_t uid = uid_;  // once the section ends, the last lease may have freed the state
@@ -707,7 +741,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// Returns a healthy connection, a slot, an error, or (idle_only) nothing.
   CONNPOOL_HOT grant probed(grant g, bool idle_only) {
     while (g.conn) {
-      const probe_result r = probe(as_connection(g.conn)->socket.native_handle());
+      const probe_result r = probe_conn(*as_connection(g.conn));
       if (r == probe_result::healthy) break;
       g = replace(*as_connection(g.conn), r, idle_only);
     }
@@ -792,6 +826,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::shared_ptr<dial_race> rc;
     try {
       rc = std::make_shared<dial_race>(ex_, nullptr);
+      rc->ext = c->ext;
     } catch (const std::bad_alloc&) {
       put_back(*c, true, false);
       return op.finish(net::error::no_memory, nullptr, false);
@@ -840,7 +875,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     forget_dial(rc->id);
     async_op& op = *opp;
     probe_result r = probe_result::healthy;
-    if (!ec && (r = probe(c->socket.native_handle())) == probe_result::healthy) {
+    if (!ec && (r = probe_conn(*c)) == probe_result::healthy) {
       check_passed(*c);
       return op.finish({}, c, true);
     }
@@ -877,6 +912,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::uint64_t id;
     int fd;
     endpoint_type ep;
+    std::shared_ptr<connection_ext> ext;
   };
 
   /// Under the lock: take the descriptors of the connections start_pings() gave. One that cannot
@@ -897,7 +933,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         books_.ping_done(*n, false, probe_result::healthy, now, dead);
         continue;
       }
-      jobs.push_back({n->id, fd, c.endpoint()});
+      jobs.push_back({n->id, fd, c.endpoint(), c.ext});
     }
   }
 
@@ -910,6 +946,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       ::close(job.fd);
       return ping_ended(nullptr, job.id, net::error::no_memory);
     }
+    rc->ext = std::move(job.ext);
     error_code ec;
     rc->dial.assign(job.ep.protocol(), job.fd, ec);
     if (ec) {
@@ -998,7 +1035,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         } else if (!ec) {
           ec = net::error::bad_descriptor;
         }
-        const probe_result r = ec ? probe_result::healthy : probe(c.socket.native_handle());
+        const probe_result r = ec ? probe_result::healthy : probe_conn(c);
         books_.ping_done(*n, !ec, r, coarse_now(), s.dead);
         rearm();
       }
@@ -1006,7 +1043,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     if (close_here) {
       const bool stopped = ec == error::pool_closed || ec == net::error::operation_aborted;
-      close_socket(rc->dial, ec && !stopped ? close_mode::abortive : options().retire_close, false);
+      const close_mode mode = ec && !stopped ? close_mode::abortive : options().retire_close;
+      if (rc->ext && mode == close_mode::graceful) rc->ext->goodbye(rc->dial.native_handle());
+      close_socket(rc->dial, mode, false);
     }
   }
 
@@ -1491,7 +1530,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         return nullptr;
       }
       probe_result r = probe_result::healthy;
-      if (!cec && (r = probe(c.socket.native_handle())) == probe_result::healthy) {
+      if (!cec && (r = probe_conn(c)) == probe_result::healthy) {
         check_passed(c);
         reused = true;
         return &c;
@@ -1509,7 +1548,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     // A slot: connect synchronously on this thread, by the nearer of the two deadlines.
     reused = false;
-    std::unique_ptr<connection> c = new_connection(ec);
+    std::unique_ptr<connection> c = new_connection(e, ec);
     if (!c) return connected(e, nullptr, ec);
     c->remote = endpoint_of(&e);
     if (deadline == unset) deadline = deadline_from(options().acquire_timeout);
@@ -1527,9 +1566,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// A connection object for a granted slot, or null with `ec` set (the caller then gives the slot
   /// back through connected()).
-  std::unique_ptr<connection> new_connection(error_code& ec) noexcept {
+  std::unique_ptr<connection> new_connection(const ep_node& e, error_code& ec) noexcept {
     try {
-      return std::make_unique<connection>(socket_ex_, own_io_);
+      auto c = std::make_unique<connection>(socket_ex_, own_io_);
+      if (make_ext_) {
+        const backend* b = backend_of(&e);
+        c->ext = make_ext_(c->socket, c->context, b ? b->name.name : std::string());
+      }
+      return c;
     } catch (const std::bad_alloc&) {
       ec = net::error::no_memory;
     } catch (const system_error& x) {
@@ -1627,6 +1671,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::function<void(error_code)> on_setup_end;
     std::shared_ptr<const setup_step> step;  // held, with the endpoint, until the race ends
     endpoint_type ep;
+    std::shared_ptr<connection_ext> ext;  // the connection's layer state, for the step
     // A named backend's connect (Happy Eyeballs): the addresses in the order to try, an attempt
     // per address started, how many are in flight, the first to connect wins.
     struct attempt {
@@ -1694,7 +1739,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (auto self = w.lock()) net::dispatch(r->strand, [r, self, ec] { end_setup(*r, ec); });
     };
     try {
-      (*rc->step)(rc->dial, rc->ep, std::move(done));
+      (*rc->step)(rc->dial, rc->ep, rc->ext.get(), std::move(done));
     } catch (...) {
       end_setup(*rc, error::setup_failed);
     }
@@ -1719,6 +1764,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::shared_ptr<outcome> out;
     try {
       rc = std::make_shared<dial_race>(ex_, nullptr);
+      rc->ext = c.ext;
       out = std::make_shared<outcome>();
     } catch (const std::bad_alloc&) {
       return net::error::no_memory;
@@ -1810,9 +1856,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     const bool acquire_bound = op.deadline < connect_by;
     error_code ec;
     std::shared_ptr<dial_race> rc;
-    if (std::unique_ptr<connection> c = new_connection(ec)) {
+    if (std::unique_ptr<connection> c = new_connection(*op.ep, ec)) {
       try {
         rc = std::make_shared<dial_race>(ex_, std::move(c));
+        rc->ext = rc->conn->ext;
       } catch (const std::bad_alloc&) {
         ec = net::error::no_memory;
       }
@@ -1969,6 +2016,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     for (const buried& b : dead) {
       connection* c = static_cast<connection*>(b.conn);
       stop_ping(*c);
+      if (c->ext && b.mode == close_mode::graceful && !b.peer_gone && c->socket.is_open())
+        c->ext->goodbye(c->socket.native_handle());
       close_socket(c->socket, b.mode, b.peer_gone);
       delete c;
     }
@@ -2056,7 +2105,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         // the lock, so that it cannot be handed out meanwhile.
         const probe_result r = c->state == conn_state::leased
                                    ? (events[i].reset ? probe_result::peer_reset : probe_result::peer_closed)
-                                   : probe(as_connection(c)->socket.native_handle());
+                                   : probe_conn(*as_connection(c));
         books_.peer_event(*c, r, now, s.dead);
       }
       rearm();
@@ -2077,6 +2126,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   bool timer_armed_ = false;
   books_type books_;
   std::map<std::uint64_t, std::weak_ptr<dial_race>> dials_;  // async connects and setup steps in flight
+  ext_factory make_ext_;                                       // set before the first acquire
   std::shared_ptr<const setup_step> setup_;                    // under mu_; null: none
   std::shared_ptr<const setup_step> check_;                    // under mu_; null: none
   std::shared_ptr<const resolver> resolver_;                   // under mu_; null: Asio's

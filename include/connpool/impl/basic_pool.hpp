@@ -80,7 +80,7 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::t
 }
 
 template <class Protocol, class Executor>
-template <class Handler>
+template <class Handler, class Lease>
 struct basic_pool<Protocol, Executor>::completion_impl final : state_type::completion {
   using work_executor = net::associated_executor_t<Handler, Executor>;
 
@@ -88,7 +88,7 @@ struct basic_pool<Protocol, Executor>::completion_impl final : state_type::compl
       : handler(std::move(h)), work(net::make_work_guard(net::get_associated_executor(handler, pool_ex))) {}
 
   void complete(state_type* s, error_code ec, typename state_type::connection* c, bool reused) override {
-    lease l = c ? lease(s, c, reused) : lease();
+    Lease l = c ? Lease(s, c, reused) : Lease();
     auto ex = work.get_executor();
     net::post(ex, [h = std::move(handler), ec, l = std::move(l)]() mutable {
 #if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
@@ -214,12 +214,21 @@ Executor basic_pool<Protocol, Executor>::get_executor() const {
 
 template <class Protocol, class Executor>
 void basic_pool<Protocol, Executor>::set_setup(setup_step step) {
-  state_->set_setup(std::move(step));
+  state_->set_setup(as_step(std::move(step)));
 }
 
 template <class Protocol, class Executor>
 void basic_pool<Protocol, Executor>::set_health_check(health_check check) {
-  state_->set_health_check(std::move(check));
+  state_->set_health_check(as_step(std::move(check)));
+}
+
+template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::state_type::setup_step basic_pool<Protocol, Executor>::as_step(
+    setup_step step) {
+  if (!step) return nullptr;
+  return [s = std::move(step)](socket_type& sock, const endpoint_type& ep, detail::connection_ext*, setup_done done) {
+    s(sock, ep, std::move(done));
+  };
 }
 
 template <class Protocol, class Executor>
