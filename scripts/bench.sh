@@ -2,7 +2,9 @@
 # Build connpool's benchmarks (Release) and run them against loopback servers they start themselves.
 # Installs missing Debian packages first. Results (tables as printed, JSON, CSV, charts) go to
 # $RESULTS (default build-release/results).
-#   scripts/bench.sh                  the headline: pool vs short connections vs dedicated (about 1.5 min)
+#   scripts/bench.sh                  the headline: pool vs short connections vs dedicated (about 1.5 min),
+#                                     then the same over TLS 1.3 (connpool_tls_bench, about 40 s; charted in
+#                                     tls_pool_vs_short.png)
 #   scripts/bench.sh all              also the pool's own cost, eviction at scale, the idle-watch costs,
 #                                     and the cost against unrelated state (waiters, endpoints, churn, idle; about 2 min;
 #                                     charted in scale.png; scripts/plot_scale.sh draws it against another run's scale.json)
@@ -16,12 +18,18 @@ cd "$(dirname "$0")/.."
 . scripts/deps.sh
 need_packages g++ cmake ninja-build libasio-dev
 want_packages gnuplot-nox python3  # the charts only
+want_packages libssl-dev            # the TLS benchmark only
 build=${BUILD_DIR:-build-release}
 results=${RESULTS:-$build/results}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONNPOOL_BUILD_TESTS=OFF \
   -DCONNPOOL_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build "$build" -j 2 --target connpool_bench connpool_pool_cost connpool_eviction connpool_watch_cost \
   connpool_scale
+tls_bench=""
+if cmake --build "$build" --target help | grep -q '^connpool_tls_bench:'; then  # OpenSSL was found
+  cmake --build "$build" -j 2 --target connpool_tls_bench
+  tls_bench="$build/benchmarks/connpool_tls_bench"
+fi
 mkdir -p "$results"
 mode=headline
 if [ "${1:-}" = all ]; then mode=all; shift; fi
@@ -35,6 +43,15 @@ if [ "$mode" = all ]; then server=(--server both); fi  # arguments after -- come
 if command -v gnuplot >/dev/null && command -v python3 >/dev/null &&
   python3 -c 'import json, sys; sys.exit(not json.load(open(sys.argv[1]))["results"])' "$results/pool_vs_short.json"; then
   bash scripts/plot.sh "$results/pool_vs_short.json" "$results/pool_vs_short.png"
+fi
+# The same over TLS (its own arguments: the defaults), unless the headline ran with arguments of its own.
+if [ -n "$tls_bench" ] && [ $# -eq 0 ]; then
+  echo
+  "$tls_bench" --json "$results/tls_pool_vs_short.json" --csv "$results/tls_pool_vs_short.csv" |
+    tee "$results/tls_pool_vs_short.txt"
+  if command -v gnuplot >/dev/null && command -v python3 >/dev/null; then
+    bash scripts/plot.sh "$results/tls_pool_vs_short.json" "$results/tls_pool_vs_short.png" "TLS 1.3, loopback"
+  fi
 fi
 if [ "$mode" = all ]; then
   echo

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Turn the pool-vs-short benchmark's JSON into a PNG chart: requests/s and p99 latency by client
 # count, one line per mode, one row per payload size.
-#   scripts/plot.sh results.json chart.png
+#   scripts/plot.sh results.json chart.png [WHAT]
+# WHAT names the transport in the titles (default "loopback"; the TLS benchmark's: "TLS 1.3, loopback").
 # Needs gnuplot and python3 (installed with apt-get when missing and possible).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
-[ $# -eq 2 ] || { echo "usage: $0 RESULTS.json CHART.png" >&2; exit 2; }
+[ $# -eq 2 ] || [ $# -eq 3 ] || { echo "usage: $0 RESULTS.json CHART.png [WHAT]" >&2; exit 2; }
 need_packages gnuplot-nox python3
 json=$1
 png=$2
+what=${3:-loopback}
 data=$(mktemp -d)
 trap 'rm -rf "$data"' EXIT
 
@@ -47,7 +49,7 @@ rows=$(wc -w <<<"$payloads")
   echo "set xtics rotate by -20"
   for p in $payloads; do
     f="$data/$p.dat"
-    echo "set title 'requests/s, $p B request/response over loopback (higher is better)'"
+    echo "set title 'requests/s, $p B request/response over $what (higher is better)'"
     echo "set ylabel 'requests/s'"
     echo "unset logscale y"
     echo "plot '$f' using 2:xtic(stringcolumn(1)) title 'short' lw 2, '' using 4 title 'short_rst' lw 2, '' using 6 title 'pool' lw 3, '' using 8 title 'dedicated' lw 2 dt 2"
