@@ -49,7 +49,14 @@ struct tls_options {
 /// a close_notify or EOF closes it (peer_closed), and application data closes it
 /// (unexpected_data). A session that has decrypted data left unread when released closes too
 /// (unexpected_data). A graceful close (retire_close, discard(), close()) sends close_notify
-/// before the FIN, without waiting (an idle connection's send buffer always has room).
+/// before the FIN, without waiting: if the socket's send buffer is full (a leased connection
+/// discarded mid-transfer), the close_notify is dropped and the FIN goes alone. It is not sent
+/// after a setup step or health check that failed or was stopped, nor while an operation on the
+/// lease's stream is still in flight; such an operation keeps the session alive until it
+/// completes (with operation_aborted), so a lease may end with one pending, as on a plain socket.
+///
+/// The probe that processes waiting records runs, for the idle watch, under the pool's lock: an
+/// OpenSSL callback on your context (info, new session ticket) must not call into the pool.
 ///
 /// The handshake runs as the setup step, bounded by the connect deadline (connect_timeout, or
 /// acquire_timeout if nearer); a failed handshake (a certificate that does not verify, a server
@@ -161,7 +168,7 @@ class basic_tls_pool {
   void init() {
     pool_.state_->set_ext_factory([ctx = &ctx_](socket_type& s, const std::shared_ptr<net::io_context>& keep,
                                                 const std::string& name) {
-      return std::make_shared<session>(s, *ctx, keep, name);
+      return session::make(s, *ctx, keep, name);
     });
     pool_.state_->set_setup(handshake_then(nullptr));
   }
@@ -174,8 +181,9 @@ class basic_tls_pool {
       t.bind(s);
       const error_code ec = t.prepare(t.name.empty() ? server_name : t.name, ep, verify);
       if (ec) return done(ec);
+      // `ep` is the race's own copy, which `done` keeps alive, as for any step.
       t.stream.async_handshake(net::ssl::stream_base::client,
-                               [&t, ep, then, done = std::move(done)](error_code hec) mutable {
+                               [&t, &ep, then, done = std::move(done)](error_code hec) mutable {
                                  if (hec || !then) return done(hec);
                                  setup_done d = done;  // kept, in case `then` throws
                                  try {

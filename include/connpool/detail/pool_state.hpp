@@ -107,6 +107,9 @@ struct connection_ext {
   /// A graceful close, before the FIN: the layer's own goodbye (a TLS close_notify), sent without
   /// blocking.
   virtual void goodbye(int fd) noexcept = 0;
+  /// False once a setup step or health check on it ended in an error or was stopped: it may have
+  /// left a record half-sent, so no goodbye.
+  bool clean = true;
 };
 
 template <class Protocol, class Executor>
@@ -1710,9 +1713,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   static error_code end_race(dial_race& rc, error_code ec, error_code timed_out_as) {
     rc.done = true;
     rc.timer.cancel();
-    if (rc.cancelled) return error::pool_closed;
-    if (rc.aborted) return net::error::operation_aborted;
-    if (rc.timed_out) return timed_out_as;
+    if (rc.cancelled) ec = error::pool_closed;
+    else if (rc.aborted) ec = net::error::operation_aborted;
+    else if (rc.timed_out) ec = timed_out_as;
+    if (ec && rc.ext) rc.ext->clean = false;
     return ec;
   }
 
