@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
-need_packages clang clang-tidy cmake ninja-build libasio-dev libboost-dev doctest-dev
+need_packages clang clang-tidy cmake ninja-build libasio-dev libboost-dev doctest-dev libssl-dev
 # Findings are reported in connpool's headers only (not in the tests' own code).
 filter=$(find include/connpool -name '*.hpp' | sort | sed 's/.*/{"name":"&"}/' | paste -sd, -)
 status=0
@@ -19,7 +19,7 @@ for asio in standalone boost; do
   # The header check's sources are made at configure time; the tests instantiate the templates.
   # (clang-tidy counts the warnings it suppressed in system headers on stderr: not findings.)
   clang-tidy --quiet --config-file=.clang-tidy --line-filter="[$filter]" -p "$build" "$build"/tests/headers/*.cpp \
-    tests/pool_test.cpp tests/async_test.cpp tests/books_test.cpp 2> >(grep -v ' warnings generated\.$' >&2) ||
+    tests/pool_test.cpp tests/async_test.cpp tests/books_test.cpp tests/tls/tls_test.cpp 2> >(grep -v ' warnings generated\.$' >&2) ||
     status=1
 done
 [ $status = 0 ] && echo "clang-tidy: no findings"

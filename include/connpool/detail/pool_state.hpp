@@ -143,9 +143,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     // The context its socket lives on, when the pool owns it (default-constructed pool): a
     // connection being closed by a release() that raced the pool's destruction must not outlive it.
     std::shared_ptr<net::io_context> context;
-    // A layer's state (TLS): made with the connection, never changed; before `context`'s end.
-    std::shared_ptr<connection_ext> ext;
     socket_type socket;
+    // A layer's state (TLS): made with the connection, never changed; ends before `context`.
+    std::shared_ptr<connection_ext> ext;
   };
 
   /// The probe, and the layer's view of what it found (only when it found something).
