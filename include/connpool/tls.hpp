@@ -52,8 +52,15 @@ struct tls_options {
 /// before the FIN, without waiting: if the socket's send buffer is full (a leased connection
 /// discarded mid-transfer), the close_notify is dropped and the FIN goes alone. It is not sent
 /// after a setup step or health check that failed or was stopped, nor while an operation on the
-/// lease's stream is still in flight; such an operation keeps the session alive until it
-/// completes (with operation_aborted), so a lease may end with one pending, as on a plain socket.
+/// lease's stream is still in flight.
+///
+/// As Asio requires of any `ssl::stream`, end a lease (release, discard, destruction) only when no
+/// operation on its stream is in flight: cancel it (`socket().cancel()`) and let it complete first.
+/// The pool guards the common mistake: a lease released with an operation in flight is closed,
+/// not kept (counted unexpected_data), and on a pool built on your executor a pending read that
+/// the close aborts still finds its session (each operation on the socket holds it); but an
+/// operation that completed successfully before the close and goes on (a record half read, a
+/// partial write) would use the closed connection's socket object.
 ///
 /// The probe that processes waiting records runs, for the idle watch, under the pool's lock: an
 /// OpenSSL callback on your context (info, new session ticket) must not call into the pool.

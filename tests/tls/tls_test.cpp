@@ -464,6 +464,22 @@ TEST_CASE("tls (nginx): async acquire, a setup step and a health check on the st
   CHECK(pool.stats().discarded == 1);
   CHECK(pool.stats().open() == 0);
 
+  // Released with a read still in flight: closed, never kept for the next lease (the read's
+  // completion could still use the session).
+  read_done = false;
+  pool.async_acquire(server.ep, [&](connpool::error_code ec, tls_pool::lease l) {
+    REQUIRE_MESSAGE(!ec, ec.message());
+    l.stream().async_read_some(net::buffer(buf), [&](connpool::error_code rec, std::size_t) {
+      read_done = true;
+      read_ec = rec;
+    });
+    l.release();
+  });
+  CHECK(run_until(io, [&] { return read_done; }));
+  CHECK(read_ec);
+  CHECK(pool.stats().unexpected_data == 1);
+  CHECK(pool.stats().idle == 0);
+
   // A default pool's lease outlives the pool: the session and its socket stay usable.
   auto owned = std::make_unique<tls_pool>(ctx, fast_options());
   tls_pool::lease l = owned->acquire(server.ep);

@@ -1716,7 +1716,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (rc.cancelled) ec = error::pool_closed;
     else if (rc.aborted) ec = net::error::operation_aborted;
     else if (rc.timed_out) ec = timed_out_as;
-    if (ec && rc.ext) rc.ext->clean = false;
+    if (ec && rc.ext && rc.setup_ran) rc.ext->clean = false;  // a step that ran may have left a record half-sent
     return ec;
   }
 
@@ -1734,6 +1734,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   void start_setup(const std::shared_ptr<dial_race>& rc, std::shared_ptr<const setup_step> step,
                    const endpoint_type& ep, std::function<void(error_code)>&& then) {
     rc->in_setup = true;
+    rc->setup_ran = true;
     rc->on_setup_end = std::move(then);
     rc->step = std::move(step);
     rc->ep = ep;

@@ -42,7 +42,7 @@ struct kept_handler {
 
   kept_handler(Handler h, std::shared_ptr<connection_ext> k, std::atomic<int>* n)
       : handler(std::move(h)), keep(std::move(k)), in_flight(n) {
-    in_flight->fetch_add(1, std::memory_order_relaxed);
+    if (in_flight) in_flight->fetch_add(1, std::memory_order_relaxed);
   }
   kept_handler(kept_handler&& o) noexcept
       : handler(std::move(o.handler)), keep(std::move(o.keep)), in_flight(std::exchange(o.in_flight, nullptr)) {}
@@ -135,9 +135,13 @@ class tls_socket {
   template <class>
   friend struct detail::tls_session;
 
+  /// On a pool whose sockets live on a context nobody runs (a default pool), an operation never
+  /// completes: it is neither kept nor counted (holding the session would hold that context).
   template <class Handler>
   detail::kept_handler<std::decay_t<Handler>> kept(Handler&& h) {
-    return {std::forward<Handler>(h), owner_.lock(), &in_flight_};
+    std::shared_ptr<detail::connection_ext> keep = keep_ops_ ? owner_.lock() : nullptr;
+    std::atomic<int>* n = keep ? &in_flight_ : nullptr;
+    return {std::forward<Handler>(h), std::move(keep), n};
   }
 
   /// A non-blocking recv or send of the probe's: its result, EINTR retried by the caller. A send
@@ -166,6 +170,7 @@ class tls_socket {
   bool write_blocked_ = false;
   int probe_fd_ = -1;
   std::weak_ptr<detail::connection_ext> owner_;  // the session: kept alive by operations in flight
+  bool keep_ops_ = false;                        // operations here can complete (see kept())
   std::atomic<int> in_flight_{0};
 };
 
@@ -182,6 +187,7 @@ struct tls_session final : connection_ext {
                                            const std::shared_ptr<net::io_context>& context, const std::string& host) {
     auto t = std::make_shared<tls_session>(s, ctx, context, host);
     t->stream.next_layer().owner_ = t;
+    t->stream.next_layer().keep_ops_ = context == nullptr;  // the sockets are on your executor
     return t;
   }
 
@@ -212,6 +218,9 @@ struct tls_session final : connection_ext {
 
   probe_result refine(int fd, probe_result raw) noexcept override {
     if (raw != probe_result::healthy && raw != probe_result::unexpected_data) return raw;
+    auto& next = stream.next_layer();
+    // A lease that ended with an operation in flight: its completion may still use the session.
+    if (next.in_flight_.load(std::memory_order_acquire) != 0) return probe_result::unexpected_data;
     SSL* ssl = stream.native_handle();
     if (SSL_get_shutdown(ssl) != 0) return probe_result::peer_closed;  // a session that ended
     if (raw == probe_result::healthy && SSL_has_pending(ssl) == 0 && BIO_ctrl_pending(SSL_get_rbio(ssl)) == 0)
@@ -220,8 +229,6 @@ struct tls_session final : connection_ext {
     unsigned char byte;
     error_code ec;
     std::size_t n = 0;
-    auto& next = stream.next_layer();
-    if (next.in_flight_.load(std::memory_order_acquire) != 0) return probe_result::unexpected_data;  // in use
     next.probing_ = true;
     next.probe_fd_ = fd;
     try {
@@ -282,6 +289,15 @@ struct associator<Associator, connpool::detail::kept_handler<Handler>, DefaultCa
   }
 };
 #else
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
+template <class Handler, class Slot>
+struct associated_cancellation_slot<connpool::detail::kept_handler<Handler>, Slot> {
+  using type = typename associated_cancellation_slot<Handler, Slot>::type;
+  static type get(const connpool::detail::kept_handler<Handler>& h, const Slot& s = Slot()) noexcept {
+    return associated_cancellation_slot<Handler, Slot>::get(h.handler, s);
+  }
+};
+#endif
 template <class Handler, class Executor>
 struct associated_executor<connpool::detail::kept_handler<Handler>, Executor> {
   using type = typename associated_executor<Handler, Executor>::type;
