@@ -12,6 +12,7 @@
 
 #include "connpool/detail/pool_state.hpp"
 #include "connpool/error.hpp"
+#include "connpool/events.hpp"
 #include "connpool/host.hpp"
 #include "connpool/pool_options.hpp"
 
@@ -237,10 +238,32 @@ class basic_pool {
   /// removes it. Without a check, these options cost nothing.
   void set_health_check(health_check check);
 
+  /// An event (connpool/events.hpp).
+  using event = basic_pool_event<endpoint_type>;
+  /// A listener: called with each event.
+  using listener = std::function<void(const event&)>;
+
+  /// Tell `l` what happens: connects started, succeeded and failed (with their time and error),
+  /// acquires served (from idle or a new connection, whether they queued, how long they took) and
+  /// failed (acquire_timeout, too_many_waiters, a connect's error...), leases released and
+  /// discarded (how long they were held), and connections closed (the reason, as pool_stats counts
+  /// it, the age and the leases served). See event_kind for each event's fields.
+  ///
+  /// `l` runs on the thread where the event happens (the acquiring or releasing thread, the pool's
+  /// executor for background work), outside the pool's lock, possibly on several threads at once:
+  /// it must be thread-safe and quick. It may call stats(); it must not acquire, release or close
+  /// (an event can come from inside a release, or from the pool's own thread). An exception it
+  /// throws is ignored. Null removes it. Without a listener, events cost one relaxed atomic load
+  /// per acquire and per release. Not reported: a synchronous acquire by name on a default pool's
+  /// own thread (served from idle or would_block), and connects that close() or a cancellation
+  /// stopped.
+  void set_listener(listener l);
+
   /// The options the pool was constructed with.
   const pool_options& options() const noexcept;
 
  private:
+  lease acquire_observed(const endpoint_type& ep, error_code& ec);
   using state_type = detail::pool_state<Protocol, Executor>;
   struct initiate_acquire;
   struct initiate_acquire_named;

@@ -145,6 +145,10 @@ class basic_tls_pool {
   const tls_options& tls() const noexcept { return tls_; }
   /// As basic_pool::set_resolver().
   void set_resolver(typename tcp_pool_type::resolver r) { pool_.set_resolver(std::move(r)); }
+  /// An event (connpool/events.hpp): connect_succeeded includes the handshake.
+  using event = typename tcp_pool_type::event;
+  /// As basic_pool::set_listener().
+  void set_listener(typename tcp_pool_type::listener l) { pool_.set_listener(std::move(l)); }
 
   /// Completion of a setup step or health check.
   using setup_done = std::function<void(error_code)>;

@@ -158,6 +158,8 @@ struct buried {
   void* conn;
   close_mode mode;
   bool peer_gone;  // the peer closed or reset it: no FIN or RST of ours
+  close_reason why = close_reason::discarded;
+  bool made = false;  // a connection the books counted as created (a failed connect's socket: not)
 };
 
 /// Closed after the caller unlocks: the connections the books retired.
@@ -795,7 +797,7 @@ class books {
     registry_.erase(c.id);
     if (lifetimes_.contains(&c)) lifetimes_.erase(&c);
     --open_total_;
-    dead.push_back({c.payload, mode, why == close_reason::peer_closed || why == close_reason::peer_reset});
+    dead.push_back({c.payload, mode, why == close_reason::peer_closed || why == close_reason::peer_reset, why, true});
     recycle(c);
     changed(e, now);
   }

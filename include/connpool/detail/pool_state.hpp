@@ -38,6 +38,7 @@
 #include "connpool/detail/socket_ops.hpp"
 #include "connpool/detail/spin_mutex.hpp"
 #include "connpool/error.hpp"
+#include "connpool/events.hpp"
 #include "connpool/host.hpp"
 #include "connpool/pool_options.hpp"
 
@@ -146,6 +147,11 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     socket_type socket;
     // A layer's state (TLS): made with the connection, never changed; ends before `context`.
     std::shared_ptr<connection_ext> ext;
+    // For the listener (set_listener()), written only while one is set: when its connect began,
+    // when it connected, when its lease began, the leases it served; its named backend, if any.
+    const host* backend = nullptr;
+    time_point connect_began{}, connected_at{}, leased_at{};
+    std::uint64_t uses = 0;
   };
 
   /// The probe, and the layer's view of what it found (only when it found something).
@@ -189,6 +195,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   struct completion {
     virtual ~completion() = default;
     virtual void complete(pool_state* s, error_code ec, connection* c, bool reused) = 0;
+    // For the listener, set only while one is set: when the acquire began, and what it acquired.
+    time_point started{};
+    endpoint_type key_ep{};
+    const host* key_host = nullptr;
 #if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
     /// The handler's cancellation slot (not connected if it has none).
     virtual net::cancellation_slot cancellation_slot() const noexcept { return {}; }
@@ -256,6 +266,80 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     check_on_.store(check_ != nullptr, std::memory_order_relaxed);
     books_.pinging(check_ != nullptr);
     rearm();
+  }
+
+  // ---------------------------------------------------------------- events
+
+  using event = basic_pool_event<endpoint_type>;
+  using listener_fn = std::function<void(const event&)>;
+
+  void set_listener(listener_fn f) {
+    std::shared_ptr<const listener_fn> p;
+    if (f) p = std::make_shared<const listener_fn>(std::move(f));
+    std::lock_guard<spin_mutex> lk(mu_);
+    listener_ = std::move(p);
+    events_on_.store(listener_ != nullptr, std::memory_order_relaxed);
+  }
+
+  /// One relaxed load: the only cost of events while no listener is set.
+  bool events_on() const noexcept { return events_on_.load(std::memory_order_relaxed); }
+
+  /// Outside the lock. A listener that throws is ignored.
+  void emit(const event& ev) noexcept {
+    std::shared_ptr<const listener_fn> l;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      l = listener_;
+    }
+    if (!l) return;
+    try {
+      (*l)(ev);
+    } catch (...) {
+    }
+  }
+
+  /// What an ep_node is for: its endpoint, or its named backend.
+  void describe(const ep_node* e, event& ev) const noexcept {
+    if (const backend* b = backend_of(e)) {
+      ev.backend = &b->name;
+    } else {
+      ev.endpoint = &endpoint_of(e);
+    }
+  }
+  /// What a key is: an endpoint, or a named backend.
+  static void describe_key(const endpoint_type& ep, completion& c) { c.key_ep = ep; }
+  static void describe_key(const key_type& k, completion& c) {
+    if (k.name) c.key_host = &static_cast<const backend*>(k.name)->name;
+    else c.key_ep = k.ep;
+  }
+
+  /// An acquire's end, for the listener: `c` (or `ec`), since `started`.
+  void acquire_event(connection* c, bool reused, const error_code& ec, time_point started, bool waited,
+                     const endpoint_type* ep, const host* h) noexcept {
+    const time_point now = clock::now();
+    event ev;
+    ev.waited = waited;
+    if (started != time_point{}) ev.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(now - started);
+    if (c) {
+      ev.kind = event_kind::acquired;
+      ev.source = reused ? acquire_source::idle : acquire_source::connect;
+      ev.endpoint = &c->remote;
+      ev.backend = c->backend;
+      c->leased_at = now;
+      ++c->uses;
+    } else {
+      ev.kind = event_kind::acquire_failed;
+      ev.error = ec;
+      ev.endpoint = h ? nullptr : ep;
+      ev.backend = h;
+    }
+    emit(ev);
+  }
+
+  /// Set by acquire_wait() when the calling thread's acquire queued (the listener's `waited`).
+  static bool& sync_waited() noexcept {
+    static thread_local bool waited = false;
+    return waited;
   }
 
   // ---------------------------------------------------------------- synchronous acquire
@@ -333,8 +417,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     g = probed(g, false);
     std::shared_ptr<const setup_step> check;
     if (g.conn && check_on_.load(std::memory_order_relaxed)) check = check_for(*as_connection(g.conn));
-    if (g.conn && !check) return handler->complete(this, {}, as_connection(g.conn), true);
-    if (g.ec) return handler->complete(this, g.ec, nullptr, false);
+    if (events_on()) {
+      handler->started = clock::now();
+      describe_key(ep, *handler);
+    }
+    if (g.conn && !check) return complete(std::move(handler), {}, as_connection(g.conn), true, false);
+    if (g.ec) return complete(std::move(handler), g.ec, nullptr, false, false);
 
     std::shared_ptr<async_op> op;
     try {
@@ -370,6 +458,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         if (!g && !books_.may_wait(en)) {
           g.ec = error::too_many_waiters;
         } else if (!g) {
+          op->waited = true;
           if (op->deadline != never) {  // first: it is the step that may throw
             op->timer.expires_at(op->deadline);
             op->timer.async_wait([w = std::weak_ptr<async_op>(op)](error_code tec) {
@@ -385,6 +474,22 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (g) op->proceed(g);
   }
 
+  /// An asynchronous acquire's end: the listener's event, then the handler.
+  void complete(std::unique_ptr<completion> h, error_code ec, connection* c, bool reused, bool waited) {
+    if (events_on()) acquire_event(c, reused, ec, h->started, waited, h->key_host ? nullptr : &h->key_ep, h->key_host);
+    h->complete(this, ec, c, reused);
+  }
+
+  /// A lease's end, for the listener.
+  void lease_event(connection& c, event_kind kind) noexcept {
+    event ev;
+    ev.kind = kind;
+    ev.endpoint = &c.remote;
+    ev.backend = c.backend;
+    if (c.leased_at != time_point{}) ev.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - c.leased_at);
+    emit(ev);
+  }
+
   // ---------------------------------------------------------------- returning connections
 
   /// Exchange complete: keep for reuse, or close. For a connection in the idle watch's set, the
@@ -393,6 +498,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// bytes are left for the probe before the next hand-out. A connection the watch does not see is
   /// probed.
   void release(connection* c) noexcept {
+    if (events_on()) lease_event(*c, event_kind::released);
     // The next lease starts from a fresh connection's socket state. Asio keeps the mode the user
     // set in the socket object, so a lease that changed nothing costs no syscall here.
     if (c->socket.non_blocking()) {
@@ -419,6 +525,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// Close a leased connection: discard() or a lease destroyed without release().
   void discard(connection* c, close_mode mode) noexcept {
+    if (events_on()) lease_event(*c, event_kind::discarded);
     section s(*this);
     books_.discarded(*c->node, mode, coarse_now(), s.dead);
     s.lease_ended();
@@ -588,7 +695,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     CONNPOOL_HOT explicit section(pool_state& s) : s_(s), lk_(s.mu_) {}
     ~section() {
       if (lk_.owns_lock()) lk_.unlock();
-      bury(dead);
+      s_.bury(dead);
     }
     section(const section&) = delete;
     section& operator=(const section&) = delete;
@@ -660,8 +767,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
     void finish(error_code ec, connection* c, bool reused) {
       auto h = std::move(handler);
-      if (h) h->complete(state.get(), ec, c, reused);
+      if (h) state->complete(std::move(h), ec, c, reused, waited);
     }
+    bool waited = false;  // it queued behind the limits (for the listener)
 
     std::shared_ptr<pool_state> state;
     std::unique_ptr<completion> handler;
@@ -1480,6 +1588,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         deadline = deadline_from(options().acquire_timeout);
         sync_waiter w(e);
         books_.enqueue(w);
+        sync_waited() = true;
         struct leave_queue {  // if anything below throws, `w` must not stay queued
           books_type& b;
           sync_waiter& w;
@@ -1572,9 +1681,15 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   std::unique_ptr<connection> new_connection(const ep_node& e, error_code& ec) noexcept {
     try {
       auto c = std::make_unique<connection>(socket_ex_, own_io_);
-      if (make_ext_) {
-        const backend* b = backend_of(&e);
-        c->ext = make_ext_(c->socket, c->context, b ? b->name.name : std::string());
+      const backend* b = backend_of(&e);
+      if (b) c->backend = &b->name;
+      if (make_ext_) c->ext = make_ext_(c->socket, c->context, b ? b->name.name : std::string());
+      if (events_on()) {
+        c->connect_began = clock::now();
+        event ev;
+        ev.kind = event_kind::connect_started;
+        describe(&e, ev);
+        emit(ev);
       }
       return c;
     } catch (const std::bad_alloc&) {
@@ -1601,6 +1716,25 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// `cancelled`: the attempt was stopped by the acquire's own cancellation (not counted failed).
   connection* connected(ep_node& e, std::unique_ptr<connection> c, error_code& ec, std::uint64_t dial_id = 0,
                         bool cancelled = false) {
+    if (!events_on()) return connected_locked(e, std::move(c), ec, dial_id, cancelled);
+    const time_point began = c ? c->connect_began : time_point{};
+    const endpoint_type remote = c ? c->remote : endpoint_type{};
+    connection* out = connected_locked(e, std::move(c), ec, dial_id, cancelled);
+    if (cancelled || ec == error::pool_closed) return out;
+    const time_point now = clock::now();
+    event ev;
+    ev.kind = out ? event_kind::connect_succeeded : event_kind::connect_failed;
+    describe(&e, ev);
+    if (out || remote != endpoint_type{}) ev.endpoint = out ? &out->remote : &remote;
+    ev.error = ec;
+    if (began != time_point{}) ev.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(now - began);
+    if (out) out->connected_at = now;
+    emit(ev);
+    return out;
+  }
+
+  connection* connected_locked(ep_node& e, std::unique_ptr<connection> c, error_code& ec, std::uint64_t dial_id,
+                               bool cancelled) {
     section s(*this);
     if (dial_id) dials_.erase(dial_id);
     const time_point now = coarse_now();
@@ -2016,10 +2150,21 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   // ---------------------------------------------------------------- closing and retiring
 
-  static void bury(graveyard& dead) noexcept {
+  void bury(graveyard& dead) noexcept {
     if (dead.empty()) return;
+    const bool events = events_on();
     for (const buried& b : dead) {
       connection* c = static_cast<connection*>(b.conn);
+      if (events && b.made) {
+        event ev;
+        ev.kind = event_kind::closed;
+        ev.endpoint = &c->remote;
+        ev.backend = c->backend;
+        ev.reason = b.why;
+        ev.uses = c->uses;
+        if (c->connected_at != time_point{}) ev.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - c->connected_at);
+        emit(ev);
+      }
       stop_ping(*c);
       if (c->ext && b.mode == close_mode::graceful && !b.peer_gone && c->socket.is_open())
         c->ext->goodbye(c->socket.native_handle());
@@ -2132,11 +2277,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   books_type books_;
   std::map<std::uint64_t, std::weak_ptr<dial_race>> dials_;  // async connects and setup steps in flight
   ext_factory make_ext_;                                       // set before the first acquire
+  std::shared_ptr<const listener_fn> listener_;                // under mu_; null: none
   std::shared_ptr<const setup_step> setup_;                    // under mu_; null: none
   std::shared_ptr<const setup_step> check_;                    // under mu_; null: none
   std::shared_ptr<const resolver> resolver_;                   // under mu_; null: Asio's
   std::unordered_map<std::string, std::unique_ptr<backend>> backends_;  // under mu_; by name '\0' service
   std::atomic<bool> check_on_{false};                          // check_ is set: read without the lock
+  std::atomic<bool> events_on_{false};                         // listener_ is set: read without the lock
   std::uint64_t next_dial_id_ = 0;
   std::shared_ptr<pool_state> anchor_;  // see orphan()
 

@@ -4,6 +4,7 @@
 // Why connections close, and what a look at an idle socket found: the vocabulary the books and the
 // I/O layer share. No I/O here.
 
+#include "connpool/events.hpp"
 #include "connpool/pool_options.hpp"
 
 #include "connpool/detail/config.hpp"
@@ -17,11 +18,8 @@ namespace detail {
 /// its named backend's set, so that its release closes it.
 enum class probe_result : unsigned char { healthy, peer_closed, peer_reset, unexpected_data, address_removed };
 
-/// Why a connection is closed; each maps to one pool_stats counter.
-enum class close_reason {
-  discarded, peer_closed, peer_reset, unexpected_data, idle_timeout, max_lifetime, surplus, pool_closed,
-  validation_failed, address_removed, max_uses
-};
+/// Why a connection is closed; each maps to one pool_stats counter (connpool/events.hpp).
+using close_reason = connpool::close_reason;
 
 inline close_reason reason_of(probe_result r) noexcept {
   switch (r) {

@@ -67,15 +67,30 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
                                                                                    error_code& ec) {
   ec.clear();
   bool reused = false;
+  if (state_->events_on()) return acquire_observed(ep, ec);
   auto* c = state_->acquire(ep, reused, ec);
   if (!c) return lease();
   return lease(state_.get(), c, reused);
 }
 
 template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire_observed(const endpoint_type& ep,
+                                                                                            error_code& ec) {
+  const auto started = detail::clock::now();
+  state_type::sync_waited() = false;
+  bool reused = false;
+  auto* c = state_->acquire(ep, reused, ec);
+  state_->acquire_event(c, reused, ec, started, state_type::sync_waited(), &ep, nullptr);
+  if (!c) return lease();
+  return lease(state_.get(), c, reused);
+}
+
+template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::try_acquire(const endpoint_type& ep) {
+  const auto started = state_->events_on() ? detail::clock::now() : detail::time_point{};
   auto* c = state_->try_acquire(ep);
   if (!c) return lease();
+  if (started != detail::time_point{}) state_->acquire_event(c, true, {}, started, false, &ep, nullptr);
   return lease(state_.get(), c, true);
 }
 
@@ -157,8 +172,10 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::t
   static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
   const auto* b = state_->backend_for(h, false);
   if (!b) return lease();
+  const auto started = state_->events_on() ? detail::clock::now() : detail::time_point{};
   auto* c = state_->try_acquire(typename state_type::key_type(static_cast<const void*>(b)));
   if (!c) return lease();
+  if (started != detail::time_point{}) state_->acquire_event(c, true, {}, started, false, nullptr, &b->name);
   return lease(state_.get(), c, true);
 }
 
@@ -220,6 +237,11 @@ void basic_pool<Protocol, Executor>::set_setup(setup_step step) {
 template <class Protocol, class Executor>
 void basic_pool<Protocol, Executor>::set_health_check(health_check check) {
   state_->set_health_check(as_step(std::move(check)));
+}
+
+template <class Protocol, class Executor>
+void basic_pool<Protocol, Executor>::set_listener(listener l) {
+  state_->set_listener(std::move(l));
 }
 
 template <class Protocol, class Executor>

@@ -1,0 +1,90 @@
+#ifndef CONNPOOL_EVENTS_HPP
+#define CONNPOOL_EVENTS_HPP
+
+/// \file
+/// What a pool's listener is told (basic_pool::set_listener()).
+
+#include <chrono>
+#include <cstdint>
+
+#include "connpool/detail/config.hpp"
+#include "connpool/error.hpp"
+#include "connpool/host.hpp"
+
+namespace connpool {
+CONNPOOL_ABI_BEGIN
+
+/// Why the pool closed a connection: each is the pool_stats counter of the same name.
+enum class close_reason {
+  discarded,          ///< discard(), a lease destroyed unreleased
+  peer_closed,        ///< the peer had sent FIN (or close_notify, over TLS)
+  peer_reset,         ///< the peer reset it, or another socket error was pending
+  unexpected_data,    ///< bytes arrived on an idle connection (protocol desync)
+  idle_timeout,       ///< idle longer than idle_timeout
+  max_lifetime,       ///< older than its (jittered) max_lifetime
+  surplus,            ///< over max_idle_per_endpoint, or evicted to make room under max_total
+  pool_closed,        ///< closed by close(), or returned after it
+  validation_failed,  ///< failed its health check
+  address_removed,    ///< its address left its named backend's addresses
+  max_uses            ///< reached max_uses leases
+};
+
+/// The name of `r`, as pool_stats spells its counter ("peer_closed").
+inline const char* to_string(close_reason r) noexcept {
+  switch (r) {
+    case close_reason::discarded: return "discarded";
+    case close_reason::peer_closed: return "peer_closed";
+    case close_reason::peer_reset: return "peer_reset";
+    case close_reason::unexpected_data: return "unexpected_data";
+    case close_reason::idle_timeout: return "idle_timeout";
+    case close_reason::max_lifetime: return "max_lifetime";
+    case close_reason::surplus: return "surplus";
+    case close_reason::pool_closed: return "pool_closed";
+    case close_reason::validation_failed: return "validation_failed";
+    case close_reason::address_removed: return "address_removed";
+    case close_reason::max_uses: return "max_uses";
+  }
+  return "unknown";
+}
+
+/// What happened (pool_event::kind).
+enum class event_kind {
+  connect_started,    ///< a new connection's connect began (a named backend's: before it has an address)
+  connect_succeeded,  ///< it connected and its setup step (TLS handshake, ...) passed: `duration`
+  connect_failed,     ///< it failed (`error`, `duration`); not for a connect stopped by close() or a cancellation
+  acquired,           ///< an acquire got a connection (`source`, `waited`, `duration`: the acquire's time)
+  acquire_failed,     ///< an acquire failed (`error`: acquire_timeout, too_many_waiters, ...; `duration`)
+  released,           ///< a lease was released (`duration`: how long it was held)
+  discarded,          ///< a lease was discarded or destroyed unreleased (`duration`)
+  closed              ///< the pool closed a connection (`reason`, `duration`: its age, `uses`)
+};
+
+/// Where an acquire's connection came from (pool_event::source).
+enum class acquire_source {
+  idle,    ///< an idle connection, probed (and checked, with a health check)
+  connect  ///< a new connection
+};
+
+/// One event. Pointers are valid during the call only.
+template <class Endpoint>
+struct basic_pool_event {
+  event_kind kind = event_kind::acquired;  ///< what happened
+  /// The connection's endpoint; for an acquire, connect or failure without a connection, the
+  /// endpoint acquired (null for a named backend, whose address is not known then).
+  const Endpoint* endpoint = nullptr;
+  const host* backend = nullptr;  ///< the named backend, for a connection or acquire by name; else null
+  error_code error;               ///< connect_failed, acquire_failed: why
+  /// connect_*: since the connect began; acquired, acquire_failed: since the acquire began;
+  /// released, discarded: since the lease began; closed: since the connection connected. Zero
+  /// where the start was before the listener was set.
+  std::chrono::nanoseconds duration{0};
+  acquire_source source = acquire_source::idle;  ///< acquired: where from
+  bool waited = false;                           ///< acquired, acquire_failed: the acquire queued behind the limits
+  close_reason reason = close_reason::discarded;  ///< closed: why
+  std::uint64_t uses = 0;  ///< closed: leases it served while the listener was set
+};
+
+CONNPOOL_ABI_END
+}  // namespace connpool
+
+#endif
