@@ -131,6 +131,49 @@ TEST_CASE("events: connect, acquire, release, discard and close, each with its f
     CHECK(ev[2].endpoint == gone);
   }
   (void)refused;
+
+  // A lease begun while no listener was set reports a zero lease time, not a stale one.
+  pool.set_listener(nullptr);
+  l = pool.acquire(server.endpoint());
+  pool.set_listener(r.listener());
+  l.release();
+  ev = r.take();
+  REQUIRE(ev.size() == 1);
+  CHECK(ev[0].kind == event_kind::released);
+  CHECK(ev[0].duration == 0ns);
+}
+
+TEST_CASE("events: a connect that close() stops ends with connect_failed (pool_closed)") {
+  test::fd_guard fds;
+  test::full_backlog backlog;  // connects stay in SYN_SENT
+  net::io_context io;
+  tcp_pool pool(io);
+  recorder r;
+  pool.set_listener(r.listener());
+  connpool::error_code got;
+  bool done = false;
+  pool.async_acquire(backlog.acc.local_endpoint(), [&](connpool::error_code ec, tcp_pool::lease) {
+    got = ec;
+    done = true;
+  });
+  CHECK(eventually([&] {
+    io.poll();
+    return r.count(event_kind::connect_started) == 1;
+  }));
+  pool.close();
+  CHECK(eventually([&] {
+    io.poll();
+    return done;
+  }));
+  CHECK(got == connpool::error::pool_closed);
+  auto ev = r.take();
+  REQUIRE(ev.size() == 3);
+  CHECK(ev[0].kind == event_kind::connect_started);
+  CHECK(ev[1].kind == event_kind::connect_failed);
+  CHECK(ev[1].error == connpool::error::pool_closed);
+  CHECK(ev[1].endpoint == backlog.acc.local_endpoint());
+  CHECK(ev[2].kind == event_kind::acquire_failed);
+  CHECK(ev[2].error == connpool::error::pool_closed);
 }
 
 TEST_CASE("events: a queued acquire is reported as waited; too_many_waiters as a failure; the peer's close with its reason") {

@@ -253,10 +253,15 @@ class basic_pool {
   /// executor for background work), outside the pool's lock, possibly on several threads at once:
   /// it must be thread-safe and quick. It may call stats(); it must not acquire, release or close
   /// (an event can come from inside a release, or from the pool's own thread). An exception it
-  /// throws is ignored. Null removes it. Without a listener, events cost one relaxed atomic load
-  /// per acquire and per release. Not reported: a synchronous acquire by name on a default pool's
-  /// own thread (served from idle or would_block), and connects that close() or a cancellation
-  /// stopped.
+  /// throws is ignored. A connect that began while `l` was set ends with connect_succeeded or
+  /// connect_failed (close() and a cancellation: pool_closed, operation_aborted). Not reported: a
+  /// synchronous acquire by name on a default pool's own thread (served from idle or would_block),
+  /// and try_acquire() calls that found nothing.
+  ///
+  /// Null removes it; a call already under way may still finish after set_listener() returns.
+  /// Events can come after the pool object is destroyed (a lease that outlived it, an asynchronous
+  /// acquire pending on your executor): what `l` uses must outlive them. Without a listener,
+  /// events cost a relaxed atomic load or two per acquire and per release, and no clock read.
   void set_listener(listener l);
 
   /// The options the pool was constructed with.

@@ -199,6 +199,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     time_point started{};
     endpoint_type key_ep{};
     const host* key_host = nullptr;
+    bool quiet = false;   // reported by its caller (a synchronous acquire by name), not here
+    bool waited = false;  // it queued behind the limits
 #if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
     /// The handler's cancellation slot (not connected if it has none).
     virtual net::cancellation_slot cancellation_slot() const noexcept { return {}; }
@@ -254,7 +256,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::shared_ptr<const setup_step> p;
     if (step) p = std::make_shared<const setup_step>(std::move(step));
     std::lock_guard<spin_mutex> lk(mu_);
-    setup_ = std::move(p);
+    setup_.swap(p);  // the old one is destroyed after the lock
   }
 
   /// The health check (basic_pool::set_health_check()), run like a setup step.
@@ -262,7 +264,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::shared_ptr<const setup_step> p;
     if (check) p = std::make_shared<const setup_step>(std::move(check));
     std::lock_guard<spin_mutex> lk(mu_);
-    check_ = std::move(p);
+    check_.swap(p);  // the old one is destroyed after the lock
     check_on_.store(check_ != nullptr, std::memory_order_relaxed);
     books_.pinging(check_ != nullptr);
     rearm();
@@ -277,7 +279,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::shared_ptr<const listener_fn> p;
     if (f) p = std::make_shared<const listener_fn>(std::move(f));
     std::lock_guard<spin_mutex> lk(mu_);
-    listener_ = std::move(p);
+    listener_.swap(p);  // the old one is destroyed after the lock
     events_on_.store(listener_ != nullptr, std::memory_order_relaxed);
   }
 
@@ -402,6 +404,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   template <class K>
   void async_acquire(const K& ep, std::unique_ptr<completion> handler) {
+    if (events_on()) {
+      handler->started = clock::now();
+      describe_key(ep, *handler);
+    }
     grant g;
     ep_node* e = nullptr;
     {
@@ -417,10 +423,6 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     g = probed(g, false);
     std::shared_ptr<const setup_step> check;
     if (g.conn && check_on_.load(std::memory_order_relaxed)) check = check_for(*as_connection(g.conn));
-    if (events_on()) {
-      handler->started = clock::now();
-      describe_key(ep, *handler);
-    }
     if (g.conn && !check) return complete(std::move(handler), {}, as_connection(g.conn), true, false);
     if (g.ec) return complete(std::move(handler), g.ec, nullptr, false, false);
 
@@ -476,7 +478,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// An asynchronous acquire's end: the listener's event, then the handler.
   void complete(std::unique_ptr<completion> h, error_code ec, connection* c, bool reused, bool waited) {
-    if (events_on()) acquire_event(c, reused, ec, h->started, waited, h->key_host ? nullptr : &h->key_ep, h->key_host);
+    h->waited = waited;
+    // Only for an acquire that began with the listener set (its key was recorded then).
+    if (h->started != time_point{} && !h->quiet && events_on())
+      acquire_event(c, reused, ec, h->started, waited, h->key_host ? nullptr : &h->key_ep, h->key_host);
     h->complete(this, ec, c, reused);
   }
 
@@ -487,6 +492,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     ev.endpoint = &c.remote;
     ev.backend = c.backend;
     if (c.leased_at != time_point{}) ev.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - c.leased_at);
+    c.leased_at = {};  // a lease begun while no listener was set reports zero
     emit(ev);
   }
 
@@ -639,7 +645,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     struct result {
       std::mutex m;
       std::condition_variable cv;
-      bool done = false, abandoned = false, reused = false;
+      bool done = false, abandoned = false, reused = false, waited = false;
       error_code ec;
       connection* c = nullptr;
     };
@@ -656,6 +662,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         res->ec = e;
         res->c = c;
         res->reused = re;
+        res->waited = this->waited;
         res->cv.notify_one();
       }
       std::shared_ptr<result> res;
@@ -671,7 +678,11 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     auto res = std::make_shared<result>();
     const time_point deadline = deadline_from(options().acquire_timeout);
-    async_acquire(k, std::make_unique<waiter>(res));
+    const time_point started = events_on() ? clock::now() : time_point{};
+    const host* named = k.name ? &static_cast<const backend*>(k.name)->name : nullptr;
+    auto w = std::make_unique<waiter>(res);
+    w->quiet = true;  // reported here, once the wait is over
+    async_acquire(k, std::move(w));
     std::unique_lock<std::mutex> lk(res->m);
     const time_point give_up_at = deadline == never ? never : later(deadline, std::chrono::milliseconds(200));
     while (!res->done) {
@@ -680,12 +691,18 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       } else if (res->cv.wait_until(lk, give_up_at) == std::cv_status::timeout && !res->done) {
         res->abandoned = true;  // nothing ran the executor in time
         ec = error::acquire_timeout;
+        lk.unlock();
+        if (started != time_point{}) acquire_event(nullptr, false, ec, started, false, nullptr, named);
         return nullptr;
       }
     }
     ec = res->ec;
     reused = res->reused;
-    return res->c;
+    connection* c = res->c;
+    const bool waited = res->waited;
+    lk.unlock();
+    if (started != time_point{}) acquire_event(c, reused, ec, started, waited, nullptr, named);
+    return c;
   }
 
  private:
@@ -1716,17 +1733,23 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// `cancelled`: the attempt was stopped by the acquire's own cancellation (not counted failed).
   connection* connected(ep_node& e, std::unique_ptr<connection> c, error_code& ec, std::uint64_t dial_id = 0,
                         bool cancelled = false) {
-    if (!events_on()) return connected_locked(e, std::move(c), ec, dial_id, cancelled);
-    const time_point began = c ? c->connect_began : time_point{};
-    const endpoint_type remote = c ? c->remote : endpoint_type{};
+    // A connect that began with the listener set (connect_started) ends with an event, whatever
+    // ended it; one whose connection object could not be made never began.
+    if (!c || c->connect_began == time_point{} || !events_on())
+      return connected_locked(e, std::move(c), ec, dial_id, cancelled);
+    const time_point began = c->connect_began;
+    const endpoint_type remote = c->remote;
+    const backend* named = backend_of(&e);
+    const endpoint_type key = named ? endpoint_type{} : endpoint_of(&e);  // the entry may go with the slot
     connection* out = connected_locked(e, std::move(c), ec, dial_id, cancelled);
-    if (cancelled || ec == error::pool_closed) return out;
     const time_point now = clock::now();
     event ev;
     ev.kind = out ? event_kind::connect_succeeded : event_kind::connect_failed;
-    describe(&e, ev);
-    if (out || remote != endpoint_type{}) ev.endpoint = out ? &out->remote : &remote;
-    ev.error = ec;
+    if (named) ev.backend = &named->name;
+    if (out) ev.endpoint = &out->remote;
+    else if (remote != endpoint_type{}) ev.endpoint = &remote;
+    else if (!named) ev.endpoint = &key;
+    ev.error = out ? error_code() : (ec ? ec : error_code(net::error::operation_aborted));
     if (began != time_point{}) ev.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(now - began);
     if (out) out->connected_at = now;
     emit(ev);

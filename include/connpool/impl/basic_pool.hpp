@@ -77,10 +77,11 @@ template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire_observed(const endpoint_type& ep,
                                                                                             error_code& ec) {
   const auto started = detail::clock::now();
-  state_type::sync_waited() = false;
+  const bool outer = std::exchange(state_type::sync_waited(), false);  // a listener's own acquire, say
   bool reused = false;
   auto* c = state_->acquire(ep, reused, ec);
-  state_->acquire_event(c, reused, ec, started, state_type::sync_waited(), &ep, nullptr);
+  const bool waited = std::exchange(state_type::sync_waited(), outer);
+  state_->acquire_event(c, reused, ec, started, waited, &ep, nullptr);
   if (!c) return lease();
   return lease(state_.get(), c, reused);
 }
