@@ -66,8 +66,8 @@ struct recorder {
 TEST_CASE("events: connect, acquire, release, discard and close, each with its fields") {
   test::fd_guard fds;
   test::echo_server server(test::loopback());
+  recorder r;  // first: the pools' last events (their closes) come from their destructors
   tcp_pool pool;
-  recorder r;
   pool.set_listener(r.listener());
 
   auto l = pool.acquire(server.endpoint());
@@ -147,8 +147,8 @@ TEST_CASE("events: a connect that close() stops ends with connect_failed (pool_c
   test::fd_guard fds;
   test::full_backlog backlog;  // connects stay in SYN_SENT
   net::io_context io;
-  tcp_pool pool(io);
   recorder r;
+  tcp_pool pool(io);
   pool.set_listener(r.listener());
   connpool::error_code got;
   bool done = false;
@@ -185,8 +185,8 @@ TEST_CASE("events: a queued acquire is reported as waited; too_many_waiters as a
   o.max_per_endpoint = 1;
   o.max_waiting_per_endpoint = 1;
   o.acquire_timeout = 3000ms;
-  tcp_pool pool(io, o);
   recorder r;
+  tcp_pool pool(io, o);
   pool.set_listener(r.listener());
 
   tcp_pool::lease held;
@@ -256,8 +256,8 @@ TEST_CASE("events: a queued acquire is reported as waited; too_many_waiters as a
 TEST_CASE("events: a named backend's events name it") {
   test::fd_guard fds;
   test::echo_server server(test::loopback());
+  recorder r;  // first: the pools' last events (their closes) come from their destructors
   tcp_pool pool;
-  recorder r;
   pool.set_listener(r.listener());
   const connpool::host h("127.0.0.1", server.endpoint().port());
   auto l = pool.acquire(h);

@@ -232,7 +232,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     // Leases keep the state alive, so only idle connections can be left (a pool never closed).
     graveyard dead;
     books_.close(coarse_now(), dead);
-    bury(dead);
+    bury(dead, listener_.get());
     // The epoll descriptor belongs to watch_; the asio wrapper must not close it a second time.
     if (watch_desc_.is_open()) watch_desc_.release();
   }
@@ -711,8 +711,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
    public:
     CONNPOOL_HOT explicit section(pool_state& s) : s_(s), lk_(s.mu_) {}
     ~section() {
+      // After the unlock another thread may free the state (the last lease of an orphaned pool):
+      // what bury() needs of it, the listener, is copied now.
+      std::shared_ptr<const listener_fn> l;
+      if (!dead.empty() && lk_.owns_lock() && s_.events_on()) l = s_.listener_;
       if (lk_.owns_lock()) lk_.unlock();
-      s_.bury(dead);
+      bury(dead, l.get());
     }
     section(const section&) = delete;
     section& operator=(const section&) = delete;
@@ -2173,12 +2177,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   // ---------------------------------------------------------------- closing and retiring
 
-  void bury(graveyard& dead) noexcept {
+  /// Closes the graveyard's connections, telling `l` (a copy the caller holds) of each.
+  static void bury(graveyard& dead, const listener_fn* l) noexcept {
     if (dead.empty()) return;
-    const bool events = events_on();
     for (const buried& b : dead) {
       connection* c = static_cast<connection*>(b.conn);
-      if (events && b.made) {
+      if (l && b.made) {
         event ev;
         ev.kind = event_kind::closed;
         ev.endpoint = &c->remote;
@@ -2186,7 +2190,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         ev.reason = b.why;
         ev.uses = c->uses;
         if (c->connected_at != time_point{}) ev.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - c->connected_at);
-        emit(ev);
+        try {
+          (*l)(ev);
+        } catch (...) {
+        }
       }
       stop_ping(*c);
       if (c->ext && b.mode == close_mode::graceful && !b.peer_gone && c->socket.is_open())
