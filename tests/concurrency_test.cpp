@@ -1,6 +1,7 @@
 // Several threads acquire and release against a server that closes connections at random.
 #include <doctest/doctest.h>
 
+#include <array>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -30,8 +31,11 @@ TEST_CASE("concurrency: no dead hand-out, no leak, no CLOSE_WAIT, every acquire 
     std::atomic<int> ok{0}, acquire_failures{0};
     test::failure_tally failed;  // failed exchanges: raced, late deliveries, dead hand-outs
     std::atomic<long long> slowest_acquire_us{0};
+    // A listener on every thread at once (the clients', the pool's): it counts each kind.
+    std::array<std::atomic<std::size_t>, 8> events{};
     {
       tcp_pool pool(o);
+      pool.set_listener([&events](const tcp_pool::event& e) { ++events[static_cast<std::size_t>(e.kind)]; });
       std::vector<std::thread> ts;
       for (int t = 0; t < threads; ++t) {
         ts.emplace_back([&, t] {
@@ -86,6 +90,16 @@ TEST_CASE("concurrency: no dead hand-out, no leak, no CLOSE_WAIT, every acquire 
       CHECK(eventually([&] { return test::client_sockets(ep, tcp_state::close_wait) == 0; }));
       CHECK(s.created == s.idle + s.discarded + s.peer_closed + s.peer_reset + s.unexpected_data + s.surplus +
                              s.idle_timeout + s.max_lifetime + s.pool_closed);
+      // The events agree with the counters.
+      auto count = [&](connpool::event_kind k) { return events[static_cast<std::size_t>(k)].load(); };
+      CHECK(count(connpool::event_kind::acquired) == static_cast<std::size_t>(threads * per_thread));
+      CHECK(count(connpool::event_kind::acquire_failed) == 0);
+      CHECK(count(connpool::event_kind::released) == static_cast<std::size_t>(ok.load()));
+      CHECK(count(connpool::event_kind::released) + count(connpool::event_kind::discarded) ==
+            static_cast<std::size_t>(threads * per_thread));
+      CHECK(count(connpool::event_kind::connect_succeeded) == s.created);
+      CHECK(count(connpool::event_kind::connect_started) == s.created + s.connect_failed);
+      CHECK(eventually([&] { return count(connpool::event_kind::closed) == pool.stats().closed(); }));
     }
   }
 }
