@@ -270,7 +270,9 @@ class basic_pool {
  private:
   lease acquire_observed(const endpoint_type& ep, error_code& ec);
   using state_type = detail::pool_state<Protocol, Executor>;
+  template <class Lease = lease>
   struct initiate_acquire;
+  template <class Lease = lease>
   struct initiate_acquire_named;
   template <class Handler, class Lease = lease>
   struct completion_impl;

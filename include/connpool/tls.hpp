@@ -175,6 +175,9 @@ class basic_tls_pool {
   using session = detail::tls_session<socket_type>;
   using inner_lease = typename tcp_pool_type::lease;
   using step_fn = typename state_type::setup_step;
+  // The TCP pool's asynchronous acquires, completing with a TLS lease.
+  using initiate = typename tcp_pool_type::template initiate_acquire<lease>;
+  using initiate_named = typename tcp_pool_type::template initiate_acquire_named<lease>;
 
   void init() {
     pool_.state_->set_ext_factory([ctx = &ctx_](socket_type& s, const std::shared_ptr<net::io_context>& keep,
@@ -205,27 +208,6 @@ class basic_tls_pool {
                                });
     };
   }
-
-  struct initiate {
-    std::shared_ptr<state_type> state;
-    template <class Handler>
-    void operator()(Handler&& h, const endpoint_type& ep) const {
-      using H = std::decay_t<Handler>;
-      using C = typename tcp_pool_type::template completion_impl<H, lease>;
-      state->async_acquire(ep, std::make_unique<C>(H(std::forward<Handler>(h)), state->executor()));
-    }
-  };
-  struct initiate_named {
-    std::shared_ptr<state_type> state;
-    template <class Handler>
-    void operator()(Handler&& h, const host& name) const {
-      using H = std::decay_t<Handler>;
-      using C = typename tcp_pool_type::template completion_impl<H, lease>;
-      auto c = std::make_unique<C>(H(std::forward<Handler>(h)), state->executor());
-      const auto* b = state->backend_for(name, true);
-      state->async_acquire(typename state_type::key_type(static_cast<const void*>(b)), std::move(c));
-    }
-  };
 
   tcp_pool_type pool_;
   net::ssl::context& ctx_;

@@ -127,19 +127,21 @@ struct basic_pool<Protocol, Executor>::completion_impl final : state_type::compl
 };
 
 template <class Protocol, class Executor>
+template <class Lease>
 struct basic_pool<Protocol, Executor>::initiate_acquire {
   std::shared_ptr<state_type> state;
   template <class Handler>
   void operator()(Handler&& h, const endpoint_type& ep) const {
     using H = std::decay_t<Handler>;
-    state->async_acquire(ep, std::make_unique<completion_impl<H>>(H(std::forward<Handler>(h)), state->executor()));
+    state->async_acquire(ep,
+                         std::make_unique<completion_impl<H, Lease>>(H(std::forward<Handler>(h)), state->executor()));
   }
 };
 
 template <class Protocol, class Executor>
 template <class Token>
 auto basic_pool<Protocol, Executor>::async_acquire(const endpoint_type& ep, Token&& token) {
-  return net::async_initiate<Token, void(error_code, lease)>(initiate_acquire{state_}, token, ep);
+  return net::async_initiate<Token, void(error_code, lease)>(initiate_acquire<>{state_}, token, ep);
 }
 
 template <class Protocol, class Executor>
@@ -181,12 +183,13 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::t
 }
 
 template <class Protocol, class Executor>
+template <class Lease>
 struct basic_pool<Protocol, Executor>::initiate_acquire_named {
   std::shared_ptr<state_type> state;
   template <class Handler>
   void operator()(Handler&& h, const host& name) const {
     using H = std::decay_t<Handler>;
-    auto c = std::make_unique<completion_impl<H>>(H(std::forward<Handler>(h)), state->executor());
+    auto c = std::make_unique<completion_impl<H, Lease>>(H(std::forward<Handler>(h)), state->executor());
     const auto* b = state->backend_for(name, true);
     state->async_acquire(typename state_type::key_type(static_cast<const void*>(b)), std::move(c));
   }
@@ -196,7 +199,7 @@ template <class Protocol, class Executor>
 template <class Token>
 auto basic_pool<Protocol, Executor>::async_acquire(const host& h, Token&& token) {
   static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
-  return net::async_initiate<Token, void(error_code, lease)>(initiate_acquire_named{state_}, token, h);
+  return net::async_initiate<Token, void(error_code, lease)>(initiate_acquire_named<>{state_}, token, h);
 }
 
 template <class Protocol, class Executor>
