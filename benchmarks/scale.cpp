@@ -1167,7 +1167,7 @@ void retire_books(const config& cfg, bench::report& rep) {
       for (long j = 0; j < k + due; ++j) {
         auto& e = b.get(static_cast<int>(j % endpoints), t0);
         if (!b.try_grant(e, t0, dead).slot) std::abort();
-        cs.push_back(b.connected(e, nullptr, t0));
+        cs.push_back(b.connected(e, nullptr, t0, dead));
       }
       for (long j = 0; j < k + due; ++j) b.released(*cs[j], d::probe_result::healthy, j < due ? t0 : t0 + milliseconds(1000), dead);
       const auto a0 = clock_type::now();

@@ -55,7 +55,7 @@ struct fixture {
     return connected(e, now);
   }
   d::conn_node* connected(d::ep_node& e, time_point now) {
-    d::conn_node* c = b.connected(e, nullptr, now);
+    d::conn_node* c = b.connected(e, nullptr, now, dead);
     c->payload = c;  // what the graveyard reports
     return c;
   }
@@ -409,6 +409,156 @@ TEST_CASE("books: max_uses retires a connection at its last lease; max_waiting_p
   f.b.check_invariants();
 }
 
+TEST_CASE("books: max_connecting_per_endpoint: acquires beyond it wait, and a connect's end, success or failure, gives its place to the oldest") {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 8;
+  o.max_connecting_per_endpoint = 2;
+  fixture f(o);
+  auto& e = f.b.get(1, t0);
+  CHECK(f.acquire(1, t0).slot);
+  CHECK(f.acquire(1, t0).slot);
+  CHECK_FALSE(f.acquire(1, t0));  // two connects in flight: the third waits
+  test_waiter w1(&e), w2(&e);
+  f.b.enqueue(w1);
+  f.b.enqueue(w2);
+  f.b.check_invariants();
+  // Another endpoint has its own limit.
+  CHECK(f.acquire(2, t0).slot);
+  // A connect succeeds: its place goes to the oldest waiter, as a slot.
+  f.connected(e, t0);
+  CHECK(w1.done);
+  CHECK(w1.result.slot);
+  CHECK_FALSE(w2.done);
+  // One fails: the same (no backoff configured).
+  CHECK(f.b.connect_failed(e, connect_error(), t0, f.dead) == d::clock::duration::zero());
+  CHECK(w2.done);
+  CHECK(w2.result.slot);
+  CHECK(e.connecting == 2);
+  CHECK(e.fails == 0);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: connect backoff: refused at once while it holds, waiters failed when nothing can serve them, one trial after it, a success ends it") {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 2;
+  o.connect_backoff = 100ms;
+  o.connect_backoff_max = 400ms;
+  fixture f(o);
+  auto& e = f.b.get(1, t0);
+  CHECK(f.acquire(1, t0).slot);
+  CHECK(f.acquire(1, t0).slot);
+  test_waiter w(&e);
+  CHECK_FALSE(f.acquire(1, t0));
+  f.b.enqueue(w);
+  // The first failure: a backoff of at most 100 ms; the waiter stays while a connect is in flight.
+  const connpool::error_code refused = std::make_error_code(std::errc::connection_refused);
+  const auto first = f.b.connect_failed(e, refused, t0, f.dead);
+  CHECK(first <= d::clock::duration(100ms));
+  CHECK(e.holding);
+  CHECK(e.last_error == refused);
+  CHECK_FALSE(w.done);
+  // A new acquire is refused at once, counted.
+  d::grant g = f.acquire(1, t0);
+  CHECK(g.ec == connpool::error::endpoint_unavailable);
+  CHECK(f.b.stats(1).backoff_rejected == 1);
+  // The second failure: nothing left to serve the waiter, so it fails too.
+  const auto second = f.b.connect_failed(e, refused, t0, f.dead);
+  CHECK(second <= d::clock::duration(200ms));
+  CHECK(w.done);
+  CHECK(w.result.ec == connpool::error::endpoint_unavailable);
+  CHECK(f.b.stats(1).backoff_rejected == 2);
+  CHECK(f.b.stats(1).connect_failed == 2);
+  f.b.check_invariants();
+  // After it: one trial connect at a time.
+  const time_point after = t0 + 250ms;
+  CHECK(f.acquire(1, after).slot);
+  CHECK_FALSE(e.holding);
+  CHECK_FALSE(f.acquire(1, after));  // waits for the trial
+  test_waiter w2(&e);
+  f.b.enqueue(w2);
+  f.b.check_invariants();
+  // The trial connects: the backoff is over, and the waiter gets a slot.
+  f.connected(e, after);
+  CHECK(e.fails == 0);
+  CHECK(w2.done);
+  CHECK(w2.result.slot);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: connect backoff grows with full jitter up to its maximum; a waiter stays while a lease can come back") {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 2;
+  o.connect_backoff = 100ms;
+  o.connect_backoff_max = 400ms;
+  fixture f(o);
+  auto& e = f.b.get(1, t0);
+  d::clock::duration longest{0}, total{0};
+  time_point now = t0;
+  for (int i = 1; i <= 40; ++i) {
+    REQUIRE(f.acquire(1, now).slot);
+    const auto wait = f.b.connect_failed(e, connect_error(), now, f.dead);
+    const auto cap = std::min<d::clock::duration>(100ms * (1 << std::min(i - 1, 8)), 400ms);
+    CHECK(wait <= cap);
+    CHECK(e.retry_at == now + wait);
+    longest = std::max(longest, wait);
+    total += wait;
+    now = e.retry_at;  // the trial is let through at once
+  }
+  CHECK(e.fails == 40);
+  CHECK(longest > d::clock::duration(200ms));  // it grew past the first steps (40 draws, capped at 400 ms)
+  CHECK(total < d::clock::duration(40 * 400ms));
+  // A connection leased, a connect failing: the waiter stays, and the returning lease serves it.
+  REQUIRE(f.acquire(1, now).slot);
+  auto* c = f.connected(e, now);
+  CHECK(f.acquire(1, now).slot);
+  test_waiter w(&e);
+  CHECK_FALSE(f.acquire(1, now));
+  f.b.enqueue(w);
+  f.b.connect_failed(e, connect_error(), now, f.dead);
+  CHECK(e.holding);
+  CHECK_FALSE(w.done);
+  f.b.released(*c, d::probe_result::healthy, now, f.dead);
+  CHECK(w.done);
+  CHECK(w.result.conn == c);
+  // Again, but the lease is discarded: nothing can serve the next waiter now.
+  test_waiter w2(&e);
+  f.b.enqueue(w2);
+  f.b.check_invariants();
+  f.b.discarded(*c, connpool::close_mode::abortive, now, f.dead);
+  CHECK(w2.done);
+  CHECK(w2.result.ec == connpool::error::endpoint_unavailable);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: during a connect backoff an idle connection is handed out; one that fails its probe is not replaced by a connect") {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 3;
+  o.connect_backoff = 1000ms;
+  o.connect_backoff_max = 1000ms;
+  fixture f(o, 7);
+  auto* a = f.connect(1, t0);
+  auto* b = f.connect(1, t0);
+  f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  f.b.released(*b, d::probe_result::healthy, t0, f.dead);
+  auto& e = *f.b.find(1);
+  f.b.take_idle(e);
+  f.b.take_idle(e);
+  REQUIRE(f.acquire(1, t0).slot);
+  f.b.connect_failed(e, connect_error(), t0, f.dead);
+  REQUIRE(d::books<int, std::hash<int>, std::equal_to<int>>::in_backoff(e, t0));
+  f.b.released(*a, d::probe_result::healthy, t0, f.dead);
+  f.b.released(*b, d::probe_result::healthy, t0, f.dead);
+  d::grant g = f.acquire(1, t0);
+  REQUIRE(g.conn);
+  g = f.b.replace(*g.conn, d::probe_result::peer_closed, false, t0, f.dead);
+  CHECK(g.conn);  // the other idle one
+  g = f.b.replace(*g.conn, d::probe_result::peer_closed, false, t0, f.dead);
+  CHECK(g.ec == connpool::error::endpoint_unavailable);
+  CHECK_FALSE(g.slot);
+  CHECK(f.b.stats(1).backoff_rejected == 1);
+  f.b.check_invariants();
+}
+
 TEST_CASE("books: a connection put back past its lifetime is retired; one whose address was removed closes on release by retire_close") {
   connpool::pool_options o = opts();
   o.max_lifetime = 1000ms;
@@ -555,7 +705,7 @@ class fuzz_run {
   /// What the run exercised, so that the test can tell it covered each path.
   struct coverage {
     std::size_t conn_to_waiter = 0, slot_to_waiter = 0, timeouts = 0, forgotten = 0, replaced = 0, surplus = 0,
-                idle_timeout = 0, max_lifetime = 0, peer = 0;
+                idle_timeout = 0, max_lifetime = 0, peer = 0, unavailable = 0, waiters_failed = 0;
   } seen;
 
   void tally(coverage& total) const {
@@ -569,6 +719,8 @@ class fuzz_run {
     total.idle_timeout += t.idle_timeout;
     total.max_lifetime += t.max_lifetime;
     total.peer += t.peer_closed + t.peer_reset + t.unexpected_data;
+    total.unavailable += seen.unavailable;
+    total.waiters_failed += seen.waiters_failed;
   }
 
  private:
@@ -588,6 +740,9 @@ class fuzz_run {
     o.max_lifetime = pick<std::chrono::milliseconds>({0ms, 3000ms});
     o.endpoint_grace = pick<std::chrono::milliseconds>({0ms, 2000ms});
     o.retire_close = pick<connpool::close_mode>({connpool::close_mode::graceful, connpool::close_mode::abortive});
+    o.max_connecting_per_endpoint = pick<std::size_t>({0, 1, 2, 4});
+    o.connect_backoff = pick<std::chrono::milliseconds>({0ms, 0ms, 100ms, 1000ms});
+    o.connect_backoff_max = pick<std::chrono::milliseconds>({200ms, 10000ms});
     return o;
   }
 
@@ -616,6 +771,7 @@ class fuzz_run {
         const int key = roll(5);
         auto& e = b_.get(key, now_);
         d::grant g = b_.try_grant(e, now_, dead_);
+        if (g.ec == connpool::error::endpoint_unavailable) ++seen.unavailable;
         if (!g) {
           auto w = std::make_unique<waiter>(&e, *this, now_ + std::chrono::milliseconds(100 * roll(40)));
           b_.enqueue(*w);
@@ -646,7 +802,7 @@ class fuzz_run {
             b_.connected_after_close(*e, now_);
           } else {
             auto* c = new rec{nullptr};
-            c->node = b_.connected(*e, c, now_);
+            c->node = b_.connected(*e, c, now_, dead_);
             live_.insert(c);
             leased_.insert(c);
           }
@@ -697,6 +853,7 @@ class fuzz_run {
 
   /// Hand out what was granted: probe idle connections (some fail and are replaced), keep slots.
   void take(d::ep_node* e, d::grant g, bool idle_only) {
+    bool replaced = false;
     while (g.conn) {
       const d::probe_result r = roll(8) == 0 ? verdict() : d::probe_result::healthy;
       if (r == d::probe_result::healthy) {
@@ -704,9 +861,15 @@ class fuzz_run {
         return;
       }
       ++seen.replaced;
+      replaced = true;
       g = b_.replace(*g.conn, r, idle_only, now_, dead_);
     }
-    if (g.slot) slots_.push_back(e);
+    if (g.slot) {
+      // A slot within the connect limit (one trial after a backoff), but for a replacement.
+      const std::size_t limit = e->fails ? 1 : b_.options().max_connecting_per_endpoint;
+      if (!replaced && limit) CHECK_MESSAGE(e->connecting <= limit, "over the connect limit, step " << step_);
+      slots_.push_back(e);
+    }
   }
   void probe_and_keep(d::conn_node* c, bool idle_only) { take(c->ep, d::grant{c, false, {}}, idle_only); }
 
@@ -720,7 +883,8 @@ class fuzz_run {
       REQUIRE_MESSAGE(!q.empty(), "seed step " << step_);
       CHECK_MESSAGE(q.front() == w, "a waiter served out of order, step " << step_);
       q.erase(std::find(q.begin(), q.end(), w));
-      ++(g.conn ? seen.conn_to_waiter : seen.slot_to_waiter);
+      if (g.ec == connpool::error::endpoint_unavailable) ++seen.waiters_failed;
+      else if (!g.ec) ++(g.conn ? seen.conn_to_waiter : seen.slot_to_waiter);
       if (!g.ec) take(w->ep, g, false);
     }
     for (const d::buried& x : dead_) {
@@ -758,17 +922,17 @@ class fuzz_run {
       CHECK(s.waiting == m.waiting);
       open += m.idle + m.leased + m.connecting;
       idle += m.idle;
-      // Nobody waits for what is free.
+      // Nobody waits for what is free: a slot its limits allow, unless max_total holds it back.
       if (m.waiting && !b_.closed()) {
         CHECK(m.idle == 0);
-        const bool below = !o.max_per_endpoint || m.idle + m.leased + m.connecting < o.max_per_endpoint;
-        if (below) CHECK((o.max_total && b_.open_total() >= o.max_total));
+        if (may_connect(key, m)) CHECK((o.max_total && b_.open_total() >= o.max_total));
+        // In a backoff, only a connection leased or connecting can serve a waiter.
+        if (b_.find(key)->holding) CHECK(m.leased + m.connecting > 0);
       }
     }
     if (!b_.closed() && o.max_total && b_.open_total() >= o.max_total && idle > 0)
       for (auto& kv : model)
-        if (const pool_counts& m = kv.second;
-            m.waiting && (!o.max_per_endpoint || m.idle + m.leased + m.connecting < o.max_per_endpoint))
+        if (const pool_counts& m = kv.second; m.waiting && may_connect(kv.first, m))
           FAIL("a waiter needs room while an idle connection could be evicted, step " << step_);
     const auto t = b_.stats();
     CHECK(t.open() == open);
@@ -778,6 +942,18 @@ class fuzz_run {
   struct pool_counts {
     std::size_t idle = 0, leased = 0, connecting = 0, waiting = 0;
   };
+
+  /// Whether the model's endpoint `key` may start a connect, by its own limits (not max_total):
+  /// below max_per_endpoint and max_connecting_per_endpoint (one trial after a backoff), and not
+  /// holding in a backoff.
+  bool may_connect(int key, const pool_counts& m) const {
+    const auto& o = b_.options();
+    const auto* en = b_.find(key);
+    if (!en || en->holding) return false;
+    const std::size_t limit = en->fails ? 1 : o.max_connecting_per_endpoint;
+    if (limit && m.connecting >= limit) return false;
+    return !o.max_per_endpoint || m.idle + m.leased + m.connecting < o.max_per_endpoint;
+  }
 
   std::mt19937_64 rng_;
   books b_;
@@ -814,7 +990,8 @@ TEST_CASE("books: seeded fuzzer against a reference model (CONNPOOL_FUZZ_SEED re
                      << ", a slot " << total.slot_to_waiter << "; timeouts " << total.timeouts << "; endpoints forgotten "
                      << total.forgotten << "; probes failed " << total.replaced << "; surplus " << total.surplus
                      << "; idle_timeout " << total.idle_timeout << "; max_lifetime " << total.max_lifetime
-                     << "; peer events " << total.peer);
+                     << "; peer events " << total.peer << "; refused in backoff " << total.unavailable
+                     << ", waiters failed by a backoff " << total.waiters_failed);
   if (!only) {  // every path was taken
     CHECK(total.conn_to_waiter > 0);
     CHECK(total.slot_to_waiter > 0);
@@ -825,6 +1002,8 @@ TEST_CASE("books: seeded fuzzer against a reference model (CONNPOOL_FUZZ_SEED re
     CHECK(total.idle_timeout > 0);
     CHECK(total.max_lifetime > 0);
     CHECK(total.peer > 0);
+    CHECK(total.unavailable > 0);
+    CHECK(total.waiters_failed > 0);
   }
 }
 

@@ -13,6 +13,7 @@
 #include <set>
 #include <fstream>
 #include <filesystem>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -746,6 +747,95 @@ TEST_CASE("connect: connect_timeout and acquire_timeout bound a connect that nev
     CHECK(pool.stats().acquire_timeouts == 1);
     CHECK(pool.stats().connect_failed == 1);
   }
+}
+
+TEST_CASE("overload: max_connecting_per_endpoint bounds the connects in flight; the others wait, within their deadline") {
+  test::fd_guard fds;
+  test::full_backlog fb;  // connects stay in SYN_SENT
+  const auto ep = fb.acc.local_endpoint();
+  auto o = quick();
+  o.max_connecting_per_endpoint = 2;
+  o.connect_timeout = 5000ms;
+  o.acquire_timeout = 1500ms;
+  tcp_pool pool(o);
+  std::vector<std::future<connpool::error_code>> acquires;
+  for (int i = 0; i < 6; ++i)
+    acquires.push_back(std::async(std::launch::async, [&] {
+      connpool::error_code ec;
+      auto l = pool.acquire(ep, ec);
+      return ec;
+    }));
+  CHECK(eventually([&] {
+    const auto s = pool.stats();
+    return s.connecting == 2 && s.waiting == 4;
+  }));
+  CHECK(test::client_sockets(ep, tcp_state::syn_sent) <= 3);  // the pool's two, and full_backlog's own last one
+  for (auto& a : acquires) CHECK(a.get() == connpool::error::acquire_timeout);
+  const auto s = pool.stats();
+  CHECK(s.open() == 0);
+  CHECK(s.connect_failed >= 2);  // the two, and any a waiter started in a freed place before its own deadline
+}
+
+TEST_CASE("overload: connect backoff: a refused endpoint fails acquires at once with endpoint_unavailable and its last error, until a trial connect succeeds") {
+  test::fd_guard fds;
+  net::ip::tcp::endpoint ep;
+  {
+    test::echo_server gone(test::loopback());
+    ep = gone.endpoint();
+  }
+  auto o = quick();
+  o.connect_backoff = 300ms;
+  o.connect_backoff_max = 300ms;
+  tcp_pool pool(o);
+  std::vector<connpool::event_kind> kinds;
+  std::mutex mu;
+  pool.set_listener([&](const tcp_pool::event& ev) {
+    std::lock_guard<std::mutex> lk(mu);
+    if (ev.kind == connpool::event_kind::backoff_started || ev.kind == connpool::event_kind::backoff_ended)
+      kinds.push_back(ev.kind);
+  });
+  connpool::error_code ec;
+  auto l = pool.acquire(ep, ec);
+  CHECK(ec == net::error::connection_refused);
+  CHECK(pool.last_connect_error(ep) == net::error::connection_refused);
+  // The backoff is random in [0, 300 ms]: an acquire right after it is refused at once, unless the
+  // draw was shorter than the time between two acquires; then the trial is refused, and again.
+  int attempts = 0;
+  do {
+    l = pool.acquire(ep, ec);
+  } while (ec == net::error::connection_refused && ++attempts < 10);
+  CHECK(ec == connpool::error::endpoint_unavailable);
+  CHECK(pool.stats(ep).backoff_rejected >= 1);
+  CHECK(pool.stats(ep).connect_failed == static_cast<std::size_t>(attempts) + 1);
+  CHECK(pool.stats(ep).open() == 0);
+  // The throwing overload names the last connect error.
+  std::string what;
+  for (int i = 0; i < 10 && what.empty(); ++i) {
+    try {
+      pool.acquire(ep);
+    } catch (const connpool::system_error& e) {
+      if (e.code() == connpool::error::endpoint_unavailable) what = e.what();
+    }
+  }
+  CHECK(what.find(net::error_code(net::error::connection_refused).message()) != std::string::npos);
+  // The server comes back at the same port: after the backoff, a trial connect gets through, and
+  // ends the backoff.
+  std::unique_ptr<test::echo_server> back;
+  try {
+    back = std::make_unique<test::echo_server>(ep);
+  } catch (const connpool::system_error&) {
+    MESSAGE("the port was taken meanwhile: the recovery part is skipped");
+    return;
+  }
+  CHECK(eventually([&] {
+    auto lease = pool.acquire(ep, ec);
+    return !ec && test::roundtrip(lease, "back") == "back";
+  }));
+  CHECK_FALSE(pool.last_connect_error(ep));
+  std::lock_guard<std::mutex> lk(mu);
+  REQUIRE(kinds.size() >= 2);
+  CHECK(kinds.front() == connpool::event_kind::backoff_started);
+  CHECK(kinds.back() == connpool::event_kind::backoff_ended);
 }
 
 TEST_CASE("connect: socket options are applied") {

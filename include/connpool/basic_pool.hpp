@@ -156,6 +156,8 @@ class basic_pool {
   auto async_acquire(const host& h, Token&& token);
   /// One named backend (all zero for one the pool never saw).
   pool_stats stats(const host& h) const;
+  /// As last_connect_error(ep), for a named backend.
+  error_code last_connect_error(const host& h) const;
 
   /// Completion of a lookup: the addresses, or an error. Call it once, from any thread.
   using resolve_done = std::function<void(error_code, std::vector<endpoint_type>)>;
@@ -172,6 +174,11 @@ class basic_pool {
   pool_stats stats() const;
   /// One endpoint (all zero for an endpoint the pool never saw).
   pool_stats stats(const endpoint_type& ep) const;
+  /// With pool_options::connect_backoff: the error of the endpoint's last failed connect, from
+  /// that failure until a connect there succeeds (what an acquire failed with
+  /// error::endpoint_unavailable was refused for); else none. The throwing acquire() puts it in
+  /// its message.
+  error_code last_connect_error(const endpoint_type& ep) const;
 
   /// Close idle connections (retire_close), fail waiting acquires and every later acquire with
   /// error::pool_closed. Leased connections close when they come back. Idempotent.

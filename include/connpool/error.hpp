@@ -19,6 +19,9 @@ enum class error {
   invalid_options,   ///< a pool_options value is out of range (for example a negative duration)
   setup_failed,      ///< the connection's setup step (basic_pool::set_setup()) threw an exception
   too_many_waiters,  ///< the endpoint had max_waiting_per_endpoint acquires waiting already
+  /// the endpoint is in its connect backoff after connect failures (pool_options::connect_backoff),
+  /// and no idle connection was there; basic_pool::last_connect_error() tells the last failure
+  endpoint_unavailable,
 };
 
 namespace detail {
@@ -56,6 +59,7 @@ class error_category_impl final : public error_category_base {
       case error::invalid_options: return "invalid connection pool options";
       case error::setup_failed: return "the connection's setup step threw an exception";
       case error::too_many_waiters: return "too many acquires waiting for this endpoint";
+      case error::endpoint_unavailable: return "endpoint unavailable: its connects failed, backing off";
     }
     return "unknown connpool error";
   }

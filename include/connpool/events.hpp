@@ -56,7 +56,11 @@ enum class event_kind {
   acquire_failed,     ///< an acquire failed (`error`: acquire_timeout, too_many_waiters, ...; `duration`)
   released,           ///< a lease was released (`duration`: how long it was held)
   discarded,          ///< a lease was discarded or destroyed unreleased (`duration`)
-  closed              ///< the pool closed a connection (`reason`, `duration`: its age, `uses`)
+  closed,             ///< the pool closed a connection (`reason`, `duration`: its age, `uses`)
+  /// a connect failure started (or lengthened) the endpoint's connect backoff (pool_options::
+  /// connect_backoff): `error` the connect's, `duration` the backoff, `uses` the consecutive failures
+  backoff_started,
+  backoff_ended  ///< a connect succeeded after failures: the backoff is over (`uses`: the failures before)
 };
 
 /// Where an acquire's connection came from (pool_event::source).
@@ -81,7 +85,8 @@ struct basic_pool_event {
   acquire_source source = acquire_source::idle;  ///< acquired: where from
   bool waited = false;                           ///< acquired, acquire_failed: the acquire queued behind the limits
   close_reason reason = close_reason::discarded;  ///< closed: why
-  std::uint64_t uses = 0;  ///< closed: leases it served while the listener was set
+  /// closed: leases it served while the listener was set; backoff_*: consecutive connect failures
+  std::uint64_t uses = 0;
 };
 
 CONNPOOL_ABI_END

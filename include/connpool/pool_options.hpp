@@ -25,6 +25,19 @@ struct pool_options {
   /// once with error::too_many_waiters (counted waiters_rejected): fail fast under overload
   /// instead of queueing past any useful deadline. 0: no limit.
   std::size_t max_waiting_per_endpoint = 0;
+  /// At most this many connects in flight per endpoint (a named backend's Happy Eyeballs race
+  /// counts one); acquires beyond it wait for a connect to end or a connection to come back. Not
+  /// off by default: it stops the connect storm a backend restart brings, when every waiting
+  /// acquire would dial at once (and again after each refusal). 0: no limit.
+  std::size_t max_connecting_per_endpoint = 4;
+  /// Connect failure backoff: after a connect to an endpoint fails, no new connect starts there for
+  /// a random time in [0, connect_backoff * 2^(failures - 1)], at most connect_backoff_max (full
+  /// jitter). Meanwhile an acquire that finds no idle connection fails at once with
+  /// error::endpoint_unavailable (counted backoff_rejected), as do the waiting acquires once no
+  /// connection is leased or connecting there to serve them. After it, one trial connect at a
+  /// time; the first success ends the backoff. 0: off.
+  std::chrono::milliseconds connect_backoff{0};
+  std::chrono::milliseconds connect_backoff_max{10000};  ///< the longest connect backoff
   /// A connection is closed when its lease count reaches this (counted max_uses), as nginx's
   /// keepalive_requests, so that load spreads again across backends behind a balancer. 0: no limit.
   std::size_t max_uses = 0;
@@ -103,6 +116,8 @@ struct pool_options {
     if (max_lifetime < milliseconds::zero()) return "max_lifetime";
     if (endpoint_grace < milliseconds::zero()) return "endpoint_grace";
     if (resolve_interval < milliseconds::zero()) return "resolve_interval";
+    if (connect_backoff < milliseconds::zero()) return "connect_backoff";
+    if (connect_backoff_max < milliseconds::zero()) return "connect_backoff_max";
     if (happy_eyeballs_delay < milliseconds::zero()) return "happy_eyeballs_delay";
     if (validate_after_idle < milliseconds::zero()) return "validate_after_idle";
     if (validate_timeout <= milliseconds::zero()) return "validate_timeout";
@@ -138,6 +153,7 @@ struct pool_stats {
                                      ///< stopped by close() or by cancellation not)
   std::size_t acquire_timeouts = 0;  ///< acquires that failed with error::acquire_timeout
   std::size_t waiters_rejected = 0;  ///< acquires that failed with error::too_many_waiters
+  std::size_t backoff_rejected = 0;  ///< acquires that failed with error::endpoint_unavailable
   ///@}
 
   /// \name Connections the pool closed, by reason
@@ -187,6 +203,7 @@ struct pool_stats {
     address_removed += o.address_removed;
     max_uses += o.max_uses;
     waiters_rejected += o.waiters_rejected;
+    backoff_rejected += o.backoff_rejected;
     return *this;
   }
 };

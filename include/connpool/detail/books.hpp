@@ -138,6 +138,12 @@ struct alignas(64) ep_node {
   std::size_t room_pos = not_in_heap;   // in the room queue
   list_hook<ep_node> empty_link;        // on the list of endpoints to forget
   time_point empty_since{};
+  // Connect backoff (with connect_backoff): consecutive connect failures; while `holding`, no
+  // connect starts before `retry_at`; after it, one trial at a time until a connect succeeds.
+  std::uint32_t fails = 0;
+  bool holding = false;
+  time_point retry_at{};
+  error_code last_error;  // the last failed connect's
 
   std::size_t open() const noexcept { return idle.size() + leased + connecting; }
   bool unused() const noexcept { return open() == 0 && waiters.empty(); }
@@ -176,6 +182,9 @@ class books {
   books(const pool_options& o, std::uint64_t seed)
       : max_idle_per_endpoint_(o.max_idle_per_endpoint),
         max_uses_(o.max_uses),
+        max_connecting_(o.max_connecting_per_endpoint),
+        backoff_(span(o.connect_backoff)),
+        backoff_max_(span(o.connect_backoff_max)),
         idle_timeout_(span(o.idle_timeout)),
         ping_interval_(span(o.ping_interval)),
         validate_after_idle_(span(o.validate_after_idle)),
@@ -249,6 +258,11 @@ class books {
       g.ec = error::pool_closed;
       return g;
     }
+    if (e.holding && held(e, now, dead) && !available(e)) {
+      ++e.counters.backoff_rejected;
+      g.ec = error::endpoint_unavailable;
+      return g;
+    }
     if (!e.waiters.empty()) return g;
     if ((g.conn = take_idle(e))) return g;
     g.slot = take_slot(e, now, dead);
@@ -259,6 +273,7 @@ class books {
   void enqueue(waiter_node& w) noexcept {
     ep_node& e = *w.ep;
     CONNPOOL_ASSERT(!w.queued() && !available(e));
+    CONNPOOL_ASSERT(!e.holding || e.leased || e.connecting);
     w.ticket = ++tickets_;
     e.waiters.push_back(&w);
     w.queued_ = true;
@@ -277,8 +292,9 @@ class books {
 
   /// A connection handed out as idle failed its probe: close it, and grant the same acquire the
   /// endpoint's next idle connection or a slot (the place just freed guarantees one, unless the
-  /// pool closed). `idle_only` (try_acquire): only an idle connection, and none while the endpoint
-  /// has waiters.
+  /// pool closed or the endpoint is in its connect backoff: error::endpoint_unavailable; the slot
+  /// may exceed max_connecting_per_endpoint, as the place was this acquire's). `idle_only`
+  /// (try_acquire): only an idle connection, and none while the endpoint has waiters.
   grant replace(conn_node& c, probe_result r, bool idle_only, time_point now, graveyard& dead) {
     return replace(c, reason_of(r), close_mode::graceful, idle_only, now, dead);
   }
@@ -296,7 +312,12 @@ class books {
     } else if (!(g.conn = take_idle(e))) {
       // The freed place is this acquire's, ahead of any waiter of the endpoint: it was granted
       // before them.
-      g.slot = take_slot(e, now, dead);
+      if (e.holding && held(e, now, dead)) {
+        ++e.counters.backoff_rejected;
+        g.ec = error::endpoint_unavailable;
+      } else {
+        g.slot = take_slot(e, now, dead, /*replacing=*/true);
+      }
     }
     serve(now, dead);
     return g;
@@ -304,9 +325,10 @@ class books {
 
   // ------------------------------------------------------------------------------- connecting
 
-  /// A slot's connect succeeded: the connection `payload` is now leased; returns its node. May
-  /// throw std::bad_alloc, the books unchanged; the caller then reports connect_failed().
-  conn_node* connected(ep_node& e, void* payload, time_point now) {
+  /// A slot's connect succeeded: the connection `payload` is now leased; returns its node. Ends
+  /// the endpoint's connect backoff; a connect slot freed for its waiters is granted. May throw
+  /// std::bad_alloc, the books unchanged; the caller then reports connect_failed().
+  conn_node* connected(ep_node& e, void* payload, time_point now, graveyard& dead) {
     CONNPOOL_ASSERT(e.connecting > 0);
     conn_node& c = make_node();
     c.ep = &e;
@@ -329,6 +351,12 @@ class books {
     ++e.leased;
     ++leased_total_;
     ++e.counters.created;
+    e.fails = 0;
+    e.holding = false;
+    if (!e.waiters.empty()) {  // below max_connecting_per_endpoint again, or out of the backoff
+      update_room(e);
+      serve(now, dead);
+    }
     return &c;
   }
 
@@ -340,13 +368,30 @@ class books {
   }
 
   /// A slot's connect failed, or was stopped: by close() (`ec` pool_closed) or by its acquire's
-  /// cancellation (`cancelled`); those are not counted failed.
-  void connect_failed(ep_node& e, error_code ec, time_point now, graveyard& dead, bool cancelled = false) noexcept {
-    if (ec != error::pool_closed && !cancelled) ++e.counters.connect_failed;
+  /// cancellation (`cancelled`); those are not counted failed. With connect_backoff, a counted
+  /// failure starts (or lengthens) the endpoint's backoff: returns its length (else zero). While
+  /// it holds, an endpoint with no connection leased or connecting fails its waiters
+  /// (error::endpoint_unavailable): nothing could serve them.
+  clock::duration connect_failed(ep_node& e, error_code ec, time_point now, graveyard& dead,
+                                 bool cancelled = false) noexcept {
+    clock::duration wait{0};
+    if (ec != error::pool_closed && !cancelled) {
+      ++e.counters.connect_failed;
+      if (backoff_.count() > 0 && !closed_) {
+        wait = backoff_after(++e.fails);
+        e.holding = true;
+        e.retry_at = later(now, wait);
+        e.last_error = ec;
+      }
+    }
     if (ec == error::acquire_timeout) ++e.counters.acquire_timeouts;
     free_slot(e, now);
     serve(now, dead);
+    return wait;
   }
+
+  /// Whether `e` is in its connect backoff at `now` (see connect_failed()).
+  static bool in_backoff(const ep_node& e, time_point now) noexcept { return e.holding && now < e.retry_at; }
 
   // ------------------------------------------------------------------------------- returning
 
@@ -684,10 +729,11 @@ class books {
         if (w->ticket <= ticket) fail("waiters out of arrival order");
         ticket = w->ticket;
       }
-      const bool wants_room =
-          !e.waiters.empty() && !(opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint);
-      if (wants_room != (e.room_pos != not_in_heap)) fail("room queue membership wrong");
-      if (wants_room) ++rooms;
+      const bool wants = wants_room(e);
+      if (wants != (e.room_pos != not_in_heap)) fail("room queue membership wrong");
+      if (e.holding && !e.waiters.empty() && !e.leased && !e.connecting)
+        fail("waiters wait on an endpoint in backoff with nothing to serve them");
+      if (wants) ++rooms;
       if (e.unused() != unused_.linked(&e) && !closed_)
         fail("list of unused endpoints wrong");
       if (e.unused()) ++unused;
@@ -836,8 +882,10 @@ class books {
 
   /// A slot for `e` if its limits allow, evicting the least recently used idle connection of the
   /// pool (of another endpoint: callers have taken `e`'s own) when max_total is reached.
-  bool take_slot(ep_node& e, time_point now, graveyard& dead) {
+  /// `replacing`: for an acquire whose connection failed its probe, past the connect limit.
+  bool take_slot(ep_node& e, time_point now, graveyard& dead, bool replacing = false) {
     if (opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint) return false;
+    if (!replacing && (e.holding || at_connect_limit(e))) return false;
     if (opts_.max_total && open_total_ >= opts_.max_total) {
       conn_node* victim = all_idle_.front();
       if (!victim) return false;
@@ -883,9 +931,48 @@ class books {
     }
   }
 
+  /// Whether `e` may start no more connects now: max_connecting_per_endpoint in flight, or one
+  /// trial after its backoff.
+  bool at_connect_limit(const ep_node& e) const noexcept {
+    const std::size_t limit = e.fails ? 1 : max_connecting_;
+    return limit && e.connecting >= limit;
+  }
+
+  /// Whether `e`'s oldest waiter needs a slot that its own limits allow: it is in the room queue.
+  bool wants_room(const ep_node& e) const noexcept {
+    return !e.waiters.empty() && !(opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint) && !e.holding &&
+           !at_connect_limit(e);
+  }
+
+  /// `e` holds in its backoff (e.holding): true while it lasts; after it, the hold ends (one trial
+  /// connect at a time until one succeeds) and a waiter of `e` may get the trial.
+  bool held(ep_node& e, time_point now, graveyard& dead) {
+    if (now < e.retry_at) return true;
+    e.holding = false;
+    if (!e.waiters.empty()) {
+      update_room(e);
+      serve(now, dead);
+    }
+    return false;
+  }
+
+  /// With `e` in its backoff and nothing leased or connecting that could serve its waiters: fail
+  /// them (error::endpoint_unavailable, counted backoff_rejected).
+  void starve(ep_node& e) noexcept {
+    if (e.leased || e.connecting) return;
+    while (waiter_node* w = e.waiters.front()) {
+      e.waiters.erase(w);
+      w->queued_ = false;
+      ++e.counters.backoff_rejected;
+      grant g;
+      g.ec = error::endpoint_unavailable;
+      w->granted(g);
+    }
+  }
+
   /// `e`'s waiters or open count changed: put it in the room queue, move it, or take it out.
   void update_room(ep_node& e) noexcept {
-    const bool wants = !e.waiters.empty() && !(opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint);
+    const bool wants = wants_room(e);
     const bool in = e.room_pos != not_in_heap;
     if (wants && in) {
       room_.fix(&e);
@@ -903,6 +990,7 @@ class books {
 
   /// `e`'s open count or waiters changed.
   void changed(ep_node& e, time_point now) noexcept {
+    if (e.holding) starve(e);
     update_room(e);
     settle(e, now);
   }
@@ -934,6 +1022,16 @@ class books {
     map_.erase(map_.find(e.key));  // destroys e
   }
 
+  /// The backoff after `fails` consecutive failures: full jitter, uniform in [0, min(connect_
+  /// backoff_max, connect_backoff * 2^(fails-1))].
+  clock::duration backoff_after(std::uint32_t fails) noexcept {
+    clock::duration cap = backoff_;
+    for (std::uint32_t i = 1; i < fails && cap < backoff_max_; ++i)
+      cap = cap > clock::duration::max() / 2 ? clock::duration::max() : cap * 2;
+    if (cap > backoff_max_) cap = backoff_max_;
+    return clock::duration(std::uniform_int_distribution<clock::rep>(0, cap.count())(rng_));
+  }
+
   /// max_lifetime less a random 0-10%, so that connections made together do not expire together.
   clock::duration jittered_lifetime() {
     std::uniform_int_distribution<clock::rep> d(0, max_lifetime_.count() / 10);
@@ -955,6 +1053,8 @@ class books {
   std::uint32_t stamps_ = 0;
   const std::size_t max_idle_per_endpoint_;
   const std::size_t max_uses_;
+  const std::size_t max_connecting_;
+  const clock::duration backoff_, backoff_max_;
   bool pinging_ = false;
   std::size_t pinged_ = 0;  // connections whose background check runs
   const clock::duration idle_timeout_, ping_interval_, validate_after_idle_, max_lifetime_, endpoint_grace_;

@@ -574,6 +574,15 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return books_.stats(ep);
   }
 
+  /// The last failed connect's error while the endpoint (or backend) is in its connect backoff
+  /// (since its last connect failure and until a connect succeeds); else none.
+  template <class K>
+  error_code last_connect_error(const K& ep) const {
+    std::lock_guard<spin_mutex> lk(mu_);
+    const entry* e = books_.find(ep);
+    return e && e->fails ? e->last_error : error_code();
+  }
+
   // ---------------------------------------------------------------- named backends (TCP)
 
   /// A lookup's completion: the addresses, or an error.
@@ -1739,13 +1748,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
                         bool cancelled = false) {
     // A connect that began with the listener set (connect_started) ends with an event, whatever
     // ended it; one whose connection object could not be made never began.
+    connect_outcome oc;
     if (!c || c->connect_began == time_point{} || !events_on())
-      return connected_locked(e, std::move(c), ec, dial_id, cancelled);
+      return connected_locked(e, std::move(c), ec, dial_id, cancelled, oc);
     const time_point began = c->connect_began;
     const endpoint_type remote = c->remote;
     const backend* named = backend_of(&e);
     const endpoint_type key = named ? endpoint_type{} : endpoint_of(&e);  // the entry may go with the slot
-    connection* out = connected_locked(e, std::move(c), ec, dial_id, cancelled);
+    connection* out = connected_locked(e, std::move(c), ec, dial_id, cancelled, oc);
     const time_point now = clock::now();
     event ev;
     ev.kind = out ? event_kind::connect_succeeded : event_kind::connect_failed;
@@ -1757,11 +1767,29 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (began != time_point{}) ev.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(now - began);
     if (out) out->connected_at = now;
     emit(ev);
+    if (oc.backoff || oc.recovered) {
+      event b;
+      b.kind = oc.backoff ? event_kind::backoff_started : event_kind::backoff_ended;
+      b.backend = ev.backend;
+      b.endpoint = named ? nullptr : &key;
+      b.error = oc.backoff ? ev.error : error_code();
+      b.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(oc.wait);
+      b.uses = oc.fails;
+      emit(b);
+    }
     return out;
   }
 
+  /// What the books decided about the connect backoff at a connect's end (for the listener).
+  struct connect_outcome {
+    bool backoff = false;    // a backoff started (or grew)
+    bool recovered = false;  // a success ended one
+    clock::duration wait{};  // the backoff
+    std::uint32_t fails = 0;  // consecutive failures
+  };
+
   connection* connected_locked(ep_node& e, std::unique_ptr<connection> c, error_code& ec, std::uint64_t dial_id,
-                               bool cancelled) {
+                               bool cancelled, connect_outcome& oc) {
     section s(*this);
     if (dial_id) dials_.erase(dial_id);
     const time_point now = coarse_now();
@@ -1773,7 +1801,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     if (!ec) {
       try {
-        c->node = books_.connected(e, c.get(), now);
+        const std::uint32_t fails = e.fails;
+        c->node = books_.connected(e, c.get(), now, s.dead);
+        oc.recovered = fails != 0;
+        oc.fails = fails;
         // Its address left the set while it connected: it closes when its lease ends. (resolved()
         // marks addresses under this lock, so none is missed between.)
         if (c->addr && c->addr->removed.load(std::memory_order_relaxed)) c->node->seen = probe_result::address_removed;
@@ -1784,7 +1815,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         ec = net::error::no_memory;
       }
     }
-    books_.connect_failed(e, ec, now, s.dead, cancelled);
+    const std::uint32_t before = e.fails;
+    oc.wait = books_.connect_failed(e, ec, now, s.dead, cancelled);
+    oc.backoff = e.fails != before;
+    oc.fails = e.fails;
     if (c) bury_later(s, std::move(c), close_mode::abortive);
     rearm();
     return nullptr;

@@ -58,6 +58,10 @@ template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const endpoint_type& ep) {
   error_code ec;
   lease l = acquire(ep, ec);
+  if (ec == error::endpoint_unavailable) {
+    if (const error_code last = state_->last_connect_error(ep))
+      throw system_error(ec, "connpool acquire (last connect error: " + last.message() + ")");
+  }
   if (ec) throw system_error(ec, "connpool acquire");
   return l;
 }
@@ -148,6 +152,11 @@ template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const host& h) {
   error_code ec;
   lease l = acquire(h, ec);
+  if (ec == error::endpoint_unavailable) {
+    if (const error_code last = last_connect_error(h))
+      throw system_error(ec, "connpool acquire " + h.name + ":" + h.service + " (last connect error: " +
+                                 last.message() + ")");
+  }
   if (ec) throw system_error(ec, "connpool acquire " + h.name + ":" + h.service);
   return l;
 }
@@ -209,6 +218,12 @@ pool_stats basic_pool<Protocol, Executor>::stats(const host& h) const {
 }
 
 template <class Protocol, class Executor>
+error_code basic_pool<Protocol, Executor>::last_connect_error(const host& h) const {
+  const auto* b = state_->backend_for(h, false);
+  return b ? state_->last_connect_error(typename state_type::key_type(static_cast<const void*>(b))) : error_code();
+}
+
+template <class Protocol, class Executor>
 void basic_pool<Protocol, Executor>::set_resolver(resolver r) {
   state_->set_resolver(std::move(r));
 }
@@ -221,6 +236,11 @@ pool_stats basic_pool<Protocol, Executor>::stats() const {
 template <class Protocol, class Executor>
 pool_stats basic_pool<Protocol, Executor>::stats(const endpoint_type& ep) const {
   return state_->stats(ep);
+}
+
+template <class Protocol, class Executor>
+error_code basic_pool<Protocol, Executor>::last_connect_error(const endpoint_type& ep) const {
+  return state_->last_connect_error(ep);
 }
 
 template <class Protocol, class Executor>
