@@ -7,7 +7,9 @@
 #                                     tls_pool_vs_short.png)
 #   scripts/bench.sh all              also the pool's own cost, eviction at scale, the idle-watch costs,
 #                                     and the cost against unrelated state (waiters, endpoints, churn, idle; about 2 min;
-#                                     charted in scale.png; scripts/plot_scale.sh draws it against another run's scale.json)
+#                                     charted in scale.png; scripts/plot_scale.sh draws it against another run's scale.json),
+#                                     and a backend restart under 200 clients with and without the overload options
+#                                     (connpool_restart, about 75 s; charted in restart.png)
 #   scripts/bench.sh -- ARGS...       the headline with its own arguments, e.g. -- --clients 1,8 --seconds 4
 #                                     (with all, too: scripts/bench.sh all -- ARGS...)
 # The headline runs against the Asio echo server; with all, also against a thread-per-connection
@@ -24,7 +26,7 @@ results=${RESULTS:-$build/results}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONNPOOL_BUILD_TESTS=OFF \
   -DCONNPOOL_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build "$build" -j 2 --target connpool_bench connpool_pool_cost connpool_eviction connpool_watch_cost \
-  connpool_scale
+  connpool_scale connpool_restart
 tls_bench=""
 if cmake --build "$build" --target help | grep -q '^connpool_tls_bench:'; then  # OpenSSL was found
   cmake --build "$build" -j 2 --target connpool_tls_bench
@@ -64,6 +66,11 @@ if [ "$mode" = all ]; then
   "$build/benchmarks/connpool_scale" --json "$results/scale.json" --csv "$results/scale.csv" | tee "$results/scale.txt"
   if command -v gnuplot >/dev/null && command -v python3 >/dev/null; then
     bash scripts/plot_scale.sh "$results/scale.png" "$results/scale.json"
+  fi
+  echo
+  "$build/benchmarks/connpool_restart" --json "$results/restart.json" --csv "$results/restart.csv" | tee "$results/restart.txt"
+  if command -v gnuplot >/dev/null; then
+    bash scripts/plot_restart.sh "$results/restart.csv" "$results/restart.png"
   fi
 fi
 echo "results in $results"

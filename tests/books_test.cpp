@@ -461,16 +461,19 @@ TEST_CASE("books: connect backoff: refused at once while it holds, waiters faile
   d::grant g = f.acquire(1, t0);
   CHECK(g.ec == connpool::error::endpoint_unavailable);
   CHECK(f.b.stats(1).backoff_rejected == 1);
-  // The second failure: nothing left to serve the waiter, so it fails too.
-  const auto second = f.b.connect_failed(e, refused, t0, f.dead);
-  CHECK(second <= d::clock::duration(200ms));
+  // The second failure, of a connect that was in flight with the first: it does not lengthen the
+  // backoff; but nothing is left to serve the waiter, so it fails too.
+  const auto retry_at = e.retry_at;
+  CHECK(f.b.connect_failed(e, refused, t0, f.dead) == d::clock::duration::zero());
+  CHECK(e.fails == 1);
+  CHECK(e.retry_at == retry_at);
   CHECK(w.done);
   CHECK(w.result.ec == connpool::error::endpoint_unavailable);
   CHECK(f.b.stats(1).backoff_rejected == 2);
   CHECK(f.b.stats(1).connect_failed == 2);
   f.b.check_invariants();
   // After it: one trial connect at a time.
-  const time_point after = t0 + 250ms;
+  const time_point after = t0 + 150ms;
   CHECK(f.acquire(1, after).slot);
   CHECK_FALSE(e.holding);
   CHECK_FALSE(f.acquire(1, after));  // waits for the trial
@@ -527,6 +530,35 @@ TEST_CASE("books: connect backoff grows with full jitter up to its maximum; a wa
   f.b.discarded(*c, connpool::close_mode::abortive, now, f.dead);
   CHECK(w2.done);
   CHECK(w2.result.ec == connpool::error::endpoint_unavailable);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: a backoff ends on time without any acquire: the retire pass gives a waiter the trial connect") {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 2;
+  o.connect_backoff = 100ms;
+  o.connect_backoff_max = 100ms;
+  fixture f(o, 3);
+  auto* c = f.connect(1, t0);  // leased for a long exchange
+  auto& e = *f.b.find(1);
+  REQUIRE(f.acquire(1, t0).slot);
+  test_waiter w(&e);
+  CHECK_FALSE(f.acquire(1, t0));
+  f.b.enqueue(w);
+  f.b.connect_failed(e, connect_error(), t0, f.dead);
+  REQUIRE(e.holding);
+  CHECK_FALSE(w.done);  // the lease may come back to it
+  CHECK(f.b.next_due() == e.retry_at);
+  f.b.expire(e.retry_at, f.dead);
+  CHECK_FALSE(e.holding);
+  CHECK(w.done);
+  CHECK(w.result.slot);  // the trial
+  f.b.check_invariants();
+  // The acquire's own deadline passing during a connect does not start a backoff.
+  f.b.connect_failed(e, connpool::error::acquire_timeout, e.retry_at, f.dead);
+  CHECK_FALSE(e.holding);
+  CHECK(e.fails == 1);
+  f.b.discarded(*c, connpool::close_mode::abortive, e.retry_at, f.dead);
   f.b.check_invariants();
 }
 
@@ -705,7 +737,7 @@ class fuzz_run {
   /// What the run exercised, so that the test can tell it covered each path.
   struct coverage {
     std::size_t conn_to_waiter = 0, slot_to_waiter = 0, timeouts = 0, forgotten = 0, replaced = 0, surplus = 0,
-                idle_timeout = 0, max_lifetime = 0, peer = 0, unavailable = 0, waiters_failed = 0;
+                idle_timeout = 0, max_lifetime = 0, peer = 0, unavailable = 0, waiters_failed = 0, requeued = 0;
   } seen;
 
   void tally(coverage& total) const {
@@ -721,6 +753,7 @@ class fuzz_run {
     total.peer += t.peer_closed + t.peer_reset + t.unexpected_data;
     total.unavailable += seen.unavailable;
     total.waiters_failed += seen.waiters_failed;
+    total.requeued += seen.requeued;
   }
 
  private:
@@ -842,6 +875,9 @@ class fuzz_run {
         const std::size_t before = b_.endpoint_count();
         b_.expire(now_, dead_);
         seen.forgotten += before - b_.endpoint_count();
+        for (int k = 0; k < 5; ++k)  // no backoff outlives its time past a retire pass
+          if (const auto* en = b_.find(k); en && !b_.closed())
+            CHECK_MESSAGE(!(en->holding && en->retry_at <= now_), "step " << step_);
         break;
       }
       case 11:
@@ -853,7 +889,6 @@ class fuzz_run {
 
   /// Hand out what was granted: probe idle connections (some fail and are replaced), keep slots.
   void take(d::ep_node* e, d::grant g, bool idle_only) {
-    bool replaced = false;
     while (g.conn) {
       const d::probe_result r = roll(8) == 0 ? verdict() : d::probe_result::healthy;
       if (r == d::probe_result::healthy) {
@@ -861,13 +896,21 @@ class fuzz_run {
         return;
       }
       ++seen.replaced;
-      replaced = true;
-      g = b_.replace(*g.conn, r, idle_only, now_, dead_);
+      // At the connect limit, the acquire waits again: queued by replace() itself.
+      auto w = std::make_unique<waiter>(e, *this, now_ + std::chrono::milliseconds(100 * roll(40)));
+      g = b_.replace(*g.conn, r, idle_only, now_, dead_, idle_only ? nullptr : w.get());
+      if (w->queued()) {
+        CHECK(!g);
+        ++seen.requeued;
+        queue_[static_cast<books::entry*>(e)->key].push_back(w.get());
+        waiters_.push_back(std::move(w));
+        return;
+      }
     }
     if (g.slot) {
-      // A slot within the connect limit (one trial after a backoff), but for a replacement.
+      // A slot within the connect limit (one trial after a backoff).
       const std::size_t limit = e->fails ? 1 : b_.options().max_connecting_per_endpoint;
-      if (!replaced && limit) CHECK_MESSAGE(e->connecting <= limit, "over the connect limit, step " << step_);
+      if (limit) CHECK_MESSAGE(e->connecting <= limit, "over the connect limit, step " << step_);
       slots_.push_back(e);
     }
   }
@@ -991,7 +1034,8 @@ TEST_CASE("books: seeded fuzzer against a reference model (CONNPOOL_FUZZ_SEED re
                      << total.forgotten << "; probes failed " << total.replaced << "; surplus " << total.surplus
                      << "; idle_timeout " << total.idle_timeout << "; max_lifetime " << total.max_lifetime
                      << "; peer events " << total.peer << "; refused in backoff " << total.unavailable
-                     << ", waiters failed by a backoff " << total.waiters_failed);
+                     << ", waiters failed by a backoff " << total.waiters_failed << "; replacements queued at the connect limit "
+                     << total.requeued);
   if (!only) {  // every path was taken
     CHECK(total.conn_to_waiter > 0);
     CHECK(total.slot_to_waiter > 0);
@@ -1004,6 +1048,7 @@ TEST_CASE("books: seeded fuzzer against a reference model (CONNPOOL_FUZZ_SEED re
     CHECK(total.peer > 0);
     CHECK(total.unavailable > 0);
     CHECK(total.waiters_failed > 0);
+    CHECK(total.requeued > 0);
   }
 }
 

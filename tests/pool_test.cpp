@@ -776,6 +776,63 @@ TEST_CASE("overload: max_connecting_per_endpoint bounds the connects in flight; 
   CHECK(s.connect_failed >= 2);  // the two, and any a waiter started in a freed place before its own deadline
 }
 
+TEST_CASE("overload: an acquire whose idle connection fails its check waits at max_connecting_per_endpoint, then connects") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  const auto ep = server.endpoint();
+  auto o = quick();
+  o.max_connecting_per_endpoint = 1;
+  o.validate_after_idle = 0ms;  // check at every hand-out from idle
+  tcp_pool pool(o);
+  auto first = pool.acquire(ep);  // made before the check and the slow setup exist
+  // Connects now take 300 ms (their setup step), so one stays in flight while the test looks.
+  pool.set_setup([](tcp_pool::socket_type& sock, const tcp_pool::endpoint_type&, tcp_pool::setup_done done) {
+    auto t = std::make_shared<net::steady_timer>(sock.get_executor());
+    t->expires_after(300ms);
+    t->async_wait([t, done](connpool::error_code) { done({}); });
+  });
+  auto other = std::async(std::launch::async, [&] {
+    connpool::error_code ec;
+    auto l = pool.acquire(ep, ec);
+    return ec;
+  });
+  REQUIRE(eventually([&] { return pool.stats().connecting == 1; }));
+  pool.set_health_check([](tcp_pool::socket_type&, const tcp_pool::endpoint_type&, tcp_pool::setup_done done) {
+    done(net::error::connection_reset);  // every check fails
+  });
+  first.release();  // idle: the next acquire takes it, checks it, closes it
+  std::promise<std::pair<connpool::error_code, bool>> got;
+  auto waiting = [&] {
+    const auto s = pool.stats();
+    return s.validation_failed == 1 && s.waiting == 1 && s.connecting == 1;
+  };
+  SUBCASE("sync") {
+    auto a = std::async(std::launch::async, [&] {
+      connpool::error_code ec;
+      auto l = pool.acquire(ep, ec);
+      return std::make_pair(ec, l.reused());
+    });
+    CHECK(eventually(waiting));  // its replacement waits for the connect in flight
+    auto [ec, reused] = a.get();
+    CHECK_FALSE(ec);
+    CHECK_FALSE(reused);
+  }
+  SUBCASE("async") {
+    pool.async_acquire(ep, [&](connpool::error_code ec, tcp_pool::lease l) { got.set_value({ec, l.reused()}); });
+    CHECK(eventually(waiting));
+    auto f = got.get_future();
+    REQUIRE(f.wait_for(5s) == std::future_status::ready);
+    auto [ec, reused] = f.get();
+    CHECK_FALSE(ec);
+    CHECK_FALSE(reused);
+  }
+  CHECK_FALSE(other.get());
+  const auto s = pool.stats();
+  CHECK(s.validation_failed == 1);
+  CHECK(s.created == 3);
+  CHECK(s.connecting == 0);
+}
+
 TEST_CASE("overload: connect backoff: a refused endpoint fails acquires at once with endpoint_unavailable and its last error, until a trial connect succeeds") {
   test::fd_guard fds;
   net::ip::tcp::endpoint ep;

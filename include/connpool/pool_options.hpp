@@ -32,7 +32,7 @@ struct pool_options {
   std::size_t max_connecting_per_endpoint = 4;
   /// Connect failure backoff: after a connect to an endpoint fails, no new connect starts there for
   /// a random time in [0, connect_backoff * 2^(failures - 1)], at most connect_backoff_max (full
-  /// jitter). Meanwhile an acquire that finds no idle connection fails at once with
+  /// jitter; `failures` counts rounds: connects in flight together that fail count once). Meanwhile an acquire that finds no idle connection fails at once with
   /// error::endpoint_unavailable (counted backoff_rejected), as do the waiting acquires once no
   /// connection is leased or connecting there to serve them. After it, one trial connect at a
   /// time; the first success ends the backoff. 0: off.

@@ -108,6 +108,7 @@ struct grant {
   conn_node* conn = nullptr;
   bool slot = false;
   error_code ec;
+  bool waiting = false;  // none of these: the acquire was queued again (the I/O layer sets it)
   explicit operator bool() const noexcept { return conn || slot || ec; }
 };
 
@@ -143,6 +144,7 @@ struct alignas(64) ep_node {
   std::uint32_t fails = 0;
   bool holding = false;
   time_point retry_at{};
+  std::size_t hold_pos = not_in_heap;  // in the heap of holds, by retry_at (while holding)
   error_code last_error;  // the last failed connect's
 
   std::size_t open() const noexcept { return idle.size() + leased + connecting; }
@@ -291,16 +293,19 @@ class books {
   }
 
   /// A connection handed out as idle failed its probe: close it, and grant the same acquire the
-  /// endpoint's next idle connection or a slot (the place just freed guarantees one, unless the
-  /// pool closed or the endpoint is in its connect backoff: error::endpoint_unavailable; the slot
-  /// may exceed max_connecting_per_endpoint, as the place was this acquire's). `idle_only`
-  /// (try_acquire): only an idle connection, and none while the endpoint has waiters.
-  grant replace(conn_node& c, probe_result r, bool idle_only, time_point now, graveyard& dead) {
-    return replace(c, reason_of(r), close_mode::graceful, idle_only, now, dead);
+  /// endpoint's next idle connection or a slot (the place just freed guarantees one as far as
+  /// max_per_endpoint and max_total go), or error::pool_closed, or error::endpoint_unavailable in
+  /// the endpoint's connect backoff. At max_connecting_per_endpoint, nothing: the acquire waits as
+  /// a new one would, `w` (its waiter, if given) queued here; else the caller queues it.
+  /// `idle_only` (try_acquire): only an idle connection, and none while the endpoint has waiters.
+  grant replace(conn_node& c, probe_result r, bool idle_only, time_point now, graveyard& dead,
+                waiter_node* w = nullptr) {
+    return replace(c, reason_of(r), close_mode::graceful, idle_only, now, dead, w);
   }
 
   /// As above, for a connection closed for `why` (validation_failed: its health check failed).
-  grant replace(conn_node& c, close_reason why, close_mode mode, bool idle_only, time_point now, graveyard& dead) {
+  grant replace(conn_node& c, close_reason why, close_mode mode, bool idle_only, time_point now, graveyard& dead,
+                waiter_node* w = nullptr) {
     ep_node& e = *c.ep;
     ++e.probe_failed;
     retire(c, closed_ ? close_reason::pool_closed : why, mode, now, dead);
@@ -312,11 +317,13 @@ class books {
     } else if (!(g.conn = take_idle(e))) {
       // The freed place is this acquire's, ahead of any waiter of the endpoint: it was granted
       // before them.
-      if (e.holding && held(e, now, dead)) {
+      if (in_backoff(e, now)) {
         ++e.counters.backoff_rejected;
         g.ec = error::endpoint_unavailable;
       } else {
-        g.slot = take_slot(e, now, dead, /*replacing=*/true);
+        if (e.holding) unhold(e);  // its waiters are served below, after this acquire's slot
+        g.slot = take_slot(e, now, dead);
+        if (!g.slot && w) enqueue(*w);  // at the connect limit
       }
     }
     serve(now, dead);
@@ -352,10 +359,15 @@ class books {
     ++leased_total_;
     ++e.counters.created;
     e.fails = 0;
-    e.holding = false;
+    if (e.holding) unhold(e);
     if (!e.waiters.empty()) {  // below max_connecting_per_endpoint again, or out of the backoff
       update_room(e);
-      serve(now, dead);
+      try {
+        serve(now, dead);
+      } catch (...) {
+        // Out of memory serving the room queue: the connection is the caller's all the same; the
+        // waiters are served by the next release, connect or retire pass, or time out.
+      }
     }
     return &c;
   }
@@ -369,19 +381,23 @@ class books {
 
   /// A slot's connect failed, or was stopped: by close() (`ec` pool_closed) or by its acquire's
   /// cancellation (`cancelled`); those are not counted failed. With connect_backoff, a counted
-  /// failure starts (or lengthens) the endpoint's backoff: returns its length (else zero). While
-  /// it holds, an endpoint with no connection leased or connecting fails its waiters
-  /// (error::endpoint_unavailable): nothing could serve them.
+  /// failure while no backoff holds starts the next one, twice as long as the last at most:
+  /// returns its length (else zero). Connects that were in flight with it and fail while it holds
+  /// do not lengthen it (one step per round, not per connect). While it holds, an endpoint with
+  /// no connection leased or connecting fails its waiters (error::endpoint_unavailable): nothing
+  /// could serve them.
   clock::duration connect_failed(ep_node& e, error_code ec, time_point now, graveyard& dead,
                                  bool cancelled = false) noexcept {
     clock::duration wait{0};
     if (ec != error::pool_closed && !cancelled) {
       ++e.counters.connect_failed;
-      if (backoff_.count() > 0 && !closed_) {
-        wait = backoff_after(++e.fails);
-        e.holding = true;
-        e.retry_at = later(now, wait);
+      // The acquire's own deadline says nothing of the endpoint.
+      if (backoff_.count() > 0 && !closed_ && ec != error::acquire_timeout) {
         e.last_error = ec;
+        if (!in_backoff(e, now)) {
+          wait = backoff_after(++e.fails);
+          hold(e, later(now, wait));
+        }
       }
     }
     if (ec == error::acquire_timeout) ++e.counters.acquire_timeouts;
@@ -630,6 +646,7 @@ class books {
       const time_point p = later(ping_key(*pingq_.front()), ping_interval_);
       if (p < t) t = p;
     }
+    if (!holds_.empty() && holds_.top()->retry_at < t) t = holds_.top()->retry_at;
     return t;
   }
 
@@ -658,6 +675,14 @@ class books {
           if (later(e->empty_since, endpoint_grace_) > now) break;
           forget(static_cast<entry&>(*e));
         }
+      }
+      if (!holds_.empty() && holds_.top()->retry_at <= now) {
+        while (!holds_.empty() && holds_.top()->retry_at <= now) {
+          ep_node& e = *holds_.top();
+          unhold(e);  // its waiters may have the trial connect now
+          update_room(e);
+        }
+        serve(now, dead);
       }
       if (pings) start_pings(now, *pings);
     }
@@ -705,7 +730,7 @@ class books {
   /// naming what broke. O(everything): for tests.
   void check_invariants() const {
     auto fail = [](const std::string& what) { throw std::logic_error("connpool books: " + what); };
-    std::size_t open = 0, leased = 0, idle = 0, unused = 0, rooms = 0;
+    std::size_t open = 0, leased = 0, idle = 0, unused = 0, rooms = 0, holds = 0;
     for (auto& kv : map_) {
       const entry& e = *kv.second;
       if (!KeyEqual()(e.key, kv.first)) fail("entry filed under another key");
@@ -733,6 +758,8 @@ class books {
       if (wants != (e.room_pos != not_in_heap)) fail("room queue membership wrong");
       if (e.holding && !e.waiters.empty() && !e.leased && !e.connecting)
         fail("waiters wait on an endpoint in backoff with nothing to serve them");
+      if (e.holding != (e.hold_pos != not_in_heap)) fail("heap of holds membership wrong");
+      if (e.holding) ++holds;
       if (wants) ++rooms;
       if (e.unused() != unused_.linked(&e) && !closed_)
         fail("list of unused endpoints wrong");
@@ -748,6 +775,7 @@ class books {
     if (idle != all_idle_.size()) fail("idle list across endpoints differs from the endpoints' lists");
     if (!closed_ && unused != unused_.size()) fail("unused endpoint count");
     if (rooms != room_.size()) fail("room queue size");
+    if (holds != holds_.size()) fail("heap of holds size");
     if (!room_.empty() && (open_total_ < opts_.max_total || !all_idle_.empty()))
       fail("a waiter waits for room that is free");
     if (registry_.size() != idle + leased) fail("registry size differs from idle + leased");
@@ -779,6 +807,9 @@ class books {
  private:
   struct by_expiry {
     bool operator()(const conn_node* a, const conn_node* b) const noexcept { return a->expires < b->expires; }
+  };
+  struct by_retry_at {
+    bool operator()(const ep_node* a, const ep_node* b) const noexcept { return a->retry_at < b->retry_at; }
   };
   struct by_oldest_waiter {
     bool operator()(const ep_node* a, const ep_node* b) const noexcept {
@@ -882,10 +913,9 @@ class books {
 
   /// A slot for `e` if its limits allow, evicting the least recently used idle connection of the
   /// pool (of another endpoint: callers have taken `e`'s own) when max_total is reached.
-  /// `replacing`: for an acquire whose connection failed its probe, past the connect limit.
-  bool take_slot(ep_node& e, time_point now, graveyard& dead, bool replacing = false) {
+  bool take_slot(ep_node& e, time_point now, graveyard& dead) {
     if (opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint) return false;
-    if (!replacing && (e.holding || at_connect_limit(e))) return false;
+    if (e.holding || at_connect_limit(e)) return false;
     if (opts_.max_total && open_total_ >= opts_.max_total) {
       conn_node* victim = all_idle_.front();
       if (!victim) return false;
@@ -948,12 +978,32 @@ class books {
   /// connect at a time until one succeeds) and a waiter of `e` may get the trial.
   bool held(ep_node& e, time_point now, graveyard& dead) {
     if (now < e.retry_at) return true;
-    e.holding = false;
+    unhold(e);
     if (!e.waiters.empty()) {
       update_room(e);
       serve(now, dead);
     }
     return false;
+  }
+
+  /// `e` holds until `until`; expire() ends it then (next_due() tells when).
+  void hold(ep_node& e, time_point until) noexcept {
+    e.holding = true;
+    e.retry_at = until;
+    if (e.hold_pos != not_in_heap) {
+      holds_.fix(&e);
+    } else {
+      try {
+        holds_.push(&e);
+      } catch (...) {
+        // Out of memory: the hold ends at the next acquire, connect or change of the endpoint.
+      }
+    }
+  }
+
+  void unhold(ep_node& e) noexcept {
+    e.holding = false;
+    if (e.hold_pos != not_in_heap) holds_.erase(&e);
   }
 
   /// With `e` in its backoff and nothing leased or connecting that could serve its waiters: fail
@@ -990,7 +1040,7 @@ class books {
 
   /// `e`'s open count or waiters changed.
   void changed(ep_node& e, time_point now) noexcept {
-    if (e.holding) starve(e);
+    if (e.holding && now < e.retry_at) starve(e);  // one that is over ends in expire(), which serves
     update_room(e);
     settle(e, now);
   }
@@ -1016,6 +1066,7 @@ class books {
   void forget(entry& e) noexcept {
     CONNPOOL_ASSERT(e.unused());
     unused_.erase(&e);
+    if (e.holding) unhold(e);
     pool_stats s = e.snapshot();
     forgotten_ += s;
     if (last_ == &e) last_ = nullptr;
@@ -1025,10 +1076,11 @@ class books {
   /// The backoff after `fails` consecutive failures: full jitter, uniform in [0, min(connect_
   /// backoff_max, connect_backoff * 2^(fails-1))].
   clock::duration backoff_after(std::uint32_t fails) noexcept {
+    const clock::duration most = backoff_max_.count() > 0 ? backoff_max_ : clock::duration::max();
     clock::duration cap = backoff_;
-    for (std::uint32_t i = 1; i < fails && cap < backoff_max_; ++i)
+    for (std::uint32_t i = 1; i < fails && cap < most; ++i)
       cap = cap > clock::duration::max() / 2 ? clock::duration::max() : cap * 2;
-    if (cap > backoff_max_) cap = backoff_max_;
+    if (cap > most) cap = most;
     return clock::duration(std::uniform_int_distribution<clock::rep>(0, cap.count())(rng_));
   }
 
@@ -1060,6 +1112,7 @@ class books {
   const clock::duration idle_timeout_, ping_interval_, validate_after_idle_, max_lifetime_, endpoint_grace_;
   ilist<conn_node, &conn_node::all_link> all_idle_;  // front: least recently released
   iheap<ep_node, &ep_node::room_pos, by_oldest_waiter> room_;
+  iheap<ep_node, &ep_node::hold_pos, by_retry_at> holds_;  // endpoints in a connect backoff
   iheap<conn_node, &conn_node::heap_pos, by_expiry> lifetimes_;
   ilist<ep_node, &ep_node::empty_link> unused_;  // endpoints to forget, in the order they became unused
   ilist<conn_node, &conn_node::ping_link> pingq_;  // idle, not being checked, by ping_key (with ping_interval)

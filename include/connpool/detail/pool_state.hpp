@@ -362,13 +362,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (e && e->waiters.empty()) c = take_mine_or_mru(*e);
     }
     if (c) {
-      ep_node* e = c->node->ep;
-      const grant g = probed(grant{c->node, false, {}}, false);
-      if (g.conn && !check_on_.load(std::memory_order_relaxed)) {
+      const probe_result r = probe_conn(*c);
+      if (r == probe_result::healthy && !check_on_.load(std::memory_order_relaxed)) {
         reused = true;
-        return as_connection(g.conn);
+        return c;
       }
-      return finish(*e, g, unset, reused, ec);
+      return finish(*c->node->ep, grant{c->node, false, {}}, unset, reused, ec, &r);
     }
     return acquire_wait(ep, reused, ec);
   }
@@ -786,7 +785,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
     // Not under the lock.
     void proceed(grant g) {
-      g = state->probed(g, false);
+      g = state->probed(g, false, this);
+      if (g.waiting) return;  // queued again: its next grant comes to granted()
       if (g.conn && state->check_on_.load(std::memory_order_relaxed)) {
         if (auto check = state->check_for(*as_connection(g.conn)))
           return state->async_check(this->shared_from_this(), as_connection(g.conn), std::move(check));
@@ -880,24 +880,60 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// The one probe-and-replace loop, for every acquire path: probe the granted idle connection,
   /// outside the lock; while it is dead, close it and take what the books grant in its place.
   /// Returns a healthy connection, a slot, an error, or (idle_only) nothing.
-  CONNPOOL_HOT grant probed(grant g, bool idle_only) {
+  /// `w`: the acquire's waiter, queued again when the books can only make it wait (at the connect
+  /// limit): then the grant says `waiting`. Without one, the grant is empty then, and the caller
+  /// queues the acquire.
+  template <class W = waiter_node>
+  CONNPOOL_HOT grant probed(grant g, bool idle_only, W* w = nullptr) {
     while (g.conn) {
       const probe_result r = probe_conn(*as_connection(g.conn));
       if (r == probe_result::healthy) break;
-      g = replace(*as_connection(g.conn), r, idle_only);
+      g = replace(*as_connection(g.conn), r, idle_only, w);
     }
     return g;
   }
 
   /// A handed-out idle connection failed its probe: close it, and take the grant the books give in
   /// its place (see books::replace()).
-  grant replace(connection& c, probe_result r, bool idle_only) {
+  template <class W = waiter_node>
+  grant replace(connection& c, probe_result r, bool idle_only, W* w = nullptr) {
     section s(*this);
-    grant g = books_.replace(*c.node, r, idle_only, coarse_now(), s.dead);
+    grant g = books_.replace(*c.node, r, idle_only, coarse_now(), s.dead, w);
+    if (w && w->queued()) g = queued_again(*w);
     s.lease_ended();
     rearm();
     return g;
   }
+
+  /// Under the lock: a sync acquire that replace() queued waits again (finish()).
+  grant queued_again(sync_waiter& w) noexcept {
+    w.done = false;
+    sync_waited() = true;
+    grant g;
+    g.waiting = true;
+    return g;
+  }
+  /// Under the lock: an async acquire that replace() queued waits again, with its deadline.
+  grant queued_again(async_op& op) {
+    grant g;
+    op.waited = true;
+    try {
+      if (op.deadline != never) {
+        op.timer.expires_at(op.deadline);
+        op.timer.async_wait([w = std::weak_ptr<async_op>(op.shared_from_this())](error_code tec) {
+          if (auto o = w.lock(); o && !tec) o->state->on_wait_timeout(*o);
+        });
+      }
+      op.keep_alive = op.shared_from_this();
+    } catch (...) {
+      books_.leave(op, /*timed_out=*/false, coarse_now());
+      g.ec = net::error::no_memory;
+      return g;
+    }
+    g.waiting = true;
+    return g;
+  }
+  static grant queued_again(waiter_node&) noexcept { return {}; }  // never queued: no waiter given
 
   // ---------------------------------------------------------------- health checks
 
@@ -922,12 +958,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   }
 
   /// The check of `c` failed (`ec`), or passed and a probe after it found `r`: close it, and take
-  /// the books' grant in its place. Stopped by close(): counted pool_closed.
-  grant check_failed(connection& c, error_code ec, probe_result r) {
+  /// the books' grant in its place (`w`: as for replace()). Stopped by close(): counted pool_closed.
+  template <class W>
+  grant check_failed(connection& c, error_code ec, probe_result r, W* w) {
     section s(*this);
     const close_reason why = !ec ? reason_of(r) : close_reason::validation_failed;
     grant g = books_.replace(*c.node, why, ec ? close_mode::abortive : close_mode::graceful, false, coarse_now(),
-                             s.dead);
+                             s.dead, w);
+    if (w->queued()) g = queued_again(*w);
     s.lease_ended();
     rearm();
     return g;
@@ -1024,7 +1062,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       abandon(*op.ep, grant{c->node, false, {}});
       return op.finish(ec, nullptr, false);
     }
-    const grant g = check_failed(*c, ec, r);
+    const grant g = check_failed(*c, ec, r, &op);
+    if (g.waiting) return;
     if (!g.ec && clock::now() >= op.deadline) {  // no time left for the next one
       timed_out(*op.ep, g);
       return op.finish(error::acquire_timeout, nullptr, false);
@@ -1611,7 +1650,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (!g) {
         // Idle connections that cannot be had now are being checked in the background, on the
         // pool's thread: on that thread, waiting would stall the checks it waits for.
-        if (!en.idle.empty() && own_ctx_ && own_ctx_->get_executor().running_in_this_thread()) {
+        // So would waiting for a connect in flight (at max_connecting_per_endpoint).
+        if ((!en.idle.empty() || en.connecting) && own_ctx_ && own_ctx_->get_executor().running_in_this_thread()) {
           ec = net::error::would_block;
           return nullptr;
         }
@@ -1643,9 +1683,19 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// `e`: the endpoint the grant is for (a slot pins it). `deadline`: the acquire's, or `unset` if
   /// it has not been needed yet.
-  CONNPOOL_COLD connection* finish(ep_node& e, grant g, time_point deadline, bool& reused, error_code& ec) {
+  /// `first`: the fast path's probe of `g.conn`, made already.
+  CONNPOOL_COLD connection* finish(ep_node& e, grant g, time_point deadline, bool& reused, error_code& ec,
+                                   const probe_result* first = nullptr) {
+    sync_waiter w(&e);  // if a replacement has to wait (at the connect limit)
     for (;;) {
-      g = probed(g, false);
+      if (first && g.conn && *first != probe_result::healthy) g = replace(*as_connection(g.conn), *first, false, &w);
+      first = nullptr;
+      g = probed(g, false, &w);
+      if (g.waiting) {
+        if (!wait_again(w, deadline, ec)) return nullptr;
+        g = w.result;
+        continue;
+      }
       if (!g.conn) break;
       connection& c = *as_connection(g.conn);
       std::shared_ptr<const setup_step> check;
@@ -1677,7 +1727,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         reused = true;
         return &c;
       }
-      g = check_failed(c, cec, r);
+      g = check_failed(c, cec, r, &w);
+      if (g.waiting) continue;
       if (!g.ec && clock::now() >= deadline) {  // no time left for the next one
         timed_out(e, g);
         ec = error::acquire_timeout;
@@ -1689,6 +1740,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       return nullptr;
     }
     // A slot: connect synchronously on this thread, by the nearer of the two deadlines.
+    CONNPOOL_ASSERT(g.slot);
     reused = false;
     std::unique_ptr<connection> c = new_connection(e, ec);
     if (!c) return connected(e, nullptr, ec);
@@ -1704,6 +1756,30 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     if (deadline_passed) ec = deadline < connect_by ? error::acquire_timeout : error::connect_timeout;
     return connected(e, std::move(c), ec, dial_id);
+  }
+
+  /// A sync acquire queued again by replace() waits for its grant (in w.result), until `deadline`
+  /// (set now if unset). False with `ec` set if it cannot: acquire_timeout, or would_block on the
+  /// pool's own thread, which runs the connects it would wait for.
+  bool wait_again(sync_waiter& w, time_point& deadline, error_code& ec) {
+    if (deadline == unset) deadline = deadline_from(options().acquire_timeout);
+    section s(*this);
+    if (w.queued() && own_ctx_ && own_ctx_->get_executor().running_in_this_thread()) {
+      books_.leave(w, /*timed_out=*/false, coarse_now());
+      rearm();
+      ec = net::error::would_block;
+      return false;
+    }
+    while (!w.done) {
+      if (mu_.wait_until(w.cv, deadline) == std::cv_status::timeout && !w.done) {
+        books_.leave(w, /*timed_out=*/true, coarse_now());
+        rearm();
+        ec = error::acquire_timeout;
+        return false;
+      }
+    }
+    rearm();
+    return true;
   }
 
   /// A connection object for a granted slot, or null with `ec` set (the caller then gives the slot
