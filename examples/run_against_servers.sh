@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the protocol examples against real servers that no one here wrote, started here on
 # 127.0.0.1 and stopped on exit: redis_client against redis-server, http_client and beast_client
-# (if built) against nginx.
+# (if built) against nginx; metrics_server against nginx, scraped with curl and checked with
+# promtool (Debian's prometheus package).
 #   run_against_servers.sh BIN_DIR
 # Exit 77 (skipped) if redis-server or nginx is not installed, unless CONNPOOL_REQUIRE_FAULTS=1
 # (CI), where that is a failure. Every wait is bounded.
@@ -110,6 +111,50 @@ discards() {
 status=0
 run redis_client 127.0.0.1 "$redis_port" || status=1
 run http_client 127.0.0.1 "$nginx_port" 400 && discards http_client || status=1
+# metrics_server: 200 requests to nginx through a pool, then /metrics, scraped with curl; the values
+# must agree with what the example did, and promtool (Debian's prometheus) must accept the format.
+metrics() {
+  echo "== metrics_server =="
+  local curl promtool line url pid out=$work/metrics.txt i
+  curl=$(command -v curl || true)
+  promtool=$(command -v promtool || true)
+  if [ -z "$curl" ] || [ -z "$promtool" ]; then
+    echo "SKIPPED: metrics_server needs curl and promtool (Debian packages curl, prometheus)"
+    [ "${CONNPOOL_REQUIRE_FAULTS:-0}" != 1 ] || { echo "CONNPOOL_REQUIRE_FAULTS=1: failing instead"; return 1; }
+    return 0
+  fi
+  timeout 60 "$bin/metrics_server" 127.0.0.1 "$nginx_port" 200 50 >"$work/metrics_server.txt" 2>&1 &
+  pid=$!
+  pids+=("$pid")
+  line=""
+  for i in $(seq 1 100); do  # its first line, within 10 s
+    line=$(head -n 1 "$work/metrics_server.txt" 2>/dev/null || true)
+    [ -z "$line" ] || break
+    sleep 0.1
+  done
+  echo "$line"
+  url=${line##* }
+  case "$url" in http://127.0.0.1:*/metrics) ;; *) echo "metrics_server did not start"; cat "$work/metrics_server.txt"; return 1 ;; esac
+  "$curl" -sf --max-time 10 "$url" -o "$out" || { echo "curl failed"; return 1; }
+  local closed
+  closed=$(sed -n 's/.* closed_by_server \([0-9]*\) .*/\1/p' <<<"$line")
+  value() { awk -v s="$1" 'index($0, s) == 1 { print $NF }' "$out"; }
+  local ep="127.0.0.1:$nginx_port" created reused count discarded
+  created=$(value "connpool_connections_created_total{pool=\"backend\",endpoint=\"$ep\"}")
+  reused=$(value "connpool_connections_reused_total{pool=\"backend\",endpoint=\"$ep\"}")
+  count=$(value "connpool_acquire_seconds_count{pool=\"backend\"}")
+  discarded=$(value "connpool_connections_closed_total{pool=\"backend\",endpoint=\"$ep\",reason=\"discarded\"}")
+  echo "scraped: created $created reused $reused acquires timed $count discarded $discarded (server closed $closed)"
+  if [ -z "$created" ] || [ -z "$reused" ] || [ $((created + reused)) != 200 ] || [ "$count" != 200 ] ||
+    [ "$discarded" != "$closed" ] || [ "${closed:-0}" -lt 3 ]; then
+    echo "metrics disagree with what the example did"; head -40 "$out"; return 1
+  fi
+  "$promtool" check metrics <"$out" || { echo "promtool rejected the exposition"; return 1; }
+  echo "promtool: the exposition is valid"
+  "$curl" -sf --max-time 5 "${url%/metrics}/quit" >/dev/null || true
+  wait "$pid" || { echo "metrics_server failed"; cat "$work/metrics_server.txt"; return 1; }
+}
+metrics || status=1
 if [ -x "$bin/beast_client" ]; then
   run beast_client 127.0.0.1 "$nginx_port" 400 && { grep -q "skipped\|no C++20" "$work/beast_client.txt" || discards beast_client; } || status=1
 fi

@@ -14,9 +14,9 @@ if [ "${CONNPOOL_ASIO:-standalone}" = boost ]; then
   need_packages libboost-dev
   asio_args="-DCONNPOOL_USE_BOOST_ASIO=ON"
 fi
-# The fault suite (namespaces with nft rules, a real Redis); the examples (Redis, nginx); the
-# consumer test's Boost.Asio half.
-want_packages nftables redis-server nginx libboost-dev libssl-dev openssl
+# The fault suite (namespaces with nft rules, a real Redis); the examples (Redis, nginx; curl and
+# promtool scrape metrics_server); the consumer test's Boost.Asio half.
+want_packages nftables redis-server nginx libboost-dev libssl-dev openssl curl prometheus
 build=${BUILD_DIR:-build}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo} \
   ${CONNPOOL_SANITIZE:+-DCONNPOOL_SANITIZE=$CONNPOOL_SANITIZE} $asio_args ${CMAKE_ARGS:-} >/dev/null

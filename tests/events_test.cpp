@@ -1,10 +1,18 @@
 // The listener (#14, part 1): each event, with its fields, from real sockets on loopback.
 #include <doctest/doctest.h>
 
+#include <cctype>
+#include <cmath>
+#include <cstring>
+#include <map>
 #include <mutex>
+#include <set>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "connpool/metrics.hpp"
 #include "servers/echo_server.hpp"
 #include "support.hpp"
 
@@ -273,4 +281,201 @@ TEST_CASE("events: a named backend's events name it") {
   CHECK(ev[2].backend == "127.0.0.1");
   CHECK(ev[3].kind == event_kind::released);
   CHECK(ev[3].backend == "127.0.0.1");
+}
+
+// ------------------------------------------------------------------------------------ metrics
+
+namespace {
+
+/// A strict reader of the Prometheus text format (0.0.4) for what connpool writes: every sample
+/// belongs to a family declared by HELP and TYPE before it, once; names and label names are valid;
+/// label values are quoted with only \\, \" and \n escaped; no series twice; a histogram's
+/// buckets are cumulative, end with le="+Inf", and equal its _count. Throws std::runtime_error
+/// naming the line. Returns every sample by its series ("name{labels}").
+std::map<std::string, double> parse_exposition(const std::string& text) {
+  auto fail = [](const std::string& why, const std::string& line) {
+    throw std::runtime_error("exposition: " + why + ": " + line);
+  };
+  auto valid_name = [](const std::string& n, bool colon) {
+    if (n.empty() || std::isdigit(static_cast<unsigned char>(n[0]))) return false;
+    for (char c : n)
+      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || (colon && c == ':'))) return false;
+    return true;
+  };
+  std::map<std::string, std::string> types;  // family -> type
+  std::set<std::string> helped;
+  std::map<std::string, double> samples;
+  std::map<std::string, double> buckets, inf, counts;  // histograms, by family{labels without le}
+  std::string current;  // the family being written
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) fail("empty line", line);
+    if (line[0] == '#') {
+      std::istringstream ls(line);
+      std::string hash, kind, name;
+      ls >> hash >> kind >> name;
+      if (kind == "HELP") {
+        if (!helped.insert(name).second) fail("HELP twice", line);
+      } else if (kind == "TYPE") {
+        std::string type;
+        ls >> type;
+        if (types.count(name)) fail("TYPE twice", line);
+        if (type != "counter" && type != "gauge" && type != "histogram") fail("unknown type", line);
+        if (!helped.count(name)) fail("TYPE before HELP", line);
+        types[name] = type;
+        current = name;
+      } else {
+        fail("unknown comment", line);
+      }
+      continue;
+    }
+    std::size_t i = 0;
+    while (i < line.size() && line[i] != '{' && line[i] != ' ') ++i;
+    const std::string name = line.substr(0, i);
+    if (!valid_name(name, true)) fail("bad metric name", line);
+    std::string family = name;
+    for (const char* suffix : {"_bucket", "_sum", "_count"})
+      if (types.count(family) == 0 && family.size() > std::strlen(suffix) &&
+          family.compare(family.size() - std::strlen(suffix), std::string::npos, suffix) == 0)
+        family = family.substr(0, family.size() - std::strlen(suffix));
+    if (family != current || !types.count(family)) fail("sample outside its family", line);
+    if (types[family] == "counter" && name.size() < 6) fail("counter without _total", line);
+    if (types[family] == "counter" && name.compare(name.size() - 6, 6, "_total") != 0) fail("counter without _total", line);
+    std::string labels;
+    std::set<std::string> label_names;
+    if (i < line.size() && line[i] == '{') {
+      ++i;
+      while (line.at(i) != '}') {
+        std::size_t eq = line.find('=', i);
+        if (eq == std::string::npos) fail("label without =", line);
+        const std::string ln = line.substr(i, eq - i);
+        if (!valid_name(ln, false)) fail("bad label name", line);
+        if (!label_names.insert(ln).second) fail("label twice", line);
+        if (line.at(eq + 1) != '"') fail("unquoted label value", line);
+        std::size_t j = eq + 2;
+        for (;; ++j) {
+          const char c = line.at(j);
+          if (c == '\\') {
+            const char n = line.at(++j);
+            if (n != '\\' && n != '"' && n != 'n') fail("bad escape", line);
+          } else if (c == '"') {
+            break;
+          } else if (c == '\n') {
+            fail("raw line feed", line);
+          }
+        }
+        labels += line.substr(i, j + 1 - i) + ",";
+        i = j + 1;
+        if (line.at(i) == ',') ++i;
+        else if (line.at(i) != '}') fail("labels not separated", line);
+      }
+      ++i;
+    }
+    if (i >= line.size() || line[i] != ' ') fail("no value", line);
+    const std::string value = line.substr(i + 1);
+    double v = 0;
+    if (value == "+Inf") v = HUGE_VAL;
+    else {
+      std::size_t used = 0;
+      v = std::stod(value, &used);
+      if (used != value.size()) fail("bad value", line);
+    }
+    const std::string series = name + "{" + labels + "}";
+    if (!samples.emplace(series, v).second) fail("series twice", line);
+    if (types[family] == "histogram" && name == family + "_bucket") {
+      // Cumulative, in the order written, per series without its `le`; the last is +Inf.
+      std::string rest = labels;
+      const std::size_t le = rest.find("le=\"");
+      if (le == std::string::npos) fail("bucket without le", line);
+      const std::size_t end = rest.find("\",", le);
+      const std::string bound = rest.substr(le + 4, end - le - 4);
+      rest.erase(le, end + 2 - le);
+      const std::string key = family + "{" + rest + "}";
+      if (buckets.count(key) && v < buckets[key]) fail("buckets not cumulative", line);
+      if (inf.count(key)) fail("a bucket after +Inf", line);
+      buckets[key] = v;
+      if (bound == "+Inf") inf[key] = v;
+    }
+    if (types[family] == "histogram" && name == family + "_count") counts[family + "{" + labels + "}"] = v;
+  }
+  for (const auto& [key, v] : buckets)
+    if (!inf.count(key)) fail("histogram without +Inf", key);
+  for (const auto& [key, v] : inf)
+    if (!counts.count(key) || counts[key] != v) fail("+Inf bucket differs from _count", key);
+  return samples;
+}
+
+}  // namespace
+
+TEST_CASE("metrics: the text exposition carries the pool's counters per endpoint, forgotten ones, and the listener's histograms") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  connpool::pool_options o;
+  o.endpoint_grace = 0ms;  // never forget (the forgotten row stays zero)
+  tcp_pool pool(o);
+  connpool::pool_metrics metrics({{"pool", "main \"one\"\\"}});
+  pool.set_listener(metrics.listener());
+  auto a = pool.acquire(server.endpoint());
+  a.release();
+  auto b = pool.acquire(server.endpoint());
+  CHECK(b.reused());
+  b.discard();
+  std::map<std::string, double> m;
+  const std::string text = metrics.text(pool);
+  REQUIRE_NOTHROW(m = parse_exposition(text));
+  const std::string ep = "127.0.0.1:" + std::to_string(server.endpoint().port());
+  const std::string lp = "pool=\"main \\\"one\\\"\\\\\",";  // the label value, escaped
+  auto at = [&](const std::string& name, const std::string& labels) {
+    const auto it = m.find(name + "{" + lp + labels + ",}");
+    if (it == m.end()) FAIL_CHECK("missing " << name << "{" << labels << "}\n" << text);
+    return it == m.end() ? -1.0 : it->second;
+  };
+  const std::string e = "endpoint=\"" + ep + "\"";
+  CHECK(at("connpool_connections_created_total", e) == 1);
+  CHECK(at("connpool_connections_reused_total", e) == 1);
+  CHECK(at("connpool_leases_released_total", e) == 1);
+  CHECK(at("connpool_connections_closed_total", e + ",reason=\"discarded\"") == 1);
+  CHECK(at("connpool_connections_closed_total", e + ",reason=\"peer_closed\"") == 0);
+  CHECK(at("connpool_connections", e + ",state=\"idle\"") == 0);
+  CHECK(at("connpool_connections_created_total", "endpoint=\"(forgotten)\"") == 0);
+  CHECK(at("connpool_acquires_rejected_total", e + ",reason=\"endpoint_unavailable\"") == 0);
+  CHECK(m.at("connpool_acquire_seconds_count{" + lp + "}") == 2);
+  CHECK(m.at("connpool_acquire_seconds_bucket{" + lp + "le=\"+Inf\",}") == 2);
+  CHECK(m.at("connpool_connect_seconds_count{" + lp + "}") == 1);
+  CHECK(m.at("connpool_acquire_seconds_sum{" + lp + "}") > 0);
+  // The sum over endpoints is the pool's total.
+  const auto snap = pool.snapshot();
+  CHECK(snap.total().created == pool.stats().created);
+  CHECK(snap.endpoints.size() == 1);
+}
+
+TEST_CASE("metrics: a forgotten endpoint's counters stay, under endpoint=\"(forgotten)\"; a named backend is labelled backend") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  connpool::pool_options o;
+  o.endpoint_grace = 1ms;
+  o.idle_timeout = 1ms;
+  tcp_pool pool(o);
+  connpool::pool_metrics metrics;
+  pool.acquire(server.endpoint()).release();
+  REQUIRE(eventually([&] { return pool.snapshot().endpoints.empty(); }));  // closed, then forgotten
+  auto h = pool.acquire(connpool::host("localhost", server.endpoint().port()));
+  std::map<std::string, double> m;
+  const std::string text = metrics.text(pool);
+  REQUIRE_NOTHROW(m = parse_exposition(text));
+  CHECK(m.at("connpool_connections_created_total{endpoint=\"(forgotten)\",}") == 1);
+  CHECK(m.at("connpool_connections_closed_total{endpoint=\"(forgotten)\",reason=\"idle_timeout\",}") == 1);
+  const std::string backend = "backend=\"localhost:" + std::to_string(server.endpoint().port()) + "\",";
+  CHECK(m.at("connpool_connections{" + backend + "state=\"leased\",}") == 1);
+  // No listener: the histograms are empty.
+  CHECK(m.at("connpool_acquire_seconds_count{}") == 0);
+}
+
+TEST_CASE("metrics: the strict reader refuses what the format forbids") {
+  CHECK_THROWS(parse_exposition("x_total{a=\"1\"} 1\n"));  // no family
+  CHECK_THROWS(parse_exposition("# HELP x_total h\n# TYPE x_total counter\nx_total{a=\"1\\t\"} 1\n"));  // bad escape
+  CHECK_THROWS(parse_exposition("# HELP x h\n# TYPE x counter\nx 1\n"));  // counter without _total
+  CHECK_THROWS(parse_exposition("# HELP x_total h\n# TYPE x_total counter\nx_total 1\nx_total 2\n"));  // twice
+  CHECK_NOTHROW(parse_exposition("# HELP x_total h\n# TYPE x_total counter\nx_total{a=\"\\\"q\\\\\"} 1\n"));
 }

@@ -3,6 +3,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <system_error>
 #include <thread>
 #include <type_traits>
@@ -169,6 +170,27 @@ class basic_pool {
   /// to lookups that start after the call.
   void set_resolver(resolver r);
   ///@}
+
+  /// One endpoint's gauges and counters, in a snapshot().
+  struct endpoint_stats {
+    endpoint_type endpoint{};     ///< the endpoint (default-constructed for a named backend)
+    std::optional<host> backend;  ///< the named backend, or none
+    pool_stats stats;             ///< its gauges and counters
+  };
+  /// Every endpoint and named backend the pool has now, and the counters of those it forgot
+  /// (endpoint_grace), from one instant: their sum is stats().
+  struct stats_snapshot {
+    std::vector<endpoint_stats> endpoints;  ///< in no particular order
+    pool_stats forgotten;                   ///< counters of forgotten endpoints (gauges zero)
+    /// The sum of all: what stats() returns.
+    pool_stats total() const {
+      pool_stats t = forgotten;
+      for (const auto& e : endpoints) t += e.stats;
+      return t;
+    }
+  };
+  /// Per-endpoint stats, for metrics (connpool/metrics.hpp). O(endpoints), under the lock once.
+  stats_snapshot snapshot() const;
 
   /// Totals across endpoints.
   pool_stats stats() const;

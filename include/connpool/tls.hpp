@@ -135,6 +135,12 @@ class basic_tls_pool {
   pool_stats stats(const endpoint_type& ep) const { return pool_.stats(ep); }
   /// One named backend.
   pool_stats stats(const host& h) const { return pool_.stats(h); }
+  /// As basic_pool::snapshot().
+  using stats_snapshot = typename tcp_pool_type::stats_snapshot;
+  /// As basic_pool::snapshot(): per-endpoint stats, for metrics (connpool/metrics.hpp).
+  stats_snapshot snapshot() const { return pool_.snapshot(); }
+  /// As basic_pool::last_connect_error().
+  error_code last_connect_error(const endpoint_type& ep) const { return pool_.last_connect_error(ep); }
   /// As basic_pool::close(): idle connections close (with close_notify, if retire_close is graceful).
   void close() { pool_.close(); }
   /// The executor the pool's background work runs on.
@@ -147,6 +153,8 @@ class basic_tls_pool {
   void set_resolver(typename tcp_pool_type::resolver r) { pool_.set_resolver(std::move(r)); }
   /// An event (connpool/events.hpp): connect_succeeded includes the handshake.
   using event = typename tcp_pool_type::event;
+  /// As basic_pool::listener.
+  using listener = typename tcp_pool_type::listener;
   /// As basic_pool::set_listener().
   void set_listener(typename tcp_pool_type::listener l) { pool_.set_listener(std::move(l)); }
 

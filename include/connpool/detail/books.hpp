@@ -719,6 +719,13 @@ class books {
     return s;
   }
 
+  /// `f(key, stats)` for every endpoint the books have, then the counters of the forgotten ones.
+  template <class F>
+  const pool_stats& each_stats(F f) const {
+    for (auto& kv : map_) f(kv.first, kv.second->snapshot());
+    return forgotten_;
+  }
+
   template <class K>
   pool_stats stats(const K& k) const noexcept {
     const entry* e = find(k);

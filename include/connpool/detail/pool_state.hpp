@@ -26,6 +26,7 @@
 #include <string>
 #include <type_traits>
 #include <unordered_map>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -571,6 +572,24 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   pool_stats stats(const K& ep) const {
     std::lock_guard<spin_mutex> lk(mu_);
     return books_.stats(ep);
+  }
+
+  /// Every endpoint's stats (`out(endpoint, backend or null, stats)`), taken under one lock, and
+  /// the counters of forgotten endpoints (returned).
+  template <class F>
+  pool_stats each_stats(F out) const {
+    std::vector<std::tuple<endpoint_type, const host*, pool_stats>> all;
+    pool_stats forgotten;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      all.reserve(books_.endpoint_count());
+      forgotten = books_.each_stats([&](const key_type& k, const pool_stats& st) {
+        const host* h = k.name ? &static_cast<const backend*>(k.name)->name : nullptr;
+        all.emplace_back(h ? endpoint_type{} : k.ep, h, st);
+      });
+    }
+    for (auto& [ep, h, st] : all) out(ep, h, st);
+    return forgotten;
   }
 
   /// The last failed connect's error while the endpoint (or backend) is in its connect backoff

@@ -239,6 +239,19 @@ pool_stats basic_pool<Protocol, Executor>::stats(const endpoint_type& ep) const 
 }
 
 template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::stats_snapshot basic_pool<Protocol, Executor>::snapshot() const {
+  stats_snapshot out;
+  out.forgotten = state_->each_stats([&](const endpoint_type& ep, const host* h, const pool_stats& st) {
+    endpoint_stats e;
+    e.endpoint = ep;
+    if (h) e.backend = *h;
+    e.stats = st;
+    out.endpoints.push_back(std::move(e));
+  });
+  return out;
+}
+
+template <class Protocol, class Executor>
 error_code basic_pool<Protocol, Executor>::last_connect_error(const endpoint_type& ep) const {
   return state_->last_connect_error(ep);
 }
