@@ -917,12 +917,27 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   template <class W = waiter_node>
   grant replace(connection& c, probe_result r, bool idle_only, W* w = nullptr) {
     section s(*this);
-    grant g = books_.replace(*c.node, r, idle_only, coarse_now(), s.dead, w);
-    if (w && w->queued()) g = queued_again(*w);
+    grant g;
+    try {
+      g = books_.replace(*c.node, r, idle_only, coarse_now(), s.dead, w);
+      if (w && w->queued()) g = queued_again(*w);
+      rearm();
+    } catch (...) {
+      if (w) unqueue(*w);  // out of memory: the waiter (a local, or an op about to die) must not stay queued
+      throw;
+    }
     s.lease_ended();
-    rearm();
     return g;
   }
+
+  void unqueue(sync_waiter& w) noexcept {
+    if (w.queued()) books_.leave(w, /*timed_out=*/false, coarse_now());
+  }
+  void unqueue(async_op& op) noexcept {
+    if (op.queued()) books_.leave(op, /*timed_out=*/false, coarse_now());
+    op.keep_alive.reset();
+  }
+  static void unqueue(waiter_node&) noexcept {}
 
   /// Under the lock: a sync acquire that replace() queued waits again (finish()).
   grant queued_again(sync_waiter& w) noexcept {
@@ -932,9 +947,15 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     g.waiting = true;
     return g;
   }
-  /// Under the lock: an async acquire that replace() queued waits again, with its deadline.
+  /// Under the lock: an async acquire that replace() queued waits again, with its deadline; or,
+  /// cancelled meanwhile (between its grant and now), ends with operation_aborted.
   grant queued_again(async_op& op) {
     grant g;
+    if (op.cancel_requested) {
+      books_.leave(op, /*timed_out=*/false, coarse_now());
+      g.ec = net::error::operation_aborted;
+      return g;
+    }
     op.waited = true;
     try {
       if (op.deadline != never) {
@@ -982,9 +1003,15 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   grant check_failed(connection& c, error_code ec, probe_result r, W* w) {
     section s(*this);
     const close_reason why = !ec ? reason_of(r) : close_reason::validation_failed;
-    grant g = books_.replace(*c.node, why, ec ? close_mode::abortive : close_mode::graceful, false, coarse_now(),
-                             s.dead, w);
-    if (w->queued()) g = queued_again(*w);
+    grant g;
+    try {
+      g = books_.replace(*c.node, why, ec ? close_mode::abortive : close_mode::graceful, false, coarse_now(), s.dead,
+                         w);
+      if (w->queued()) g = queued_again(*w);
+    } catch (...) {
+      unqueue(*w);
+      throw;
+    }
     s.lease_ended();
     rearm();
     return g;
@@ -1708,8 +1735,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     sync_waiter w(&e);  // if a replacement has to wait (at the connect limit)
     for (;;) {
       if (first && g.conn && *first != probe_result::healthy) g = replace(*as_connection(g.conn), *first, false, &w);
+      if (!first || *first != probe_result::healthy) g = probed(g, false, &w);  // else probed just now
       first = nullptr;
-      g = probed(g, false, &w);
       if (g.waiting) {
         if (!wait_again(w, deadline, ec)) return nullptr;
         g = w.result;
@@ -1895,19 +1922,22 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       return nullptr;
     }
     if (!ec) {
+      const std::uint32_t fails = e.fails;
       try {
-        const std::uint32_t fails = e.fails;
         c->node = books_.connected(e, c.get(), now, s.dead);
+      } catch (const std::bad_alloc&) {
+        ec = net::error::no_memory;  // the books unchanged: the slot is given back below
+      }
+      if (c->node) {  // committed: nothing below may undo it
         oc.recovered = fails != 0;
         oc.fails = fails;
         // Its address left the set while it connected: it closes when its lease ends. (resolved()
         // marks addresses under this lock, so none is missed between.)
         if (c->addr && c->addr->removed.load(std::memory_order_relaxed)) c->node->seen = probe_result::address_removed;
         c->watched = watching_ && watch_.add(c->socket.native_handle(), c->node->id);
+        connection* out = c.release();
         rearm();
-        return c.release();
-      } catch (const std::bad_alloc&) {
-        ec = net::error::no_memory;
+        return out;
       }
     }
     const std::uint32_t before = e.fails;
@@ -2349,7 +2379,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (when == never || books_.closed() || (timer_armed_ && timer_at_ <= when)) return;
     const pool_options& o = options();
     std::chrono::milliseconds shortest = o.idle_timeout;
-    for (auto d : {o.max_lifetime, o.endpoint_grace, o.ping_interval})
+    for (auto d : {o.max_lifetime, o.endpoint_grace, o.ping_interval, o.connect_backoff})
       if (d.count() > 0 && (shortest.count() <= 0 || d < shortest)) shortest = d;
     const auto slack = std::min<std::chrono::milliseconds>(shortest / 32, std::chrono::seconds(1));
     timer_at_ = when;
