@@ -914,7 +914,7 @@ class fuzz_run {
       slots_.push_back(e);
     }
   }
-  void probe_and_keep(d::conn_node* c, bool idle_only) { take(c->ep, d::grant{c, false, {}}, idle_only); }
+  void probe_and_keep(d::conn_node* c, bool idle_only) { take(c->ep, d::grant{c, false, false, {}}, idle_only); }
 
   /// Deliver grants (FIFO checked), then close what was retired.
   void settle() {

@@ -817,6 +817,25 @@ TEST_CASE("overload: an acquire whose idle connection fails its check waits at m
     CHECK_FALSE(ec);
     CHECK_FALSE(reused);
   }
+  SUBCASE("sync, the probe fails (stray bytes; no check)") {
+    pool.set_health_check(nullptr);
+    server.send_all("x");  // the idle connection now holds a byte nobody asked for
+    auto a = std::async(std::launch::async, [&] {
+      connpool::error_code ec;
+      auto l = pool.acquire(ep, ec);
+      return std::make_pair(ec, l.reused());
+    });
+    CHECK(eventually([&] {
+      const auto s = pool.stats();
+      return s.unexpected_data == 1 && s.waiting == 1 && s.connecting == 1;
+    }));
+    auto [ec, reused] = a.get();
+    CHECK_FALSE(ec);
+    CHECK_FALSE(reused);
+    CHECK_FALSE(other.get());
+    CHECK(pool.stats().created == 3);
+    return;
+  }
   SUBCASE("async") {
     pool.async_acquire(ep, [&](connpool::error_code ec, tcp_pool::lease l) { got.set_value({ec, l.reused()}); });
     CHECK(eventually(waiting));

@@ -107,8 +107,8 @@ static_assert(offsetof(conn_node, expires) == 64, "the hot fields of a connectio
 struct grant {
   conn_node* conn = nullptr;
   bool slot = false;
-  error_code ec;
   bool waiting = false;  // none of these: the acquire was queued again (the I/O layer sets it)
+  error_code ec;
   explicit operator bool() const noexcept { return conn || slot || ec; }
 };
 
@@ -184,14 +184,14 @@ class books {
   books(const pool_options& o, std::uint64_t seed)
       : max_idle_per_endpoint_(o.max_idle_per_endpoint),
         max_uses_(o.max_uses),
-        max_connecting_(o.max_connecting_per_endpoint),
-        backoff_(span(o.connect_backoff)),
-        backoff_max_(span(o.connect_backoff_max)),
         idle_timeout_(span(o.idle_timeout)),
         ping_interval_(span(o.ping_interval)),
         validate_after_idle_(span(o.validate_after_idle)),
         max_lifetime_(span(o.max_lifetime)),
         endpoint_grace_(span(o.endpoint_grace)),
+        max_connecting_(o.max_connecting_per_endpoint),
+        backoff_(span(o.connect_backoff)),
+        backoff_max_(span(o.connect_backoff_max)),
         opts_(o),
         rng_(static_cast<std::minstd_rand::result_type>(seed)) {}
   books(const books&) = delete;
@@ -546,7 +546,7 @@ class books {
       set_state(c, conn_state::leased);
       ++e.idle_taken;
       c.idle_since = now;
-      hand(*w, grant{&c, false, {}});
+      hand(*w, grant{&c, false, false, {}});
       return;
     }
     if (pinging_) pingq_.push_back(&c);
@@ -570,7 +570,7 @@ class books {
     } else if (waiter_node* w = e.waiters.front()) {
       ++e.idle_taken;  // handed over as an idle connection, probed by the waiter
       c.idle_since = idle_since;  // after a release, now: not checked for its idle time
-      hand(*w, grant{&c, false, {}});
+      hand(*w, grant{&c, false, false, {}});
       return 0;
     } else {
       c.idle_since = idle_since;
@@ -1115,17 +1115,19 @@ class books {
   std::uint32_t stamps_ = 0;
   const std::size_t max_idle_per_endpoint_;
   const std::size_t max_uses_;
-  const std::size_t max_connecting_;
-  const clock::duration backoff_, backoff_max_;
   bool pinging_ = false;
   std::size_t pinged_ = 0;  // connections whose background check runs
   const clock::duration idle_timeout_, ping_interval_, validate_after_idle_, max_lifetime_, endpoint_grace_;
   ilist<conn_node, &conn_node::all_link> all_idle_;  // front: least recently released
   iheap<ep_node, &ep_node::room_pos, by_oldest_waiter> room_;
-  iheap<ep_node, &ep_node::hold_pos, by_retry_at> holds_;  // endpoints in a connect backoff
   iheap<conn_node, &conn_node::heap_pos, by_expiry> lifetimes_;
   ilist<ep_node, &ep_node::empty_link> unused_;  // endpoints to forget, in the order they became unused
   ilist<conn_node, &conn_node::ping_link> pingq_;  // idle, not being checked, by ping_key (with ping_interval)
+
+  // Read only on the slow paths (a connect, a refusal).
+  const std::size_t max_connecting_;
+  const clock::duration backoff_, backoff_max_;
+  iheap<ep_node, &ep_node::hold_pos, by_retry_at> holds_;  // endpoints in a connect backoff
 
   const pool_options opts_;
   std::minstd_rand rng_;

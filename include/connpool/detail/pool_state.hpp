@@ -363,12 +363,16 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (e && e->waiters.empty()) c = take_mine_or_mru(*e);
     }
     if (c) {
-      const probe_result r = probe_conn(*c);
-      if (r == probe_result::healthy && !check_on_.load(std::memory_order_relaxed)) {
+      ep_node* e = c->node->ep;
+      const grant g = probed(grant{c->node, false, false, {}}, false);
+      if (g.conn && !check_on_.load(std::memory_order_relaxed)) {
         reused = true;
-        return c;
+        return as_connection(g.conn);
       }
-      return finish(*c->node->ep, grant{c->node, false, {}}, unset, reused, ec, &r);
+      // Nothing granted: its replacement is at max_connecting_per_endpoint. It waits as a new
+      // acquire would, looked up by its key again (the entry may have gone since).
+      if (!g) return acquire_wait(ep, reused, ec);
+      return finish(*e, g, unset, reused, ec);
     }
     return acquire_wait(ep, reused, ec);
   }
@@ -391,7 +395,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       }
     }
     if (!c) return nullptr;
-    c = as_connection(probed(grant{c->node, false, {}}, /*idle_only=*/true).conn);
+    c = as_connection(probed(grant{c->node, false, false, {}}, /*idle_only=*/true).conn);
     // A replacement for one that failed its probe may need its check: left for an acquire.
     if (c && check_on_.load(std::memory_order_relaxed) && check_for(*c)) {
       put_back(*c, /*unchecked=*/false, /*timed_out=*/false);
@@ -1105,7 +1109,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       return op.finish({}, c, true);
     }
     if (ec == net::error::operation_aborted && rc->aborted) {  // the acquire's own cancellation
-      abandon(*op.ep, grant{c->node, false, {}});
+      abandon(*op.ep, grant{c->node, false, false, {}});
       return op.finish(ec, nullptr, false);
     }
     const grant g = check_failed(*c, ec, r, &op);
@@ -1729,14 +1733,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// `e`: the endpoint the grant is for (a slot pins it). `deadline`: the acquire's, or `unset` if
   /// it has not been needed yet.
-  /// `first`: the fast path's probe of `g.conn`, made already.
-  CONNPOOL_COLD connection* finish(ep_node& e, grant g, time_point deadline, bool& reused, error_code& ec,
-                                   const probe_result* first = nullptr) {
+  CONNPOOL_COLD connection* finish(ep_node& e, grant g, time_point deadline, bool& reused, error_code& ec) {
     sync_waiter w(&e);  // if a replacement has to wait (at the connect limit)
     for (;;) {
-      if (first && g.conn && *first != probe_result::healthy) g = replace(*as_connection(g.conn), *first, false, &w);
-      if (!first || *first != probe_result::healthy) g = probed(g, false, &w);  // else probed just now
-      first = nullptr;
+      g = probed(g, false, &w);
       if (g.waiting) {
         if (!wait_again(w, deadline, ec)) return nullptr;
         g = w.result;

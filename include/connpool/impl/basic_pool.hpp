@@ -54,15 +54,20 @@ basic_pool<Protocol, Executor>::~basic_pool() {
     thread_.join();
 }
 
+namespace detail {
+/// The throwing acquire's exception: `what`, and for endpoint_unavailable the last connect error.
+[[noreturn]] inline void throw_acquire_error(const error_code& ec, const std::string& what, const error_code& last) {
+  if (ec == error::endpoint_unavailable && last)
+    throw system_error(ec, what + " (last connect error: " + last.message() + ")");
+  throw system_error(ec, what);
+}
+}  // namespace detail
+
 template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const endpoint_type& ep) {
   error_code ec;
   lease l = acquire(ep, ec);
-  if (ec == error::endpoint_unavailable) {
-    if (const error_code last = state_->last_connect_error(ep))
-      throw system_error(ec, "connpool acquire (last connect error: " + last.message() + ")");
-  }
-  if (ec) throw system_error(ec, "connpool acquire");
+  if (ec) detail::throw_acquire_error(ec, "connpool acquire", state_->last_connect_error(ep));
   return l;
 }
 
@@ -152,12 +157,7 @@ template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const host& h) {
   error_code ec;
   lease l = acquire(h, ec);
-  if (ec == error::endpoint_unavailable) {
-    if (const error_code last = last_connect_error(h))
-      throw system_error(ec, "connpool acquire " + h.name + ":" + h.service + " (last connect error: " +
-                                 last.message() + ")");
-  }
-  if (ec) throw system_error(ec, "connpool acquire " + h.name + ":" + h.service);
+  if (ec) detail::throw_acquire_error(ec, "connpool acquire " + h.name + ":" + h.service, last_connect_error(h));
   return l;
 }
 
