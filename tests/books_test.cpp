@@ -451,7 +451,7 @@ TEST_CASE("books: connect backoff: refused at once while it holds, waiters faile
   CHECK_FALSE(f.acquire(1, t0));
   f.b.enqueue(w);
   // The first failure: a backoff of at most 100 ms; the waiter stays while a connect is in flight.
-  const connpool::error_code refused = std::make_error_code(std::errc::connection_refused);
+  const connpool::error_code refused = connpool::error::connect_timeout;  // the error the I/O layer reports
   const auto first = f.b.connect_failed(e, refused, t0, f.dead);
   CHECK(first <= d::clock::duration(100ms));
   CHECK(e.holding);

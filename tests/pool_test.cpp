@@ -893,7 +893,7 @@ TEST_CASE("overload: connect backoff: a refused endpoint fails acquires at once 
       if (e.code() == connpool::error::endpoint_unavailable) what = e.what();
     }
   }
-  CHECK(what.find(net::error_code(net::error::connection_refused).message()) != std::string::npos);
+  CHECK(what.find(connpool::error_code(net::error::connection_refused).message()) != std::string::npos);
   // The server comes back at the same port: after the backoff, a trial connect gets through, and
   // ends the backoff.
   std::unique_ptr<test::echo_server> back;

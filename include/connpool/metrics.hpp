@@ -70,6 +70,7 @@ class fixed_histogram {
     sum_ns_.fetch_add(static_cast<std::uint64_t>(d.count() > 0 ? d.count() : 0), std::memory_order_relaxed);
   }
 
+  /// The upper bounds, in seconds.
   const std::array<double, N>& bounds() const noexcept { return bounds_; }
   /// Observations in bucket `i` alone (not cumulative); `i == N` is the +Inf bucket.
   std::uint64_t bucket(std::size_t i) const noexcept { return counts_[i].load(std::memory_order_relaxed); }
@@ -88,8 +89,8 @@ class fixed_histogram {
 template <class Pool>
 class basic_pool_metrics {
  public:
-  using pool_type = Pool;
-  using event = typename Pool::event;
+  using pool_type = Pool;               ///< the pool type
+  using event = typename Pool::event;  ///< what its listener is told
   /// Label name and value, added to every series (e.g. {"pool", "cache"}).
   using label = std::pair<std::string, std::string>;
 
