@@ -2,6 +2,7 @@
 // retiring, leases, shutdown, errors.
 #include <doctest/doctest.h>
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <signal.h>
@@ -800,6 +801,7 @@ TEST_CASE("overload: an acquire whose idle connection fails its check waits at m
   pool.set_health_check([](tcp_pool::socket_type&, const tcp_pool::endpoint_type&, tcp_pool::setup_done done) {
     done(net::error::connection_reset);  // every check fails
   });
+  const int first_fd = first.socket().native_handle();
   first.release();  // idle: the next acquire takes it, checks it, closes it
   std::promise<std::pair<connpool::error_code, bool>> got;
   auto waiting = [&] {
@@ -819,7 +821,10 @@ TEST_CASE("overload: an acquire whose idle connection fails its check waits at m
   }
   SUBCASE("sync, the probe fails (stray bytes; no check)") {
     pool.set_health_check(nullptr);
+    REQUIRE(server.wait_accepted(1));
     server.send_all("x");  // the idle connection now holds a byte nobody asked for
+    pollfd p{first_fd, POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 5000) == 1);  // arrived (loopback may deliver it a moment later)
     auto a = std::async(std::launch::async, [&] {
       connpool::error_code ec;
       auto l = pool.acquire(ep, ec);
