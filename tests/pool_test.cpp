@@ -1154,6 +1154,172 @@ TEST_CASE("shutdown: close() closes idle, fails waiters and later acquires; leas
   CHECK(eventually([&] { return server.counts().live == 0; }));
 }
 
+TEST_CASE("drain: closes idle and waits for the leases out; a second drain and later acquires see it closed") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto ep = server.endpoint();
+  tcp_pool pool(quick());
+  auto out = pool.acquire(ep);
+  pool.acquire(ep).release();  // one idle, one leased
+  REQUIRE(pool.stats().idle == 1);
+  std::promise<bool> returned;
+  std::thread t([&] {
+    // The drain began once its close() has closed the idle connection; then the lease comes back.
+    const bool began = eventually([&] { return pool.stats().idle == 0; }, 5000ms);
+    CHECK(test::roundtrip(out, "last") == "last");  // a lease goes on working while the pool drains
+    out.release();
+    returned.set_value(began);
+  });
+  const std::size_t cut = pool.drain(10s);
+  t.join();
+  CHECK(returned.get_future().get());
+  CHECK(cut == 0);
+  const auto st = pool.stats();
+  CHECK(st.idle == 0);
+  CHECK(st.leased == 0);
+  CHECK(st.pool_closed == 2);  // the idle one at the start, the leased one when it came back
+  CHECK(server.counts().accepted == 2);
+  CHECK(eventually([&] { return server.counts().eof == 2; }));  // both closed gracefully
+  CHECK(pool.drain(10s) == 0);  // nothing leased: at once
+  connpool::error_code ec;
+  CHECK_FALSE(pool.acquire(ep, ec));
+  CHECK(ec == connpool::error::pool_closed);
+}
+
+TEST_CASE("drain: at the deadline a lease still out is cut with a FIN; its blocked read returns; its lease closes it") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto ep = server.endpoint();
+  tcp_pool pool(quick());
+  auto held = pool.acquire(ep);
+  CHECK(test::roundtrip(held, "x") == "x");
+  std::promise<connpool::error_code> read_end;
+  std::thread t([&] {
+    char c = 0;
+    connpool::error_code ec;
+    held->read_some(net::buffer(&c, 1), ec);  // the server sends nothing: blocks until the cut
+    read_end.set_value(ec);
+  });
+  CHECK(pool.drain(50ms) == 1);
+  auto f = read_end.get_future();
+  const bool returned = f.wait_for(5s) == std::future_status::ready;
+  if (!returned) ::shutdown(held->native_handle(), SHUT_RDWR);  // unblock it, to fail and not hang
+  t.join();
+  REQUIRE(returned);
+  CHECK(f.get() == net::error::eof);
+  CHECK(eventually([&] { return server.counts().eof == 1; }));  // the server saw our FIN
+  CHECK(pool.stats().leased == 1);  // the descriptor is still the lease's
+  held.release();
+  CHECK_FALSE(held);
+  CHECK(pool.stats().leased == 0);
+  CHECK(pool.stats().pool_closed == 1);
+  CHECK(pool.drain(0ms) == 0);
+}
+
+TEST_CASE("drain: with abortive retire_close the cut is an RST: the peer sees a reset, no TIME_WAIT is left") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto ep = server.endpoint();
+  auto o = quick();
+  o.retire_close = connpool::close_mode::abortive;
+  tcp_pool pool(o);
+  auto held = pool.acquire(ep);
+  CHECK(test::roundtrip(held, "x") == "x");
+  const std::size_t time_wait_before = test::client_sockets(ep, connpool::diag::tcp_state::time_wait);
+  CHECK(pool.drain(0ms) == 1);  // a deadline already passed: cut at once
+  CHECK(eventually([&] { return server.counts().reset == 1; }));
+  connpool::error_code ec;
+  const char c = 'y';
+  held->write_some(net::buffer(&c, 1), ec);
+  CHECK(ec);  // the connection is gone: the write fails
+  held.release();
+  CHECK(pool.stats().pool_closed == 1);
+  CHECK(test::client_sockets(ep, connpool::diag::tcp_state::time_wait) == time_wait_before);
+}
+
+TEST_CASE("async_drain: completes when the last lease comes back, fails waiters, cuts at its deadline") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto ep = server.endpoint();
+  auto o = quick();
+  o.max_per_endpoint = 1;
+  net::io_context io;
+  auto run_until = [&](const bool& flag) {
+    const auto end = std::chrono::steady_clock::now() + 5s;
+    while (!flag && std::chrono::steady_clock::now() < end) {
+      if (io.stopped()) io.restart();  // it ran out of work earlier
+      io.run_one_for(100ms);
+    }
+    return flag;
+  };
+  {
+    tcp_pool pool(io, o);
+    auto held = pool.acquire(ep);
+    bool waiter_done = false;
+    connpool::error_code waiter_ec;
+    pool.async_acquire(ep, [&](connpool::error_code ec, tcp_pool::lease) {
+      waiter_ec = ec;
+      waiter_done = true;
+    });
+    io.poll();
+    REQUIRE(pool.stats().waiting == 1);
+    bool done = false;
+    connpool::error_code drain_ec = connpool::error::acquire_timeout;
+    std::size_t cut = 99;
+    pool.async_drain(10s, [&](connpool::error_code ec, std::size_t n) {
+      drain_ec = ec;
+      cut = n;
+      done = true;
+    });
+    CHECK_FALSE(done);  // never inside the call
+    REQUIRE(run_until(waiter_done));
+    CHECK(waiter_ec == connpool::error::pool_closed);
+    io.poll();
+    CHECK_FALSE(done);  // a lease is still out
+    held.release();
+    REQUIRE(run_until(done));
+    CHECK_FALSE(drain_ec);
+    CHECK(cut == 0);
+    CHECK(pool.stats().leased == 0);
+  }
+  {
+    tcp_pool pool(io, quick());
+    auto held = pool.acquire(ep);
+    bool done = false;
+    std::size_t cut = 0;
+    pool.async_drain(std::chrono::steady_clock::now() + 20ms, [&](connpool::error_code ec, std::size_t n) {
+      CHECK_FALSE(ec);
+      cut = n;
+      done = true;
+    });
+    REQUIRE(run_until(done));
+    CHECK(cut == 1);
+    char c = 0;
+    connpool::error_code ec;
+    held->read_some(net::buffer(&c, 1), ec);
+    CHECK(ec == net::error::eof);
+  }
+  {
+    // The pool object goes away first: the drain ends with operation_aborted, and nothing is cut.
+    tcp_pool::lease survivor;
+    bool done = false;
+    connpool::error_code drain_ec;
+    {
+      tcp_pool pool(io, quick());
+      survivor = pool.acquire(ep);
+      pool.async_drain(1h, [&](connpool::error_code ec, std::size_t) {
+        drain_ec = ec;
+        done = true;
+      });
+    }
+    REQUIRE(run_until(done));
+    CHECK(drain_ec == net::error::operation_aborted);
+    CHECK(test::roundtrip(survivor, "alive") == "alive");
+  }
+  io.restart();
+  io.poll();  // what the pools left on the context
+}
+
 TEST_CASE("leases outlive the pool: the pool's state lives until the last one comes back, then is freed") {
   test::fd_guard fds;  // the pool's own descriptors (its contexts, its epoll set) must be gone at the end
   test::echo_server server(test::loopback());

@@ -1,6 +1,8 @@
 #ifndef CONNPOOL_BASIC_POOL_HPP
 #define CONNPOOL_BASIC_POOL_HPP
 
+#include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -206,6 +208,37 @@ class basic_pool {
   /// error::pool_closed. Leased connections close when they come back. Idempotent.
   void close();
 
+  /// \name Draining: graceful shutdown (a service's SIGTERM)
+  /// close() (no more hand-outs; waiting acquires, connects in flight and every later acquire fail
+  /// with error::pool_closed; idle connections close), then wait until every lease has come back
+  /// and its connection is closed, or until the deadline. At the deadline, the connections still
+  /// leased are cut as options().retire_close says, but their descriptors stay with their leases,
+  /// which close them when they end:
+  /// - graceful: shutdown of both directions, a FIN; the holder's reads see EOF, its writes fail;
+  /// - abortive (TCP): an RST at once (Linux's connect(AF_UNSPEC)), no TIME_WAIT; its reads and
+  ///   writes fail.
+  /// A read or write blocked on a cut connection in another thread returns. The result is the
+  /// number of leases cut: 0 when all came back in time. A deadline already passed cuts at once.
+  /// Any number of drains may wait at once; close() before is fine.
+  ///@{
+
+  /// Drain, waiting on the calling thread (it needs no executor: a default-constructed pool's own
+  /// thread may call it, but an asynchronous acquire granted and not yet delivered there counts as
+  /// leased until the deadline).
+  std::size_t drain(std::chrono::steady_clock::time_point deadline);
+  /// As above, with the deadline `timeout` from now.
+  std::size_t drain(std::chrono::steady_clock::duration timeout);
+  /// Drain asynchronously. Completion signature: void(error_code, std::size_t cut), on the
+  /// handler's associated executor, else the pool's; never inside this call. The error is none,
+  /// or net::error::operation_aborted when the pool object is destroyed first (nothing is cut
+  /// then: leases may outlive the pool). The deadline runs on the pool's executor.
+  template <class Token>
+  auto async_drain(std::chrono::steady_clock::time_point deadline, Token&& token);
+  /// As above, with the deadline `timeout` from now.
+  template <class Token>
+  auto async_drain(std::chrono::steady_clock::duration timeout, Token&& token);
+  ///@}
+
   /// The executor the pool's background work runs on.
   executor_type get_executor() const;
 
@@ -305,6 +338,9 @@ class basic_pool {
   struct initiate_acquire_named;
   template <class Handler, class Lease = lease>
   struct completion_impl;
+  template <class Handler>
+  struct drain_completion_impl;
+  struct initiate_drain;
 
   basic_pool(std::unique_ptr<net::io_context> own, pool_options options);
   static typename state_type::setup_step as_step(setup_step step);

@@ -143,6 +143,21 @@ class basic_tls_pool {
   error_code last_connect_error(const endpoint_type& ep) const { return pool_.last_connect_error(ep); }
   /// As basic_pool::close(): idle connections close (with close_notify, if retire_close is graceful).
   void close() { pool_.close(); }
+  /// As basic_pool::drain(): connections cut at the deadline get no close_notify (their leases
+  /// may be writing).
+  std::size_t drain(std::chrono::steady_clock::time_point deadline) { return pool_.drain(deadline); }
+  /// As basic_pool::drain(), with the deadline `timeout` from now.
+  std::size_t drain(std::chrono::steady_clock::duration timeout) { return pool_.drain(timeout); }
+  /// As basic_pool::async_drain().
+  template <class Token>
+  auto async_drain(std::chrono::steady_clock::time_point deadline, Token&& token) {
+    return pool_.async_drain(deadline, std::forward<Token>(token));
+  }
+  /// As basic_pool::async_drain(), with the deadline `timeout` from now.
+  template <class Token>
+  auto async_drain(std::chrono::steady_clock::duration timeout, Token&& token) {
+    return pool_.async_drain(timeout, std::forward<Token>(token));
+  }
   /// The executor the pool's background work runs on.
   executor_type get_executor() const { return pool_.get_executor(); }
   /// The options the pool was constructed with.

@@ -694,6 +694,19 @@ class books {
 
   // ------------------------------------------------------------------------------- closing
 
+  /// Calls `f(payload)` for every leased connection; returns how many. O(connections of the pool):
+  /// for drain()'s deadline, once.
+  template <class F>
+  std::size_t each_leased(F f) const {
+    std::size_t n = 0;
+    for (const auto& kv : registry_) {
+      if (kv.second->state != conn_state::leased) continue;
+      f(kv.second->payload);
+      ++n;
+    }
+    return n;
+  }
+
   /// Close the pool: every idle connection is retired (retire_close), every waiter fails with
   /// pool_closed; connections still leased close when they come back.
   void close(time_point now, graveyard& dead) {

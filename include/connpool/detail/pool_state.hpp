@@ -547,7 +547,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// section::lease_ended()).
   void orphan() {
     std::lock_guard<spin_mutex> lk(mu_);
-    if (books_.leased_total()) anchor_ = this->shared_from_this();
+    if (books_.leased_total()) {
+      anchor_ = this->shared_from_this();
+      watch_zero_ = true;
+    }
   }
 
   // ---------------------------------------------------------------- shutdown and stats
@@ -565,6 +568,106 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     error_code ignored;
     timer_.cancel();
     if (watch_desc_.is_open()) watch_desc_.cancel(ignored);
+  }
+
+  // ---------------------------------------------------------------- draining
+
+  /// What waits for the last lease to come back (drain()). Listed in drains_ under the lock; taken
+  /// off it under the lock by exactly one of: the last lease's end, the deadline, the pool's
+  /// destruction, which then ends it outside the lock.
+  struct drain_watch {
+    virtual ~drain_watch() = default;
+    /// Taken off the list (under the lock): stop what would end it otherwise.
+    virtual void stop() noexcept {}
+    /// Every lease came back and its connection is closed (no error), or the pool object went
+    /// away (operation_aborted). Outside the lock.
+    virtual void end(error_code ec) noexcept = 0;
+  };
+
+  /// An asynchronous drain's completion: (error, leases cut at the deadline).
+  struct drain_completion {
+    virtual ~drain_completion() = default;
+    virtual void complete(error_code ec, std::size_t cut) = 0;
+  };
+
+  /// close(), then wait until no connection is leased or `deadline` passes; at the deadline, cut
+  /// the connections still leased (cut_leased()). Returns how many were cut. Needs no executor.
+  std::size_t drain(time_point deadline) {
+    struct waiter final : drain_watch {
+      void end(error_code) noexcept override {
+        std::lock_guard<std::mutex> lk(m);
+        done = true;
+        cv.notify_all();
+      }
+      std::mutex m;
+      std::condition_variable cv;
+      bool done = false;
+    };
+    close();
+    auto w = std::make_shared<waiter>();
+    if (!watch_drain(w)) return 0;
+    {
+      std::unique_lock<std::mutex> lk(w->m);
+      if (deadline == never) w->cv.wait(lk, [&] { return w->done; });
+      else w->cv.wait_until(lk, deadline, [&] { return w->done; });
+      if (w->done) return 0;
+    }
+    std::size_t n = 0;
+    if (cut_leased(*w, n)) return n;
+    // Taken off the list meanwhile: its end is under way (after the last lease's close).
+    std::unique_lock<std::mutex> lk(w->m);
+    w->cv.wait(lk, [&] { return w->done; });
+    return 0;
+  }
+
+  /// As drain(), asynchronously: `h` completes on its executor, never inside this call. The
+  /// deadline runs on the pool's executor.
+  void async_drain(time_point deadline, std::unique_ptr<drain_completion> h) {
+    struct op final : drain_watch, std::enable_shared_from_this<op> {
+      op(std::shared_ptr<pool_state> s, std::unique_ptr<drain_completion> c)
+          : state(std::move(s)), handler(std::move(c)), timer(state->ex_) {}
+      void stop() noexcept override {
+        error_code ignored;
+        timer.cancel(ignored);
+      }
+      void end(error_code ec) noexcept override { finish(ec, 0); }
+      void finish(error_code ec, std::size_t n) noexcept {
+        if (auto c = std::move(handler)) {
+          try {
+            c->complete(ec, n);
+          } catch (...) {
+          }
+        }
+      }
+      std::shared_ptr<pool_state> state;  // a cycle while listed: ended by end() or the deadline
+      std::unique_ptr<drain_completion> handler;
+      timer_type timer;
+    };
+    close();
+    auto o = std::make_shared<op>(this->shared_from_this(), std::move(h));
+    if (deadline != never) {
+      o->timer.expires_at(deadline);
+      o->timer.async_wait([w = std::weak_ptr<op>(o)](error_code ec) {
+        auto me = w.lock();
+        if (!me || ec) return;
+        std::size_t n = 0;
+        if (me->state->cut_leased(*me, n)) me->finish({}, n);
+      });
+    }
+    if (!watch_drain(o)) o->finish({}, 0);
+  }
+
+  /// The pool object is going away: pending drains end with operation_aborted (leases may outlive
+  /// the pool; nothing is cut).
+  void abort_drains() noexcept {
+    std::vector<std::shared_ptr<drain_watch>> all;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      all.swap(drains_);
+      for (auto& w : all) w->stop();
+      watch_zero_ = anchor_ != nullptr;
+    }
+    for (auto& w : all) w->end(net::error::operation_aborted);
   }
 
   pool_stats stats() const {
@@ -748,6 +851,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       if (!dead.empty() && lk_.owns_lock() && s_.events_on()) l = s_.listener_;
       if (lk_.owns_lock()) lk_.unlock();
       bury(dead, l.get());
+      if (last_owner_) s_.fire_drains();  // the last lease ended: its connection is closed now
     }
     section(const section&) = delete;
     section& operator=(const section&) = delete;
@@ -756,10 +860,18 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     /// orphaned and no lease is left, take the state's reference to itself, to drop it after the
     /// lock and the graveyard (connections in the graveyard keep the context their sockets live on).
     void lease_ended() noexcept {
-      if (s_.anchor_ && s_.books_.leased_total() == 0) last_owner_ = std::move(s_.anchor_);
+      if (s_.watch_zero_ && s_.books_.leased_total() == 0) last_lease_ended();
     }
 
    private:
+    /// Hold the state until the section ends: the orphaned pool's own reference, else a new one
+    /// for the drains to end then (fire_drains()).
+    CONNPOOL_COLD void last_lease_ended() noexcept {
+      if (s_.anchor_) last_owner_ = std::move(s_.anchor_);
+      else last_owner_ = s_.weak_from_this().lock();
+      s_.watch_zero_ = false;
+    }
+
     std::shared_ptr<pool_state> last_owner_;  // first: destroyed last
     pool_state& s_;
     std::unique_lock<spin_mutex> lk_;
@@ -767,6 +879,47 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
    public:
     graveyard dead;
   };
+
+  // ---------------------------------------------------------------- draining (private)
+
+  /// List `w` to be ended when the last lease comes back; false (not listed) if none is leased.
+  bool watch_drain(const std::shared_ptr<drain_watch>& w) {
+    section s(*this);
+    if (books_.leased_total() == 0) return false;
+    drains_.push_back(w);
+    watch_zero_ = true;
+    return true;
+  }
+
+  /// The deadline of `w`: if it is still listed, take it off and cut every leased connection as
+  /// retire_close says (socket_ops cut(): their descriptors stay with their leases, which close
+  /// them when they end); `n` is how many. False if `w` was ended meanwhile. The cuts run under the
+  /// lock, so that no lease's end can close a descriptor while it is cut.
+  bool cut_leased(const drain_watch& w, std::size_t& n) {
+    section s(*this);
+    auto it = std::find_if(drains_.begin(), drains_.end(), [&](const auto& p) { return p.get() == &w; });
+    if (it == drains_.end()) return false;
+    drains_.erase(it);
+    watch_zero_ = anchor_ != nullptr || !drains_.empty();
+    const close_mode mode = options().retire_close;
+    constexpr bool tcp = std::is_same_v<Protocol, net::ip::tcp>;
+    n = books_.each_leased([&](void* p) { cut(static_cast<connection*>(p)->socket.native_handle(), mode, tcp); });
+    return true;
+  }
+
+  /// After the last lease's end (section::lease_ended(), once its connection is closed): end the
+  /// drains waiting for it.
+  void fire_drains() noexcept {
+    std::vector<std::shared_ptr<drain_watch>> all;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      if (books_.leased_total() != 0) return;
+      all.swap(drains_);
+      for (auto& w : all) w->stop();
+      watch_zero_ = anchor_ != nullptr;
+    }
+    for (auto& w : all) w->end({});
+  }
 
   // ---------------------------------------------------------------- waiters
 
@@ -2475,6 +2628,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   std::atomic<bool> events_on_{false};                         // listener_ is set: read without the lock
   std::uint64_t next_dial_id_ = 0;
   std::shared_ptr<pool_state> anchor_;  // see orphan()
+  std::vector<std::shared_ptr<drain_watch>> drains_;  // drains waiting for the last lease
+  bool watch_zero_ = false;  // anchor_ or drains_: the last lease's end has work (lease_ended())
 
   timer_type timer_;
 

@@ -126,6 +126,20 @@ void close_socket(Socket& s, close_mode mode, bool peer_gone) noexcept {
   s.close(ignored);
 }
 
+/// End the connection on `fd` without closing the descriptor, which a lease still holds (drain()'s
+/// deadline). Graceful: shutdown(both), a FIN; the holder's reads see EOF, its writes fail.
+/// Abortive, on TCP: connect(AF_UNSPEC), on which Linux sends an RST and drops the connection at
+/// once (no TIME_WAIT; the holder's calls fail); other protocols shut down as for graceful. A
+/// blocked read or write on another thread returns. Errors are ignored (a peer gone already).
+inline void cut(int fd, close_mode mode, bool tcp) noexcept {
+  if (mode == close_mode::abortive && tcp) {
+    sockaddr unspec{};
+    unspec.sa_family = AF_UNSPEC;
+    if (::connect(fd, &unspec, sizeof unspec) == 0) return;
+  }
+  ::shutdown(fd, SHUT_RDWR);
+}
+
 /// Connect a non-blocking socket, waiting until it is connected or `deadline` passes. Returns the
 /// connect's own error (the kernel's ETIMEDOUT included); if the deadline passed first, sets
 /// `deadline_passed` and returns net::error::timed_out. (Asio's synchronous connect waits without

@@ -43,6 +43,7 @@ basic_pool<Protocol, Executor>::basic_pool(const Executor& ex, pool_options opti
 template <class Protocol, class Executor>
 basic_pool<Protocol, Executor>::~basic_pool() {
   state_->close();
+  state_->abort_drains();
   state_->orphan();
   if (!thread_.joinable()) return;
   // close() cancelled the watch, the retire timer and every connect in flight, and failed every
@@ -259,6 +260,54 @@ error_code basic_pool<Protocol, Executor>::last_connect_error(const endpoint_typ
 template <class Protocol, class Executor>
 void basic_pool<Protocol, Executor>::close() {
   state_->close();
+}
+
+template <class Protocol, class Executor>
+std::size_t basic_pool<Protocol, Executor>::drain(std::chrono::steady_clock::time_point deadline) {
+  return state_->drain(deadline);
+}
+
+template <class Protocol, class Executor>
+std::size_t basic_pool<Protocol, Executor>::drain(std::chrono::steady_clock::duration timeout) {
+  return state_->drain(timeout.count() > 0 ? detail::later(detail::clock::now(), timeout) : detail::clock::now());
+}
+
+template <class Protocol, class Executor>
+template <class Handler>
+struct basic_pool<Protocol, Executor>::drain_completion_impl final : state_type::drain_completion {
+  using work_executor = net::associated_executor_t<Handler, Executor>;
+  drain_completion_impl(Handler&& h, const Executor& pool_ex)
+      : handler(std::move(h)), work(net::make_work_guard(net::get_associated_executor(handler, pool_ex))) {}
+  void complete(error_code ec, std::size_t cut) override {
+    auto ex = work.get_executor();
+    net::post(ex, [h = std::move(handler), ec, cut]() mutable { h(ec, cut); });
+    work.reset();
+  }
+  Handler handler;
+  net::executor_work_guard<work_executor> work;
+};
+
+template <class Protocol, class Executor>
+struct basic_pool<Protocol, Executor>::initiate_drain {
+  std::shared_ptr<state_type> state;
+  template <class Handler>
+  void operator()(Handler&& h, std::chrono::steady_clock::time_point deadline) const {
+    using H = std::decay_t<Handler>;
+    state->async_drain(deadline, std::make_unique<drain_completion_impl<H>>(H(std::forward<Handler>(h)), state->executor()));
+  }
+};
+
+template <class Protocol, class Executor>
+template <class Token>
+auto basic_pool<Protocol, Executor>::async_drain(std::chrono::steady_clock::time_point deadline, Token&& token) {
+  return net::async_initiate<Token, void(error_code, std::size_t)>(initiate_drain{state_}, token, deadline);
+}
+
+template <class Protocol, class Executor>
+template <class Token>
+auto basic_pool<Protocol, Executor>::async_drain(std::chrono::steady_clock::duration timeout, Token&& token) {
+  const auto deadline = timeout.count() > 0 ? detail::later(detail::clock::now(), timeout) : detail::clock::now();
+  return async_drain(deadline, std::forward<Token>(token));
 }
 
 template <class Protocol, class Executor>
