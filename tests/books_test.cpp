@@ -409,6 +409,57 @@ TEST_CASE("books: max_uses retires a connection at its last lease; max_waiting_p
   f.b.check_invariants();
 }
 
+TEST_CASE("books: lease_warn_after reports each lease held that long once, in start order, and tells its end apart") {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 4;
+  o.lease_warn_after = 100ms;
+  fixture f(o);
+  CHECK(f.b.watching_leases());
+  auto* a = f.connect(1, t0);
+  auto* b = f.connect(1, t0);
+  auto* c = f.connect(2, t0);
+  f.b.watch_lease(*a, t0);
+  f.b.watch_lease(*b, t0 + 30ms);
+  f.b.watch_lease(*c, t0 + 20ms);  // read from a coarse clock on another thread: kept in order
+  f.b.check_invariants();
+  CHECK(f.b.next_due() == t0 + 100ms);
+  std::vector<d::conn_node*> seen;
+  auto note = [&](d::conn_node& n, d::clock::duration) { seen.push_back(&n); };
+  f.b.overdue(t0 + 99ms, note);
+  CHECK(seen.empty());
+  f.b.overdue(t0 + 100ms, note);
+  CHECK(seen == std::vector<d::conn_node*>{a});
+  CHECK(f.b.stats(1).held_long == 1);
+  CHECK(f.b.stats(1).leases_held_long == 1);
+  CHECK(f.b.next_due() == t0 + 130ms);
+  // `b` ends before its time: never reported, and its end is not a long lease's.
+  CHECK_FALSE(f.b.lease_done(*b));
+  f.b.released(*b, d::probe_result::healthy, t0 + 50ms, f.dead);
+  CHECK(f.b.next_due() == t0 + 130ms);  // `c`, clamped to `b`'s start
+  f.b.overdue(t0 + 10s, note);
+  CHECK(seen == std::vector<d::conn_node*>{a, c});
+  f.b.overdue(t0 + 20s, note);  // once each
+  CHECK(seen.size() == 2);
+  CHECK(f.b.next_due() == d::never);
+  CHECK(f.b.stats().held_long == 2);
+  f.b.check_invariants();
+  // `a` ends: it was reported, so its end is reported too; the gauge falls, the counter stays.
+  CHECK(f.b.lease_done(*a));
+  f.b.released(*a, d::probe_result::healthy, t0 + 20s, f.dead);
+  CHECK(f.b.stats(1).held_long == 0);
+  CHECK(f.b.stats(1).leases_held_long == 1);
+  // `c` is retired without lease_done() (a discard): the books drop its watch themselves.
+  f.b.discarded(*c, connpool::close_mode::graceful, t0 + 20s, f.dead);
+  CHECK(f.b.stats().held_long == 0);
+  CHECK(f.b.stats().leases_held_long == 2);
+  // A lease taken again from idle is watched from its new start.
+  auto* again = f.b.take_idle(*f.b.find(1));
+  REQUIRE(again);
+  f.b.watch_lease(*again, t0 + 30s);
+  CHECK(f.b.next_due() == t0 + 30s + 100ms);
+  f.b.check_invariants();
+}
+
 TEST_CASE("books: max_connecting_per_endpoint: acquires beyond it wait, and a connect's end, success or failure, gives its place to the oldest") {
   connpool::pool_options o = opts();
   o.max_per_endpoint = 8;

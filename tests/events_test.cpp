@@ -1,7 +1,10 @@
 // The listener (#14, part 1): each event, with its fields, from real sockets on loopback.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cctype>
+#include <future>
+#include <thread>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -37,6 +40,9 @@ struct seen_event {
   bool waited;
   close_reason reason;
   std::uint64_t uses;
+  bool has_site = false;
+  std::string site_file, site_function;  // lease_held_long, long_lease_ended
+  unsigned site_line = 0;
 };
 
 struct recorder {
@@ -46,7 +52,13 @@ struct recorder {
     return [this](const tcp_pool::event& e) {
       seen_event s{e.kind, e.endpoint != nullptr, e.endpoint ? *e.endpoint : net::ip::tcp::endpoint{},
                    e.backend ? e.backend->name : std::string(), e.error, e.duration, e.source, e.waited,
-                   e.reason, e.uses};
+                   e.reason, e.uses, false, {}, {}, 0};
+      if (e.site) {
+        s.has_site = true;
+        s.site_file = e.site->file ? e.site->file : "";
+        s.site_function = e.site->function ? e.site->function : "";
+        s.site_line = e.site->line;
+      }
       std::lock_guard<std::mutex> lk(m);
       events.push_back(s);
     };
@@ -407,6 +419,78 @@ std::map<std::string, double> parse_exposition(const std::string& text) {
 }
 
 }  // namespace
+
+TEST_CASE("leak detection: a lease held past lease_warn_after is reported once with where it was acquired, and again when it ends") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto ep = server.endpoint();
+  net::io_context io;
+  connpool::pool_options o;
+  o.lease_warn_after = 50ms;
+  tcp_pool pool(io, o);
+  recorder rec;
+  pool.set_listener(rec.listener());
+  std::thread runner([&] {
+    auto guard = net::make_work_guard(io);
+    io.run_for(20s);  // bounded; stopped below
+  });
+  auto held_long = [&](const std::string& function) {
+    for (auto& e : [&] { std::lock_guard<std::mutex> lk(rec.m); return rec.events; }())
+      if (e.kind == event_kind::lease_held_long && e.site_function == function) return true;
+    return false;
+  };
+  pool.acquire(ep, "short").release();  // back at once: never reported
+  auto l = pool.acquire(ep); const unsigned line = __LINE__;  // NOLINT(readability-isolate-declaration)
+  std::promise<tcp_pool::lease> tagged;
+  pool.async_acquire(ep, [&](connpool::error_code ec, tcp_pool::lease x) {
+    CHECK_FALSE(ec);
+    tagged.set_value(std::move(x));
+  }, "async work");
+  auto t = tagged.get_future();
+  REQUIRE(t.wait_for(5s) == std::future_status::ready);
+  auto tl = t.get();
+  REQUIRE(eventually([&] { return pool.stats().held_long == 2; }, 5000ms));
+  CHECK(pool.stats().leases_held_long == 2);
+  std::vector<seen_event> warned;
+  for (auto& e : [&] { std::lock_guard<std::mutex> lk(rec.m); return rec.events; }())
+    if (e.kind == event_kind::lease_held_long) warned.push_back(e);
+  REQUIRE(warned.size() == 2);
+  const auto mine = std::find_if(warned.begin(), warned.end(), [](const seen_event& e) { return !e.site_file.empty(); });
+  REQUIRE(mine != warned.end());
+  CHECK(std::string(mine->site_file).find("events_test.cpp") != std::string::npos);
+  CHECK(mine->site_line == line);
+  CHECK_FALSE(mine->site_function.empty());
+  CHECK(mine->duration >= 50ms);
+  CHECK(mine->endpoint == ep);
+  CHECK(held_long("async work"));
+  CHECK_FALSE(held_long("short"));
+  // The end of a reported lease is reported, before its released event, with the whole time held.
+  rec.take();
+  l.release();
+  auto ends = rec.take();
+  REQUIRE(ends.size() == 2);
+  CHECK(ends[0].kind == event_kind::long_lease_ended);
+  CHECK(ends[0].site_line == line);
+  CHECK(ends[0].duration >= 50ms);
+  CHECK(ends[1].kind == event_kind::released);
+  CHECK(pool.stats().held_long == 1);
+  tl.discard();
+  CHECK(rec.count(event_kind::long_lease_ended) == 1);
+  CHECK(pool.stats().held_long == 0);
+  CHECK(pool.stats().leases_held_long == 2);
+  // A lease that comes back in time is not reported, its end neither.
+  auto quick_one = pool.acquire(ep, "quick");
+  quick_one.release();
+  CHECK(rec.count(event_kind::long_lease_ended) == 1);
+  connpool::pool_metrics metrics;
+  const auto m = parse_exposition(metrics.text(pool));
+  const std::string e = "endpoint=\"127.0.0.1:" + std::to_string(ep.port()) + "\"";
+  CHECK(m.at("connpool_leases_held_long_total{" + e + ",}") == 2);
+  CHECK(m.at("connpool_leases_held_long{" + e + ",}") == 0);
+  pool.close();
+  io.stop();
+  runner.join();
+}
 
 TEST_CASE("metrics: the text exposition carries the pool's counters per endpoint, forgotten ones, and the listener's histograms") {
   test::fd_guard fds;

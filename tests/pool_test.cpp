@@ -1163,14 +1163,17 @@ TEST_CASE("drain: closes idle and waits for the leases out; a second drain and l
   pool.acquire(ep).release();  // one idle, one leased
   REQUIRE(pool.stats().idle == 1);
   std::promise<bool> returned;
+  std::atomic<bool> drained{false};
   std::thread t([&] {
     // The drain began once its close() has closed the idle connection; then the lease comes back.
     const bool began = eventually([&] { return pool.stats().idle == 0; }, 5000ms);
     CHECK(test::roundtrip(out, "last") == "last");  // a lease goes on working while the pool drains
+    CHECK_FALSE(drained.load());                     // the drain waits for it
     out.release();
     returned.set_value(began);
   });
   const std::size_t cut = pool.drain(10s);
+  drained = true;
   t.join();
   CHECK(returned.get_future().get());
   CHECK(cut == 0);
@@ -1234,7 +1237,49 @@ TEST_CASE("drain: with abortive retire_close the cut is an RST: the peer sees a 
   CHECK(ec);  // the connection is gone: the write fails
   held.release();
   CHECK(pool.stats().pool_closed == 1);
-  CHECK(test::client_sockets(ep, connpool::diag::tcp_state::time_wait) == time_wait_before);
+  CHECK(test::client_sockets(ep, connpool::diag::tcp_state::time_wait) <= time_wait_before);
+}
+
+TEST_CASE("drain: a connection in its health check is not cut: close() stops the check, which closes it") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto ep = server.endpoint();
+  net::io_context io;
+  auto o = quick();
+  o.validate_after_idle = 0ms;  // check at every hand-out from idle
+  std::promise<connpool::error_code> acquired;
+  {
+    tcp_pool pool(io, o);
+    pool.acquire(ep).release();  // one idle connection (a new one is not checked)
+    std::vector<tcp_pool::setup_done> pending;  // the check never answers; kept until the pool is closed
+    std::mutex m;
+    std::promise<void> check_began;
+    pool.set_health_check([&](tcp_pool::socket_type&, const tcp_pool::endpoint_type&, tcp_pool::setup_done done) {
+      std::lock_guard<std::mutex> lk(m);
+      pending.push_back(std::move(done));
+      check_began.set_value();
+    });
+    std::thread runner([&] {
+      auto guard = net::make_work_guard(io);
+      io.run_for(10s);  // bounded; stopped below
+    });
+    pool.async_acquire(ep, [&](connpool::error_code ec, tcp_pool::lease) { acquired.set_value(ec); });
+    REQUIRE(check_began.get_future().wait_for(5s) == std::future_status::ready);
+    CHECK(pool.stats().leased == 1);  // the connection in its check counts as leased
+    CHECK(pool.drain(5s) == 0);       // not cut
+    auto f = acquired.get_future();
+    REQUIRE(f.wait_for(5s) == std::future_status::ready);
+    CHECK(f.get() == connpool::error::pool_closed);
+    CHECK(pool.stats().leased == 0);
+    {
+      std::lock_guard<std::mutex> lk(m);
+      pending.clear();
+    }
+    io.stop();
+    runner.join();
+  }
+  io.restart();
+  io.poll();
 }
 
 TEST_CASE("async_drain: completes when the last lease comes back, fails waiters, cuts at its deadline") {
@@ -1315,6 +1360,14 @@ TEST_CASE("async_drain: completes when the last lease comes back, fails waiters,
     REQUIRE(run_until(done));
     CHECK(drain_ec == net::error::operation_aborted);
     CHECK(test::roundtrip(survivor, "alive") == "alive");
+  }
+  {
+    // A default pool (its own thread runs the deadline), and a future as the completion token.
+    tcp_pool pool(quick());
+    auto held = pool.acquire(ep);
+    auto f = pool.async_drain(30ms, net::use_future);
+    REQUIRE(f.wait_for(5s) == std::future_status::ready);
+    CHECK(f.get() == 1);
   }
   io.restart();
   io.poll();  // what the pools left on the context

@@ -84,17 +84,21 @@ class basic_pool {
   /// Waits, in FIFO order, while the limits are reached. Bounded by options().acquire_timeout.
   /// Throws system_error: error::pool_closed, error::acquire_timeout, error::connect_timeout,
   /// or the connect's own error (connection refused, EMFILE, ...).
-  lease acquire(const endpoint_type& ep);
+  ///
+  /// Every acquire function takes a last argument `site`: where the lease is acquired, reported if
+  /// it is held longer than options().lease_warn_after. Its default is the caller's source location
+  /// (file, line, function); pass a tag instead to name the work: `pool.acquire(ep, "refill")`.
+  lease acquire(const endpoint_type& ep, const acquire_site& site = acquire_site::current());
 
   /// As acquire(ep), reporting errors in `ec` instead of throwing; returns an empty lease on error.
-  lease acquire(const endpoint_type& ep, error_code& ec);
+  lease acquire(const endpoint_type& ep, error_code& ec, const acquire_site& site = acquire_site::current());
 
   /// Non-blocking: a healthy idle connection to `ep`, chosen and probed as acquire() chooses and
   /// probes it, if there is one right now and no acquire for `ep` is waiting; else an empty lease
   /// (also once the pool is closed). Never connects and never waits. Meant for event loops: it is
   /// served without the completion hop of async_acquire(), which remains the way to wait or connect:
   /// `auto l = pool.try_acquire(ep); if (!l) l = co_await pool.async_acquire(ep, use_awaitable);`
-  lease try_acquire(const endpoint_type& ep);
+  lease try_acquire(const endpoint_type& ep, const acquire_site& site = acquire_site::current());
 
   /// Asynchronous acquire. Completion signature: void(error_code, lease). The completion runs
   /// on the handler's associated executor, else on the pool's executor; never inside this call.
@@ -113,13 +117,14 @@ class basic_pool {
   /// stalls all of them until it returns. Bind such a handler to an executor of yours, e.g.
   /// `pool.async_acquire(ep, net::bind_executor(my_thread_pool, handler))` (examples/async_client.cpp).
   template <class Token>
-  auto async_acquire(const endpoint_type& ep, Token&& token);
+  auto async_acquire(const endpoint_type& ep, Token&& token, const acquire_site& site = acquire_site::current());
 
-  /// As above, with the default completion token of the executor, where it has one.
+  /// As above, with the default completion token of the executor, where it has one. (To pass a
+  /// `site`, pass the token too.)
   template <class E = Executor,
             class = std::enable_if_t<!std::is_void_v<net::default_completion_token_t<E>>>>
-  auto async_acquire(const endpoint_type& ep) {
-    return async_acquire(ep, net::default_completion_token_t<E>());
+  auto async_acquire(const endpoint_type& ep, const acquire_site& site = acquire_site::current()) {
+    return async_acquire(ep, net::default_completion_token_t<E>(), site);
   }
 
   /// \name Backends by name (tcp_pool only)
@@ -149,14 +154,14 @@ class basic_pool {
   /// acquire that cannot be served at once from idle fails with net::error::would_block; on a pool
   /// built on your executor, do not acquire by name synchronously from the only thread that runs
   /// it (it would wait until acquire_timeout, and 200 ms more).
-  lease acquire(const host& h);
+  lease acquire(const host& h, const acquire_site& site = acquire_site::current());
   /// As above, reporting errors in `ec`.
-  lease acquire(const host& h, error_code& ec);
+  lease acquire(const host& h, error_code& ec, const acquire_site& site = acquire_site::current());
   /// As try_acquire(ep), for a named backend.
-  lease try_acquire(const host& h);
+  lease try_acquire(const host& h, const acquire_site& site = acquire_site::current());
   /// As async_acquire(ep, token), for a named backend.
   template <class Token>
-  auto async_acquire(const host& h, Token&& token);
+  auto async_acquire(const host& h, Token&& token, const acquire_site& site = acquire_site::current());
   /// One named backend (all zero for one the pool never saw).
   pool_stats stats(const host& h) const;
   /// As last_connect_error(ep), for a named backend.
@@ -210,31 +215,37 @@ class basic_pool {
 
   /// \name Draining: graceful shutdown (a service's SIGTERM)
   /// close() (no more hand-outs; waiting acquires, connects in flight and every later acquire fail
-  /// with error::pool_closed; idle connections close), then wait until every lease has come back
-  /// and its connection is closed, or until the deadline. At the deadline, the connections still
-  /// leased are cut as options().retire_close says, but their descriptors stay with their leases,
-  /// which close them when they end:
+  /// with error::pool_closed; idle connections close), then wait until no connection is leased
+  /// (each lease that comes back closes its connection on the thread that returns it; the drain
+  /// ends after the last one's close), or until the deadline. At the deadline, the connections
+  /// still leased are cut as options().retire_close says, under the pool's lock, but their
+  /// descriptors stay with their leases, which close them when they end:
   /// - graceful: shutdown of both directions, a FIN; the holder's reads see EOF, its writes fail;
   /// - abortive (TCP): an RST at once (Linux's connect(AF_UNSPEC)), no TIME_WAIT; its reads and
   ///   writes fail.
   /// A read or write blocked on a cut connection in another thread returns. The result is the
-  /// number of leases cut: 0 when all came back in time. A deadline already passed cuts at once.
-  /// Any number of drains may wait at once; close() before is fine.
+  /// number of connections cut: 0 when every lease came back in time (a connection whose health
+  /// check was running is not cut: close() stopped the check, which closes it). A deadline already
+  /// passed cuts at once. Any number of drains may wait at once; close() before is fine.
+  ///
+  /// A lease's socket must not be closed, released or moved through socket() while a drain may
+  /// cut it (use discard()): the cut would reach whatever descriptor took its number.
   ///@{
 
-  /// Drain, waiting on the calling thread (it needs no executor: a default-constructed pool's own
-  /// thread may call it, but an asynchronous acquire granted and not yet delivered there counts as
-  /// leased until the deadline).
+  /// Drain, waiting on the calling thread (it needs no executor). On a default-constructed pool's
+  /// own thread, an asynchronous acquire granted and not yet delivered there, or a health check in
+  /// progress, stays leased until the deadline: give such a drain a finite one.
   std::size_t drain(std::chrono::steady_clock::time_point deadline);
   /// As above, with the deadline `timeout` from now.
   std::size_t drain(std::chrono::steady_clock::duration timeout);
   /// Drain asynchronously. Completion signature: void(error_code, std::size_t cut), on the
   /// handler's associated executor, else the pool's; never inside this call. The error is none,
   /// or net::error::operation_aborted when the pool object is destroyed first (nothing is cut
-  /// then: leases may outlive the pool). The deadline runs on the pool's executor.
+  /// then: leases may outlive the pool). The deadline runs on the pool's executor. Not
+  /// cancellable: a drain is begun to be finished (close() has already happened).
   template <class Token>
   auto async_drain(std::chrono::steady_clock::time_point deadline, Token&& token);
-  /// As above, with the deadline `timeout` from now.
+  /// As above, with the deadline `timeout` from the initiation (a deferred drain's launch).
   template <class Token>
   auto async_drain(std::chrono::steady_clock::duration timeout, Token&& token);
   ///@}
@@ -330,7 +341,7 @@ class basic_pool {
   const pool_options& options() const noexcept;
 
  private:
-  lease acquire_observed(const endpoint_type& ep, error_code& ec);
+  lease acquire_observed(const endpoint_type& ep, error_code& ec, const acquire_site& site);
   using state_type = detail::pool_state<Protocol, Executor>;
   template <class Lease = lease>
   struct initiate_acquire;

@@ -47,6 +47,33 @@ inline const char* to_string(close_reason r) noexcept {
   return "unknown";
 }
 
+/// Where a lease was acquired (pool_options::lease_warn_after): the caller's source location,
+/// which the acquire functions record through their default argument, or a tag the caller passes
+/// instead (`pool.acquire(ep, "cache refill")`). Holds pointers only: to string literals, or to
+/// other strings that outlive the pool.
+struct acquire_site {
+  const char* file = nullptr;      ///< the source file, or null (a tag)
+  const char* function = nullptr;  ///< the function, or the tag
+  unsigned line = 0;               ///< the line, or 0 (a tag)
+
+  constexpr acquire_site() noexcept = default;
+  /// A tag instead of a source location.
+  constexpr acquire_site(const char* tag) noexcept : function(tag) {}  // NOLINT(google-explicit-constructor)
+  /// Its caller's location, where the compiler gives it (g++, clang++); else empty.
+#if defined(__GNUC__) || defined(__clang__)
+  static constexpr acquire_site current(const char* file = __builtin_FILE(), unsigned line = __builtin_LINE(),
+                                        const char* function = __builtin_FUNCTION()) noexcept {
+    acquire_site s;
+    s.file = file;
+    s.function = function;
+    s.line = line;
+    return s;
+  }
+#else
+  static constexpr acquire_site current() noexcept { return {}; }
+#endif
+};
+
 /// What happened (pool_event::kind).
 enum class event_kind {
   connect_started,    ///< a new connection's connect began (a named backend's: before it has an address)
@@ -60,7 +87,13 @@ enum class event_kind {
   /// a connect failure started (or lengthened) the endpoint's connect backoff (pool_options::
   /// connect_backoff): `error` the connect's, `duration` the backoff, `uses` the consecutive failures
   backoff_started,
-  backoff_ended  ///< a connect succeeded after failures: the backoff is over (`uses`: the failures before)
+  backoff_ended,  ///< a connect succeeded after failures: the backoff is over (`uses`: the failures before)
+  /// a lease has been held pool_options::lease_warn_after or longer (`duration`: so far; `site`:
+  /// where it was acquired); reported once per lease, on the pool's executor
+  lease_held_long,
+  /// a lease reported by lease_held_long ended (`duration`: how long it was held; `site`; `error`:
+  /// none), on the thread that ended it, before its released or discarded event
+  long_lease_ended
 };
 
 /// Where an acquire's connection came from (pool_event::source).
@@ -87,6 +120,8 @@ struct basic_pool_event {
   close_reason reason = close_reason::discarded;  ///< closed: why
   /// closed: leases it served while the listener was set; backoff_*: consecutive connect failures
   std::uint64_t uses = 0;
+  /// lease_held_long, long_lease_ended: where the lease was acquired; else null
+  const acquire_site* site = nullptr;
 };
 
 CONNPOOL_ABI_END

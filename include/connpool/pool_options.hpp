@@ -41,6 +41,12 @@ struct pool_options {
   /// A connection is closed when its lease count reaches this (counted max_uses), as nginx's
   /// keepalive_requests, so that load spreads again across backends behind a balancer. 0: no limit.
   std::size_t max_uses = 0;
+  /// Leak detection: a lease held this long is reported once (the listener's lease_held_long
+  /// event, with where it was acquired: basic_pool::acquire()'s `site`), counted in held_long and
+  /// leases_held_long, and reported again when it ends (long_lease_ended). Checked by the retire
+  /// timer while the pool is open. Costs, when set, a second short lock per acquire and per
+  /// release. 0: off.
+  std::chrono::milliseconds lease_warn_after{0};
   /// Bounds each connection attempt, from its start; error::connect_timeout when it passes first
   /// (when acquire_timeout passes first: error::acquire_timeout).
   std::chrono::milliseconds connect_timeout{3000};
@@ -122,6 +128,7 @@ struct pool_options {
     if (validate_after_idle < milliseconds::zero()) return "validate_after_idle";
     if (validate_timeout <= milliseconds::zero()) return "validate_timeout";
     if (ping_interval < milliseconds::zero()) return "ping_interval";
+    if (lease_warn_after < milliseconds::zero()) return "lease_warn_after";
     if (keepalive_idle < seconds::zero() || keepalive_idle > seconds(32767)) return "keepalive_idle";
     if (keepalive_interval < seconds::zero() || keepalive_interval > seconds(32767)) return "keepalive_interval";
     if (keepalive_count > 127) return "keepalive_count";
@@ -139,6 +146,7 @@ struct pool_stats {
   std::size_t leased = 0;      ///< connections handed out
   std::size_t connecting = 0;  ///< connections being opened
   std::size_t waiting = 0;     ///< acquires waiting for a free slot or connection
+  std::size_t held_long = 0;   ///< leases held lease_warn_after or longer (reported, not ended yet)
   ///@}
 
   /// \name Counters
@@ -154,6 +162,7 @@ struct pool_stats {
   std::size_t acquire_timeouts = 0;  ///< acquires that failed with error::acquire_timeout
   std::size_t waiters_rejected = 0;  ///< acquires that failed with error::too_many_waiters
   std::size_t backoff_rejected = 0;  ///< acquires that failed with error::endpoint_unavailable
+  std::size_t leases_held_long = 0;  ///< leases reported held lease_warn_after or longer
   ///@}
 
   /// \name Connections the pool closed, by reason
@@ -186,6 +195,7 @@ struct pool_stats {
     leased += o.leased;
     connecting += o.connecting;
     waiting += o.waiting;
+    held_long += o.held_long;
     created += o.created;
     reused += o.reused;
     released += o.released;
@@ -204,6 +214,7 @@ struct pool_stats {
     max_uses += o.max_uses;
     waiters_rejected += o.waiters_rejected;
     backoff_rejected += o.backoff_rejected;
+    leases_held_long += o.leases_held_long;
     return *this;
   }
 };

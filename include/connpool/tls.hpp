@@ -105,28 +105,38 @@ class basic_tls_pool {
   basic_tls_pool(ExecutionContext& c, net::ssl::context& ctx, pool_options options = {}, tls_options tls = {})
       : basic_tls_pool(Executor(c.get_executor()), ctx, std::move(options), std::move(tls)) {}
 
-  /// As basic_pool::acquire(ep): a TLS connection to `ep`, handshaken.
-  lease acquire(const endpoint_type& ep) { return lease(pool_.acquire(ep)); }
+  /// As basic_pool::acquire(ep): a TLS connection to `ep`, handshaken. `site` as there.
+  lease acquire(const endpoint_type& ep, const acquire_site& site = acquire_site::current()) {
+    return lease(pool_.acquire(ep, site));
+  }
   /// As above, reporting errors in `ec`.
-  lease acquire(const endpoint_type& ep, error_code& ec) { return lease(pool_.acquire(ep, ec)); }
+  lease acquire(const endpoint_type& ep, error_code& ec, const acquire_site& site = acquire_site::current()) {
+    return lease(pool_.acquire(ep, ec, site));
+  }
   /// As basic_pool::try_acquire(ep).
-  lease try_acquire(const endpoint_type& ep) { return lease(pool_.try_acquire(ep)); }
+  lease try_acquire(const endpoint_type& ep, const acquire_site& site = acquire_site::current()) {
+    return lease(pool_.try_acquire(ep, site));
+  }
   /// As basic_pool::async_acquire(ep, token). Completion signature: void(error_code, lease).
   template <class Token>
-  auto async_acquire(const endpoint_type& ep, Token&& token) {
-    return net::async_initiate<Token, void(error_code, lease)>(initiate{pool_.state_}, token, ep);
+  auto async_acquire(const endpoint_type& ep, Token&& token, const acquire_site& site = acquire_site::current()) {
+    return net::async_initiate<Token, void(error_code, lease)>(initiate{pool_.state_}, token, ep, site);
   }
 
   /// As basic_pool::acquire(h): SNI and verification use `h.name`.
-  lease acquire(const host& h) { return lease(pool_.acquire(h)); }
+  lease acquire(const host& h, const acquire_site& site = acquire_site::current()) { return lease(pool_.acquire(h, site)); }
   /// As above, reporting errors in `ec`.
-  lease acquire(const host& h, error_code& ec) { return lease(pool_.acquire(h, ec)); }
+  lease acquire(const host& h, error_code& ec, const acquire_site& site = acquire_site::current()) {
+    return lease(pool_.acquire(h, ec, site));
+  }
   /// As basic_pool::try_acquire(h).
-  lease try_acquire(const host& h) { return lease(pool_.try_acquire(h)); }
+  lease try_acquire(const host& h, const acquire_site& site = acquire_site::current()) {
+    return lease(pool_.try_acquire(h, site));
+  }
   /// As basic_pool::async_acquire(h, token).
   template <class Token>
-  auto async_acquire(const host& h, Token&& token) {
-    return net::async_initiate<Token, void(error_code, lease)>(initiate_named{pool_.state_}, token, h);
+  auto async_acquire(const host& h, Token&& token, const acquire_site& site = acquire_site::current()) {
+    return net::async_initiate<Token, void(error_code, lease)>(initiate_named{pool_.state_}, token, h, site);
   }
 
   /// Totals across endpoints.

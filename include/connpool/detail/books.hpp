@@ -80,6 +80,13 @@ enum class check_mark : unsigned char {
   due,      ///< must be checked before its next hand-out (put back unchecked)
 };
 
+/// Where a leased connection stands with lease_warn_after.
+enum class lease_watch : unsigned char {
+  none,      ///< not watched (the option is off, or not leased to a caller)
+  watched,   ///< on the list of leases by start time
+  reported,  ///< held lease_warn_after or longer: reported once, off the list, counted held_long
+};
+
 /// The books' part of a connection. Layout: a lock holder on one core touches what another core
 /// touched last, so what take_idle() and release() write shares as few cache lines as possible.
 struct alignas(64) conn_node {
@@ -93,15 +100,20 @@ struct alignas(64) conn_node {
   conn_state state = conn_state::closed;
   probe_result seen = probe_result::healthy;  // what the watch saw while it was leased, or address_removed
   check_mark check = check_mark::none;
+  lease_watch watch = lease_watch::none;  // with lease_warn_after
   // The second: read only with max_lifetime, a health check, at connect and close.
   time_point expires = never;     // jittered max_lifetime
   std::uint64_t id = 0;           // never reused within a pool; 0 while the node is free
   std::size_t heap_pos = not_in_heap;  // in the lifetime heap
   time_point checked_at{};        // its last passed health check
   std::uint32_t uses = 0;         // leases released (with max_uses)
-  list_hook<conn_node> ping_link;  // the ping queue (with ping_interval)
+  // The ping queue (with ping_interval) while idle; the list of watched leases (lease_warn_after)
+  // while leased: a connection is on at most one of them.
+  list_hook<conn_node> ping_link;
+  time_point lease_began{};  // coarse clock: when its watched lease began
 };
 static_assert(offsetof(conn_node, expires) == 64, "the hot fields of a connection node fill its first cache line");
+static_assert(sizeof(conn_node) == 128, "a connection node is two cache lines");
 
 /// What an acquire was given: an idle connection to probe, a slot to connect in, or an error.
 struct grant {
@@ -131,6 +143,7 @@ struct alignas(64) ep_node {
   ilist<conn_node, &conn_node::ep_link> idle;  // front: least recently released
   std::size_t leased = 0;
   std::size_t connecting = 0;
+  std::size_t held_long = 0;  // leases reported held lease_warn_after or longer, not ended yet
   ilist<waiter_node, &waiter_node::link> waiters;  // front: oldest
   std::size_t idle_taken = 0;  // reused = idle_taken - probe_failed
   std::size_t released = 0;
@@ -155,6 +168,7 @@ struct alignas(64) ep_node {
     s.leased = leased;
     s.connecting = connecting;
     s.waiting = waiters.size();
+    s.held_long = held_long;
     s.reused = idle_taken - probe_failed;
     s.released = released;
     return s;
@@ -184,6 +198,7 @@ class books {
   books(const pool_options& o, std::uint64_t seed)
       : max_idle_per_endpoint_(o.max_idle_per_endpoint),
         max_uses_(o.max_uses),
+        warn_after_(span(o.lease_warn_after)),
         idle_timeout_(span(o.idle_timeout)),
         ping_interval_(span(o.ping_interval)),
         validate_after_idle_(span(o.validate_after_idle)),
@@ -650,6 +665,10 @@ class books {
       if (p < t) t = p;
     }
     if (!holds_.empty() && holds_.top()->retry_at < t) t = holds_.top()->retry_at;
+    if (!leases_.empty()) {
+      const time_point w = later(leases_.front()->lease_began, warn_after_);
+      if (w < t) t = w;
+    }
     return t;
   }
 
@@ -690,6 +709,47 @@ class books {
       if (pings) start_pings(now, *pings);
     }
     return next_due();
+  }
+
+  // ------------------------------------------------------------------------------- lease_warn_after
+
+  /// Whether leases are watched (lease_warn_after is set).
+  bool watching_leases() const noexcept { return warn_after_.count() > 0; }
+
+  /// The lease of `c` (leased, not watched), now its caller's, began at `now`: watch it until it
+  /// ends. O(1).
+  void watch_lease(conn_node& c, time_point now) noexcept {
+    CONNPOOL_ASSERT(c.state == conn_state::leased && c.watch == lease_watch::none);
+    // Read from a coarse clock on several threads: keep the list in order.
+    if (conn_node* last = leases_.back(); last && last->lease_began > now) now = last->lease_began;
+    c.lease_began = now;
+    c.watch = lease_watch::watched;
+    leases_.push_back(&c);
+  }
+
+  /// The lease of `c` ends (or `c` is retired): stop watching it. Returns whether it had been
+  /// reported held long (overdue()), for the event of its end. O(1).
+  bool lease_done(conn_node& c) noexcept {
+    const lease_watch w = c.watch;
+    if (w == lease_watch::watched) leases_.erase(&c);
+    else if (w == lease_watch::reported) --c.ep->held_long;
+    c.watch = lease_watch::none;
+    return w == lease_watch::reported;
+  }
+
+  /// The leases held lease_warn_after or longer at `now`, each once: `f(node, how long)`. They
+  /// count in held_long (and leases_held_long) until they end. O(reported): the list is in start
+  /// order.
+  template <class F>
+  void overdue(time_point now, F f) {
+    while (conn_node* c = leases_.front()) {
+      if (later(c->lease_began, warn_after_) > now) break;
+      leases_.erase(c);
+      c->watch = lease_watch::reported;
+      ++c->ep->held_long;
+      ++c->ep->counters.leases_held_long;
+      f(*c, now - c->lease_began);
+    }
   }
 
   // ------------------------------------------------------------------------------- closing
@@ -822,6 +882,17 @@ class books {
     if (pinged != pinged_) fail("count of connections being checked");
     for (conn_node* c = pingq_.front(); c; c = pingq_.next(c))
       if (c->state != conn_state::idle) fail("a connection on the ping queue is not idle");
+    if (!watching_leases() && !leases_.empty()) fail("leases watched while lease_warn_after is off");
+    prev = time_point::min();
+    for (conn_node* c = leases_.front(); c; c = leases_.next(c)) {
+      if (c->state != conn_state::leased || c->watch != lease_watch::watched) fail("a watched lease is not leased");
+      if (c->lease_began < prev) fail("watched leases out of order");
+      prev = c->lease_began;
+    }
+    std::size_t reported = 0, held_long = 0;
+    for (const auto& kv : registry_) reported += kv.second->watch == lease_watch::reported;
+    for (const auto& kv : map_) held_long += kv.second->held_long;
+    if (reported != held_long) fail("held_long differs from the leases reported");
     lifetimes_.for_each([&](conn_node* c) {
       if (lookup(c->id) != c) fail("a connection in the lifetime heap is not in the books");
     });
@@ -892,6 +963,7 @@ class books {
     ep_node& e = *c.ep;
     dead.reserve(dead.size() + 1);  // the one step that may throw: before the books change
     if (c.check == check_mark::pinging) --pinged_;
+    if (c.watch != lease_watch::none) lease_done(c);
     set_state(c, conn_state::closed);
     ++counter(e.counters, why);
     registry_.erase(c.id);
@@ -1128,6 +1200,7 @@ class books {
   std::uint32_t stamps_ = 0;
   const std::size_t max_idle_per_endpoint_;
   const std::size_t max_uses_;
+  const clock::duration warn_after_;  // lease_warn_after; 0: off
   bool pinging_ = false;
   std::size_t pinged_ = 0;  // connections whose background check runs
   const clock::duration idle_timeout_, ping_interval_, validate_after_idle_, max_lifetime_, endpoint_grace_;
@@ -1136,6 +1209,7 @@ class books {
   iheap<conn_node, &conn_node::heap_pos, by_expiry> lifetimes_;
   ilist<ep_node, &ep_node::empty_link> unused_;  // endpoints to forget, in the order they became unused
   ilist<conn_node, &conn_node::ping_link> pingq_;  // idle, not being checked, by ping_key (with ping_interval)
+  ilist<conn_node, &conn_node::ping_link> leases_;  // watched leases, by lease_began (with lease_warn_after)
 
   // Read only on the slow paths (a connect, a refusal).
   const std::size_t max_connecting_;

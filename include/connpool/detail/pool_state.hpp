@@ -5,8 +5,9 @@
 // closes, runs the idle watch and the retire timer, and reports back to the books.
 //
 // One mutex guards the books. No I/O runs while it is held, except the rare probe that classifies
-// a connection the idle watch reported, and the descriptor moves (epoll_ctl) and probe of a
-// background health check (ping_interval), once per check. Every section that may retire connections is a `section`:
+// a connection the idle watch reported, the descriptor moves (epoll_ctl) and probe of a
+// background health check (ping_interval), once per check, and drain()'s cut of the connections
+// still leased at its deadline, once per drain. Every section that may retire connections is a `section`:
 // the lock, and a graveyard whose sockets are closed after the lock is released. That is the one
 // close path, so every socket is closed exactly once and no close runs under the lock.
 
@@ -153,6 +154,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     const host* backend = nullptr;
     time_point connect_began{}, connected_at{}, leased_at{};
     std::uint64_t uses = 0;
+    acquire_site site;  // with lease_warn_after: where its lease was acquired (under the lock)
+    bool fd_out = false;  // under the lock: its descriptor is on a check's socket (drain's cut skips it)
   };
 
   /// The probe, and the layer's view of what it found (only when it found something).
@@ -200,7 +203,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     time_point started{};
     endpoint_type key_ep{};
     const host* key_host = nullptr;
-    bool quiet = false;   // reported by its caller (a synchronous acquire by name), not here
+    acquire_site site;    // where it was made (lease_warn_after)
+    bool quiet = false;   // reported and watched by its caller (a synchronous acquire by name), not here
     bool waited = false;  // it queued behind the limits
 #if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
     /// The handler's cancellation slot (not connected if it has none).
@@ -222,6 +226,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     // Asio makes a context's reactor (three descriptors) with its first socket. Make it now, so
     // that the first acquire under a descriptor shortage fails with EMFILE like any other.
     { socket_type warm(socket_ex_); }
+    observed_.store(watching_leases(), std::memory_order_relaxed);
     if (watch_supported && watch_.native_handle() >= 0) {
       error_code ec;
       watch_desc_.assign(watch_.native_handle(), ec);
@@ -282,10 +287,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::lock_guard<spin_mutex> lk(mu_);
     listener_.swap(p);  // the old one is destroyed after the lock
     events_on_.store(listener_ != nullptr, std::memory_order_relaxed);
+    observed_.store(listener_ != nullptr || watching_leases(), std::memory_order_relaxed);
   }
 
   /// One relaxed load: the only cost of events while no listener is set.
   bool events_on() const noexcept { return events_on_.load(std::memory_order_relaxed); }
+  /// events_on() or watching_leases(): the one test of both on the acquire and release paths.
+  bool observed() const noexcept { return observed_.load(std::memory_order_relaxed); }
 
   /// Outside the lock. A listener that throws is ignored.
   void emit(const event& ev) noexcept {
@@ -483,10 +491,53 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// An asynchronous acquire's end: the listener's event, then the handler.
   void complete(std::unique_ptr<completion> h, error_code ec, connection* c, bool reused, bool waited) {
     h->waited = waited;
-    // Only for an acquire that began with the listener set (its key was recorded then).
-    if (h->started != time_point{} && !h->quiet && events_on())
-      acquire_event(c, reused, ec, h->started, waited, h->key_host ? nullptr : &h->key_ep, h->key_host);
+    if (observed() && !h->quiet) {
+      if (c && watching_leases()) lease_began(c, h->site);
+      // Only for an acquire that began with the listener set (its key was recorded then).
+      if (h->started != time_point{} && events_on())
+        acquire_event(c, reused, ec, h->started, waited, h->key_host ? nullptr : &h->key_ep, h->key_host);
+    }
     h->complete(this, ec, c, reused);
+  }
+
+  // ---------------------------------------------------------------- lease_warn_after
+
+  /// Whether leases are watched (pool_options::lease_warn_after): a constant.
+  bool watching_leases() const noexcept { return books_.watching_leases(); }
+
+  /// With lease_warn_after: `c`, just acquired at `site`, is now its caller's lease; watch it.
+  CONNPOOL_COLD void lease_began(connection* c, const acquire_site& site) noexcept {
+    const time_point now = coarse_now();
+    std::lock_guard<spin_mutex> lk(mu_);
+    c->site = site;
+    books_.watch_lease(*c->node, now);
+    rearm();
+  }
+
+  /// With lease_warn_after: the lease of `c` ends (its holder releases or discards it); if it was
+  /// reported held long, the listener hears of its end.
+  CONNPOOL_COLD void lease_ends(connection* c) noexcept {
+    time_point began;
+    bool late;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      began = c->node->lease_began;
+      late = books_.lease_done(*c->node);
+    }
+    if (!late || !events_on()) return;
+    event ev;
+    ev.kind = event_kind::long_lease_ended;
+    ev.endpoint = &c->remote;
+    ev.backend = c->backend;
+    ev.site = &c->site;  // written under the lock before the lease was handed out; ours to read now
+    ev.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(coarse_now() - began);
+    emit(ev);
+  }
+
+  /// A lease ends (`kind`: released or discarded): the lease watch, then the listener.
+  CONNPOOL_COLD void lease_ending(connection& c, event_kind kind) noexcept {
+    if (watching_leases()) lease_ends(&c);
+    if (events_on()) lease_event(c, kind);
   }
 
   /// A lease's end, for the listener.
@@ -508,7 +559,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// bytes are left for the probe before the next hand-out. A connection the watch does not see is
   /// probed.
   void release(connection* c) noexcept {
-    if (events_on()) lease_event(*c, event_kind::released);
+    if (observed()) lease_ending(*c, event_kind::released);
     // The next lease starts from a fresh connection's socket state. Asio keeps the mode the user
     // set in the socket object, so a lease that changed nothing costs no syscall here.
     if (c->socket.non_blocking()) {
@@ -535,7 +586,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// Close a leased connection: discard() or a lease destroyed without release().
   void discard(connection* c, close_mode mode) noexcept {
-    if (events_on()) lease_event(*c, event_kind::discarded);
+    if (observed()) lease_ending(*c, event_kind::discarded);
     section s(*this);
     books_.discarded(*c->node, mode, coarse_now(), s.dead);
     s.lease_ended();
@@ -627,8 +678,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       op(std::shared_ptr<pool_state> s, std::unique_ptr<drain_completion> c)
           : state(std::move(s)), handler(std::move(c)), timer(state->ex_) {}
       void stop() noexcept override {
-        error_code ignored;
-        timer.cancel(ignored);
+        try {
+          timer.cancel();
+        } catch (...) {
+        }
       }
       void end(error_code ec) noexcept override { finish(ec, 0); }
       void finish(error_code ec, std::size_t n) noexcept {
@@ -644,6 +697,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       timer_type timer;
     };
     close();
+    bool gone;
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      gone = gone_;
+    }
+    if (gone) return h->complete(net::error::operation_aborted, 0);  // a deferred drain launched too late
     auto o = std::make_shared<op>(this->shared_from_this(), std::move(h));
     if (deadline != never) {
       o->timer.expires_at(deadline);
@@ -663,6 +722,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::vector<std::shared_ptr<drain_watch>> all;
     {
       std::lock_guard<spin_mutex> lk(mu_);
+      gone_ = true;
       all.swap(drains_);
       for (auto& w : all) w->stop();
       watch_zero_ = anchor_ != nullptr;
@@ -862,6 +922,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     void lease_ended() noexcept {
       if (s_.watch_zero_ && s_.books_.leased_total() == 0) last_lease_ended();
     }
+    // (Once the pool is orphaned or draining, the last lease's end has work: see last_lease_ended().)
 
    private:
     /// Hold the state until the section ends: the orphaned pool's own reference, else a new one
@@ -903,17 +964,28 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     watch_zero_ = anchor_ != nullptr || !drains_.empty();
     const close_mode mode = options().retire_close;
     constexpr bool tcp = std::is_same_v<Protocol, net::ip::tcp>;
-    n = books_.each_leased([&](void* p) { cut(static_cast<connection*>(p)->socket.native_handle(), mode, tcp); });
+    n = 0;
+    books_.each_leased([&](void* p) {
+      connection& c = *static_cast<connection*>(p);
+      if (c.fd_out) return;  // in a check, which close() has stopped: it closes the connection
+      const int fd = c.socket.native_handle();
+      if (fd < 0) return;
+      cut(fd, mode, tcp);
+      ++n;
+    });
     return true;
   }
 
   /// After the last lease's end (section::lease_ended(), once its connection is closed): end the
   /// drains waiting for it.
-  void fire_drains() noexcept {
+  CONNPOOL_COLD void fire_drains() noexcept {
     std::vector<std::shared_ptr<drain_watch>> all;
     {
       std::lock_guard<spin_mutex> lk(mu_);
-      if (books_.leased_total() != 0) return;
+      if (books_.leased_total() != 0) {  // leased again (not after close(), but never lose a drain)
+        watch_zero_ = true;
+        return;
+      }
       all.swap(drains_);
       for (auto& w : all) w->stop();
       watch_zero_ = anchor_ != nullptr;
@@ -1174,6 +1246,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return g;
   }
 
+  /// A leased connection's descriptor leaves its socket for a check (`out`), or is back (or closed);
+  /// then its race `dial` (if any) is forgotten too.
+  void descriptor_out(connection& c, bool out, std::uint64_t dial = 0) noexcept {
+    std::lock_guard<spin_mutex> lk(mu_);
+    c.fd_out = out;
+    if (dial) dials_.erase(dial);
+  }
+
   void forget_dial(std::uint64_t id) noexcept {
     if (!id) return;
     std::lock_guard<spin_mutex> lk(mu_);
@@ -1214,6 +1294,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       return op.finish(net::error::no_memory, nullptr, false);
     }
     const Protocol protocol = c->endpoint().protocol();
+    descriptor_out(*c, true);
     error_code ec = move_descriptor(c->socket, rc->dial, protocol);
     if (ec) return checked(opp, c, rc, ec);  // the descriptor is lost: closed, counted failed
     ec = enlist(rc);
@@ -1254,7 +1335,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// An acquire's check of `c` ended with `ec`.
   void checked(const std::shared_ptr<async_op>& opp, connection* c, const std::shared_ptr<dial_race>& rc,
                error_code ec) {
-    forget_dial(rc->id);
+    descriptor_out(*c, false, rc->id);
     async_op& op = *opp;
     probe_result r = probe_result::healthy;
     if (!ec && (r = probe_conn(*c)) == probe_result::healthy) {
@@ -1912,9 +1993,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       }
       bool passed = false;
       std::uint64_t id = 0;
+      descriptor_out(c, true);
       error_code cec = step_sync(c, c.endpoint(), std::move(check),
                                  std::min(later(now, options().validate_timeout), deadline), passed, id);
-      forget_dial(id);
+      descriptor_out(c, false, id);  // back in c.socket, or closed
       if (cec == net::error::would_block) {  // on the pool's own thread: the check cannot run
         put_back(c, /*unchecked=*/true, /*timed_out=*/false);
         ec = cec;
@@ -2532,7 +2614,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (when == never || books_.closed() || (timer_armed_ && timer_at_ <= when)) return;
     const pool_options& o = options();
     std::chrono::milliseconds shortest = o.idle_timeout;
-    for (auto d : {o.max_lifetime, o.endpoint_grace, o.ping_interval, o.connect_backoff})
+    for (auto d : {o.max_lifetime, o.endpoint_grace, o.ping_interval, o.connect_backoff, o.lease_warn_after})
       if (d.count() > 0 && (shortest.count() <= 0 || d < shortest)) shortest = d;
     const auto slack = std::min<std::chrono::milliseconds>(shortest / 32, std::chrono::seconds(1));
     timer_at_ = when;
@@ -2547,10 +2629,26 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   void on_timer() {
     std::vector<ping_job> jobs;
     std::shared_ptr<const setup_step> check;
+    struct held_long {
+      endpoint_type ep;
+      const host* backend;
+      acquire_site site;
+      clock::duration held;
+    };
+    std::vector<held_long> late;
     {
       section s(*this);
       timer_armed_ = false;
       if (books_.closed()) return;
+      if (books_.watching_leases()) {
+        books_.overdue(coarse_now(), [&](conn_node& n, clock::duration held) {
+          const connection& c = *as_connection(&n);
+          try {
+            if (events_on()) late.push_back({c.remote, c.backend, c.site, held});
+          } catch (...) {  // out of memory: counted, not reported
+          }
+        });
+      }
       if (check_ && options().ping_interval.count() > 0) {
         std::vector<conn_node*> due;
         arm_timer(books_.expire(clock::now(), s.dead, &due));
@@ -2563,6 +2661,15 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       }
     }
     for (ping_job& j : jobs) start_ping(j, check);
+    for (const held_long& h : late) {
+      event ev;
+      ev.kind = event_kind::lease_held_long;
+      ev.endpoint = &h.ep;
+      ev.backend = h.backend;
+      ev.site = &h.site;
+      ev.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(h.held);
+      emit(ev);
+    }
   }
 
   // ---------------------------------------------------------------- idle watch
@@ -2626,10 +2733,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   std::unordered_map<std::string, std::unique_ptr<backend>> backends_;  // under mu_; by name '\0' service
   std::atomic<bool> check_on_{false};                          // check_ is set: read without the lock
   std::atomic<bool> events_on_{false};                         // listener_ is set: read without the lock
+  std::atomic<bool> observed_{false};                          // events_on_, or lease_warn_after is set
   std::uint64_t next_dial_id_ = 0;
   std::shared_ptr<pool_state> anchor_;  // see orphan()
   std::vector<std::shared_ptr<drain_watch>> drains_;  // drains waiting for the last lease
   bool watch_zero_ = false;  // anchor_ or drains_: the last lease's end has work (lease_ended())
+  bool gone_ = false;        // the pool object was destroyed (abort_drains())
 
   timer_type timer_;
 

@@ -65,19 +65,21 @@ namespace detail {
 }  // namespace detail
 
 template <class Protocol, class Executor>
-typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const endpoint_type& ep) {
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const endpoint_type& ep,
+                                                                                   const acquire_site& site) {
   error_code ec;
-  lease l = acquire(ep, ec);
+  lease l = acquire(ep, ec, site);
   if (ec) detail::throw_acquire_error(ec, "connpool acquire", state_->last_connect_error(ep));
   return l;
 }
 
 template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const endpoint_type& ep,
-                                                                                   error_code& ec) {
+                                                                                   error_code& ec,
+                                                                                   const acquire_site& site) {
   ec.clear();
   bool reused = false;
-  if (state_->events_on()) return acquire_observed(ep, ec);
+  if (state_->observed()) return acquire_observed(ep, ec, site);
   auto* c = state_->acquire(ep, reused, ec);
   if (!c) return lease();
   return lease(state_.get(), c, reused);
@@ -85,7 +87,15 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
 
 template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire_observed(const endpoint_type& ep,
-                                                                                            error_code& ec) {
+                                                                                            error_code& ec,
+                                                                                            const acquire_site& site) {
+  if (!state_->events_on()) {  // watching leases only
+    bool reused = false;
+    auto* c = state_->acquire(ep, reused, ec);
+    if (!c) return lease();
+    if (state_->watching_leases()) state_->lease_began(c, site);
+    return lease(state_.get(), c, reused);
+  }
   const auto started = detail::clock::now();
   const bool outer = std::exchange(state_type::sync_waited(), false);  // a listener's own acquire, say
   bool reused = false;
@@ -93,15 +103,20 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
   const bool waited = std::exchange(state_type::sync_waited(), outer);
   state_->acquire_event(c, reused, ec, started, waited, &ep, nullptr);
   if (!c) return lease();
+  if (state_->watching_leases()) state_->lease_began(c, site);
   return lease(state_.get(), c, reused);
 }
 
 template <class Protocol, class Executor>
-typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::try_acquire(const endpoint_type& ep) {
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::try_acquire(const endpoint_type& ep,
+                                                                                       const acquire_site& site) {
   const auto started = state_->events_on() ? detail::clock::now() : detail::time_point{};
   auto* c = state_->try_acquire(ep);
   if (!c) return lease();
-  if (started != detail::time_point{}) state_->acquire_event(c, true, {}, started, false, &ep, nullptr);
+  if (state_->observed()) {
+    if (started != detail::time_point{}) state_->acquire_event(c, true, {}, started, false, &ep, nullptr);
+    if (state_->watching_leases()) state_->lease_began(c, site);
+  }
   return lease(state_.get(), c, true);
 }
 
@@ -141,30 +156,32 @@ template <class Lease>
 struct basic_pool<Protocol, Executor>::initiate_acquire {
   std::shared_ptr<state_type> state;
   template <class Handler>
-  void operator()(Handler&& h, const endpoint_type& ep) const {
+  void operator()(Handler&& h, const endpoint_type& ep, const acquire_site& site) const {
     using H = std::decay_t<Handler>;
-    state->async_acquire(ep,
-                         std::make_unique<completion_impl<H, Lease>>(H(std::forward<Handler>(h)), state->executor()));
+    auto c = std::make_unique<completion_impl<H, Lease>>(H(std::forward<Handler>(h)), state->executor());
+    c->site = site;
+    state->async_acquire(ep, std::move(c));
   }
 };
 
 template <class Protocol, class Executor>
 template <class Token>
-auto basic_pool<Protocol, Executor>::async_acquire(const endpoint_type& ep, Token&& token) {
-  return net::async_initiate<Token, void(error_code, lease)>(initiate_acquire<>{state_}, token, ep);
+auto basic_pool<Protocol, Executor>::async_acquire(const endpoint_type& ep, Token&& token, const acquire_site& site) {
+  return net::async_initiate<Token, void(error_code, lease)>(initiate_acquire<>{state_}, token, ep, site);
 }
 
 template <class Protocol, class Executor>
-typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const host& h) {
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const host& h, const acquire_site& site) {
   error_code ec;
-  lease l = acquire(h, ec);
+  lease l = acquire(h, ec, site);
   if (ec) detail::throw_acquire_error(ec, "connpool acquire " + h.name + ":" + h.service, last_connect_error(h));
   return l;
 }
 
 template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const host& h,
-                                                                                   error_code& ec) {
+                                                                                   error_code& ec,
+                                                                                   const acquire_site& site) {
   static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
   ec.clear();
   const typename state_type::backend* b = nullptr;
@@ -177,11 +194,13 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
   bool reused = false;
   auto* c = state_->acquire_by_name(typename state_type::key_type(static_cast<const void*>(b)), reused, ec);
   if (!c) return lease();
+  if (state_->watching_leases()) state_->lease_began(c, site);
   return lease(state_.get(), c, reused);
 }
 
 template <class Protocol, class Executor>
-typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::try_acquire(const host& h) {
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::try_acquire(const host& h,
+                                                                                       const acquire_site& site) {
   static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
   const auto* b = state_->backend_for(h, false);
   if (!b) return lease();
@@ -189,6 +208,7 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::t
   auto* c = state_->try_acquire(typename state_type::key_type(static_cast<const void*>(b)));
   if (!c) return lease();
   if (started != detail::time_point{}) state_->acquire_event(c, true, {}, started, false, nullptr, &b->name);
+  if (state_->watching_leases()) state_->lease_began(c, site);
   return lease(state_.get(), c, true);
 }
 
@@ -197,9 +217,10 @@ template <class Lease>
 struct basic_pool<Protocol, Executor>::initiate_acquire_named {
   std::shared_ptr<state_type> state;
   template <class Handler>
-  void operator()(Handler&& h, const host& name) const {
+  void operator()(Handler&& h, const host& name, const acquire_site& site) const {
     using H = std::decay_t<Handler>;
     auto c = std::make_unique<completion_impl<H, Lease>>(H(std::forward<Handler>(h)), state->executor());
+    c->site = site;
     const auto* b = state->backend_for(name, true);
     state->async_acquire(typename state_type::key_type(static_cast<const void*>(b)), std::move(c));
   }
@@ -207,9 +228,9 @@ struct basic_pool<Protocol, Executor>::initiate_acquire_named {
 
 template <class Protocol, class Executor>
 template <class Token>
-auto basic_pool<Protocol, Executor>::async_acquire(const host& h, Token&& token) {
+auto basic_pool<Protocol, Executor>::async_acquire(const host& h, Token&& token, const acquire_site& site) {
   static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
-  return net::async_initiate<Token, void(error_code, lease)>(initiate_acquire_named<>{state_}, token, h);
+  return net::async_initiate<Token, void(error_code, lease)>(initiate_acquire_named<>{state_}, token, h, site);
 }
 
 template <class Protocol, class Executor>
@@ -267,9 +288,17 @@ std::size_t basic_pool<Protocol, Executor>::drain(std::chrono::steady_clock::tim
   return state_->drain(deadline);
 }
 
+namespace detail {
+/// A drain's deadline `timeout` from now (now, for none or less).
+inline time_point drain_deadline(clock::duration timeout) noexcept {
+  const time_point now = clock::now();
+  return timeout.count() > 0 ? later(now, timeout) : now;
+}
+}  // namespace detail
+
 template <class Protocol, class Executor>
 std::size_t basic_pool<Protocol, Executor>::drain(std::chrono::steady_clock::duration timeout) {
-  return state_->drain(timeout.count() > 0 ? detail::later(detail::clock::now(), timeout) : detail::clock::now());
+  return state_->drain(detail::drain_deadline(timeout));
 }
 
 template <class Protocol, class Executor>
@@ -295,6 +324,11 @@ struct basic_pool<Protocol, Executor>::initiate_drain {
     using H = std::decay_t<Handler>;
     state->async_drain(deadline, std::make_unique<drain_completion_impl<H>>(H(std::forward<Handler>(h)), state->executor()));
   }
+  /// The deadline counts from the initiation (a deferred drain's launch).
+  template <class Handler>
+  void operator()(Handler&& h, std::chrono::steady_clock::duration timeout) const {
+    (*this)(std::forward<Handler>(h), detail::drain_deadline(timeout));
+  }
 };
 
 template <class Protocol, class Executor>
@@ -306,8 +340,7 @@ auto basic_pool<Protocol, Executor>::async_drain(std::chrono::steady_clock::time
 template <class Protocol, class Executor>
 template <class Token>
 auto basic_pool<Protocol, Executor>::async_drain(std::chrono::steady_clock::duration timeout, Token&& token) {
-  const auto deadline = timeout.count() > 0 ? detail::later(detail::clock::now(), timeout) : detail::clock::now();
-  return async_drain(deadline, std::forward<Token>(token));
+  return net::async_initiate<Token, void(error_code, std::size_t)>(initiate_drain{state_}, token, timeout);
 }
 
 template <class Protocol, class Executor>
