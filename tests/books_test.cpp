@@ -452,6 +452,12 @@ TEST_CASE("books: lease_warn_after reports each lease held that long once, in st
   f.b.discarded(*c, connpool::close_mode::graceful, t0 + 20s, f.dead);
   CHECK(f.b.stats().held_long == 0);
   CHECK(f.b.stats().leases_held_long == 2);
+  // A watched lease retired before it was reported leaves the list with it.
+  auto* d2 = f.connect(2, t0 + 20s);
+  f.b.watch_lease(*d2, t0 + 20s);
+  f.b.discarded(*d2, connpool::close_mode::graceful, t0 + 20s, f.dead);
+  CHECK(f.b.next_due() == d::never);
+  f.b.check_invariants();
   // A lease taken again from idle is watched from its new start.
   auto* again = f.b.take_idle(*f.b.find(1));
   REQUIRE(again);

@@ -426,14 +426,11 @@ TEST_CASE("leak detection: a lease held past lease_warn_after is reported once w
   auto ep = server.endpoint();
   net::io_context io;
   connpool::pool_options o;
-  o.lease_warn_after = 50ms;
+  o.lease_warn_after = 300ms;  // the leases meant to come back in time do, on a loaded machine too
   tcp_pool pool(io, o);
   recorder rec;
   pool.set_listener(rec.listener());
-  std::thread runner([&] {
-    auto guard = net::make_work_guard(io);
-    io.run_for(20s);  // bounded; stopped below
-  });
+  test::io_thread runner(io);
   auto held_long = [&](const std::string& function) {
     for (auto& e : [&] { std::lock_guard<std::mutex> lk(rec.m); return rec.events; }())
       if (e.kind == event_kind::lease_held_long && e.site_function == function) return true;
@@ -449,7 +446,9 @@ TEST_CASE("leak detection: a lease held past lease_warn_after is reported once w
   auto t = tagged.get_future();
   REQUIRE(t.wait_for(5s) == std::future_status::ready);
   auto tl = t.get();
-  REQUIRE(eventually([&] { return pool.stats().held_long == 2; }, 5000ms));
+  // The events come after the gauge (outside the lock): wait for them.
+  REQUIRE(eventually([&] { return rec.count(event_kind::lease_held_long) == 2; }, 5000ms));
+  CHECK(pool.stats().held_long == 2);
   CHECK(pool.stats().leases_held_long == 2);
   std::vector<seen_event> warned;
   for (auto& e : [&] { std::lock_guard<std::mutex> lk(rec.m); return rec.events; }())
@@ -460,7 +459,7 @@ TEST_CASE("leak detection: a lease held past lease_warn_after is reported once w
   CHECK(std::string(mine->site_file).find("events_test.cpp") != std::string::npos);
   CHECK(mine->site_line == line);
   CHECK_FALSE(mine->site_function.empty());
-  CHECK(mine->duration >= 50ms);
+  CHECK(mine->duration >= 300ms);
   CHECK(mine->endpoint == ep);
   CHECK(held_long("async work"));
   CHECK_FALSE(held_long("short"));
@@ -471,7 +470,7 @@ TEST_CASE("leak detection: a lease held past lease_warn_after is reported once w
   REQUIRE(ends.size() == 2);
   CHECK(ends[0].kind == event_kind::long_lease_ended);
   CHECK(ends[0].site_line == line);
-  CHECK(ends[0].duration >= 50ms);
+  CHECK(ends[0].duration >= 300ms);
   CHECK(ends[1].kind == event_kind::released);
   CHECK(pool.stats().held_long == 1);
   tl.discard();
@@ -486,10 +485,8 @@ TEST_CASE("leak detection: a lease held past lease_warn_after is reported once w
   const auto m = parse_exposition(metrics.text(pool));
   const std::string e = "endpoint=\"127.0.0.1:" + std::to_string(ep.port()) + "\"";
   CHECK(m.at("connpool_leases_held_long_total{" + e + ",}") == 2);
-  CHECK(m.at("connpool_leases_held_long{" + e + ",}") == 0);
+  CHECK(m.at("connpool_leases_overdue{" + e + ",}") == 0);
   pool.close();
-  io.stop();
-  runner.join();
 }
 
 TEST_CASE("metrics: the text exposition carries the pool's counters per endpoint, forgotten ones, and the listener's histograms") {

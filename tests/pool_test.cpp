@@ -1259,10 +1259,7 @@ TEST_CASE("drain: a connection in its health check is not cut: close() stops the
       pending.push_back(std::move(done));
       check_began.set_value();
     });
-    std::thread runner([&] {
-      auto guard = net::make_work_guard(io);
-      io.run_for(10s);  // bounded; stopped below
-    });
+    test::io_thread runner(io);
     pool.async_acquire(ep, [&](connpool::error_code ec, tcp_pool::lease) { acquired.set_value(ec); });
     REQUIRE(check_began.get_future().wait_for(5s) == std::future_status::ready);
     CHECK(pool.stats().leased == 1);  // the connection in its check counts as leased
@@ -1275,8 +1272,6 @@ TEST_CASE("drain: a connection in its health check is not cut: close() stops the
       std::lock_guard<std::mutex> lk(m);
       pending.clear();
     }
-    io.stop();
-    runner.join();
   }
   io.restart();
   io.poll();

@@ -49,6 +49,24 @@ inline void run_on(net::io_context& io, const std::function<void()>& f) {
   done.get_future().wait();
 }
 
+/// Runs `io` on a thread of its own (bounded: at most `limit`) until destroyed, which stops `io`
+/// and joins the thread, on every exit of the test (a failed REQUIRE included).
+struct io_thread {
+  explicit io_thread(net::io_context& c, std::chrono::seconds limit = std::chrono::seconds(30))
+      : io(c), t([this, limit] {
+          auto guard = net::make_work_guard(io);
+          io.run_for(limit);
+        }) {}
+  ~io_thread() {
+    io.stop();
+    t.join();
+  }
+  io_thread(const io_thread&) = delete;
+  io_thread& operator=(const io_thread&) = delete;
+  net::io_context& io;
+  std::thread t;
+};
+
 inline net::ip::tcp::endpoint loopback() { return {net::ip::make_address("127.0.0.1"), 0}; }
 
 /// A listener whose accept queue is full: further connects stay in SYN_SENT (loopback, no root).

@@ -116,11 +116,11 @@ class basic_pool {
   /// without an executor of its own that blocks (synchronous I/O on the lease, a long computation)
   /// stalls all of them until it returns. Bind such a handler to an executor of yours, e.g.
   /// `pool.async_acquire(ep, net::bind_executor(my_thread_pool, handler))` (examples/async_client.cpp).
-  template <class Token>
+  template <class Token, class = std::enable_if_t<!std::is_convertible_v<Token&&, const acquire_site&>>>
   auto async_acquire(const endpoint_type& ep, Token&& token, const acquire_site& site = acquire_site::current());
 
-  /// As above, with the default completion token of the executor, where it has one. (To pass a
-  /// `site`, pass the token too.)
+  /// As above, with the default completion token of the executor, where it has one (and `site`
+  /// a tag, if you pass one: `async_acquire(ep, "refill")`).
   template <class E = Executor,
             class = std::enable_if_t<!std::is_void_v<net::default_completion_token_t<E>>>>
   auto async_acquire(const endpoint_type& ep, const acquire_site& site = acquire_site::current()) {

@@ -50,7 +50,7 @@ inline const char* to_string(close_reason r) noexcept {
 /// Where a lease was acquired (pool_options::lease_warn_after): the caller's source location,
 /// which the acquire functions record through their default argument, or a tag the caller passes
 /// instead (`pool.acquire(ep, "cache refill")`). Holds pointers only: to string literals, or to
-/// other strings that outlive the pool.
+/// other strings that outlive the lease (which may outlive the pool). `file` is null for a tag.
 struct acquire_site {
   const char* file = nullptr;      ///< the source file, or null (a tag)
   const char* function = nullptr;  ///< the function, or the tag

@@ -27,7 +27,7 @@
 /// | `connpool_acquire_timeouts_total` | counter | | pool_stats::acquire_timeouts |
 /// | `connpool_acquires_rejected_total` | counter | `reason`: too_many_waiters, endpoint_unavailable | pool_stats |
 /// | `connpool_connections_closed_total` | counter | `reason`: each close_reason | pool_stats |
-/// | `connpool_leases_held_long` | gauge | | pool_stats::held_long (with lease_warn_after) |
+/// | `connpool_leases_overdue` | gauge | | pool_stats::held_long (with lease_warn_after) |
 /// | `connpool_leases_held_long_total` | counter | | pool_stats::leases_held_long |
 /// | `connpool_acquire_seconds` | histogram | | the listener: acquired, its duration |
 /// | `connpool_connect_seconds` | histogram | | the listener: connect_succeeded, its duration |
@@ -190,8 +190,8 @@ class basic_pool_metrics {
                detail::counter(copy, why));
       }
     }
-    family("connpool_leases_held_long", "gauge", "Leases out for lease_warn_after or longer, now.");
-    each("connpool_leases_held_long", [](const pool_stats& s) { return s.held_long; });
+    family("connpool_leases_overdue", "gauge", "Leases out for lease_warn_after or longer, now.");
+    each("connpool_leases_overdue", [](const pool_stats& s) { return s.held_long; });
     family("connpool_leases_held_long_total", "counter", "Leases reported held for lease_warn_after or longer.");
     each("connpool_leases_held_long_total", [](const pool_stats& s) { return s.leases_held_long; });
     histogram_text(out, "connpool_acquire_seconds", "Time to acquire a connection (successful acquires seen by the listener).",

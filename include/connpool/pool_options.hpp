@@ -45,7 +45,7 @@ struct pool_options {
   /// event, with where it was acquired: basic_pool::acquire()'s `site`), counted in held_long and
   /// leases_held_long, and reported again when it ends (long_lease_ended). Checked by the retire
   /// timer while the pool is open. Costs, when set, a second short lock per acquire and per
-  /// release. 0: off.
+  /// release or discard. 0: off.
   std::chrono::milliseconds lease_warn_after{0};
   /// Bounds each connection attempt, from its start; error::connect_timeout when it passes first
   /// (when acquire_timeout passes first: error::acquire_timeout).

@@ -574,6 +574,7 @@ class books {
   CONNPOOL_HOT std::uint32_t keep(conn_node& c, probe_result r, time_point now, graveyard& dead,
                                   time_point idle_since) {
     ep_node& e = *c.ep;
+    CONNPOOL_ASSERT(c.watch == lease_watch::none);  // its lease's watch ended first (lease_done())
     if (r == probe_result::healthy) r = c.seen;
     if (closed_) {
       retire(c, close_reason::pool_closed, opts_.retire_close, now, dead);
@@ -889,8 +890,14 @@ class books {
       if (c->lease_began < prev) fail("watched leases out of order");
       prev = c->lease_began;
     }
-    std::size_t reported = 0, held_long = 0;
-    for (const auto& kv : registry_) reported += kv.second->watch == lease_watch::reported;
+    std::size_t reported = 0, held_long = 0, watched = 0;
+    for (const auto& kv : registry_) {
+      reported += kv.second->watch == lease_watch::reported;
+      watched += kv.second->watch == lease_watch::watched;
+      if (kv.second->state != conn_state::leased && kv.second->watch != lease_watch::none)
+        fail("a connection not leased is watched");
+    }
+    if (watched != leases_.size()) fail("watched leases differ from the list");
     for (const auto& kv : map_) held_long += kv.second->held_long;
     if (reported != held_long) fail("held_long differs from the leases reported");
     lifetimes_.for_each([&](conn_node* c) {

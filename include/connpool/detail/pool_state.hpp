@@ -511,7 +511,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::lock_guard<spin_mutex> lk(mu_);
     c->site = site;
     books_.watch_lease(*c->node, now);
-    rearm();
+    try {
+      rearm();
+    } catch (...) {  // out of memory arming the timer: the next change arms it; reports come late
+    }
   }
 
   /// With lease_warn_after: the lease of `c` ends (its holder releases or discards it); if it was
@@ -1338,6 +1341,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     descriptor_out(*c, false, rc->id);
     async_op& op = *opp;
     probe_result r = probe_result::healthy;
+    if (!ec && books_closed()) {  // closed (drained) while it was checked: not handed out
+      abandon(*op.ep, grant{c->node, false, false, {}});
+      return op.finish(error::pool_closed, nullptr, false);
+    }
     if (!ec && (r = probe_conn(*c)) == probe_result::healthy) {
       check_passed(*c);
       return op.finish({}, c, true);
@@ -2003,6 +2010,11 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         return nullptr;
       }
       probe_result r = probe_result::healthy;
+      if (!cec && books_closed()) {  // closed (drained) while it was checked: not handed out
+        abandon(e, grant{c.node, false, false, {}});
+        ec = error::pool_closed;
+        return nullptr;
+      }
       if (!cec && (r = probe_conn(c)) == probe_result::healthy) {
         check_passed(c);
         reused = true;
@@ -2617,13 +2629,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     for (auto d : {o.max_lifetime, o.endpoint_grace, o.ping_interval, o.connect_backoff, o.lease_warn_after})
       if (d.count() > 0 && (shortest.count() <= 0 || d < shortest)) shortest = d;
     const auto slack = std::min<std::chrono::milliseconds>(shortest / 32, std::chrono::seconds(1));
-    timer_at_ = when;
-    timer_armed_ = true;
     timer_.expires_at(later(when, slack));
     timer_.async_wait([w = this->weak_from_this()](error_code ec) {
       if (ec == net::error::operation_aborted) return;
       if (auto s = w.lock()) s->on_timer();
     });
+    timer_at_ = when;  // once armed: if arming threw, the next change tries again
+    timer_armed_ = true;
   }
 
   void on_timer() {
@@ -2640,8 +2652,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       section s(*this);
       timer_armed_ = false;
       if (books_.closed()) return;
+      const time_point now = clock::now();  // one clock for every due time: none found early
       if (books_.watching_leases()) {
-        books_.overdue(coarse_now(), [&](conn_node& n, clock::duration held) {
+        books_.overdue(now, [&](conn_node& n, clock::duration held) {
           const connection& c = *as_connection(&n);
           try {
             if (events_on()) late.push_back({c.remote, c.backend, c.site, held});
@@ -2651,13 +2664,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       }
       if (check_ && options().ping_interval.count() > 0) {
         std::vector<conn_node*> due;
-        arm_timer(books_.expire(clock::now(), s.dead, &due));
+        arm_timer(books_.expire(now, s.dead, &due));
         if (!due.empty()) {
           check = check_;
           take_pings(due, jobs, s.dead);
         }
       } else {
-        arm_timer(books_.expire(clock::now(), s.dead));
+        arm_timer(books_.expire(now, s.dead));
       }
     }
     for (ping_job& j : jobs) start_ping(j, check);

@@ -165,7 +165,7 @@ struct basic_pool<Protocol, Executor>::initiate_acquire {
 };
 
 template <class Protocol, class Executor>
-template <class Token>
+template <class Token, class>
 auto basic_pool<Protocol, Executor>::async_acquire(const endpoint_type& ep, Token&& token, const acquire_site& site) {
   return net::async_initiate<Token, void(error_code, lease)>(initiate_acquire<>{state_}, token, ep, site);
 }
