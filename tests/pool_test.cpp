@@ -1154,6 +1154,101 @@ TEST_CASE("shutdown: close() closes idle, fails waiters and later acquires; leas
   CHECK(eventually([&] { return server.counts().live == 0; }));
 }
 
+TEST_CASE("prewarm: opens connections until n are idle, straight into idle; then acquires reuse them") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto ep = server.endpoint();
+  auto o = quick();
+  o.max_connecting_per_endpoint = 1;  // one at a time: the next starts as one ends
+  tcp_pool pool(o);
+  std::atomic<int> in_flight{0}, most{0};
+  pool.set_listener([&](const tcp_pool::event& e) {
+    if (e.kind == connpool::event_kind::connect_started) {
+      const int now = ++in_flight;
+      int seen = most.load();
+      while (now > seen && !most.compare_exchange_weak(seen, now)) {
+      }
+    } else if (e.kind == connpool::event_kind::connect_succeeded || e.kind == connpool::event_kind::connect_failed) {
+      --in_flight;
+    }
+  });
+  CHECK(pool.prewarm(ep, 3) == 3);
+  auto st = pool.stats(ep);
+  CHECK(st.idle == 3);
+  CHECK(st.leased == 0);
+  CHECK(st.created == 3);
+  CHECK(st.released == 0);  // not counted as releases
+  CHECK(most.load() == 1);  // never past max_connecting_per_endpoint
+  CHECK(server.counts().accepted == 3);
+  CHECK(pool.prewarm(ep, 3) == 0);  // 3 idle already
+  CHECK(pool.prewarm(ep, 4) == 1);
+  auto l = pool.acquire(ep);
+  CHECK(l.reused());
+  CHECK(test::roundtrip(l, "warm") == "warm");
+  l.release();
+  CHECK(pool.stats(ep).created == 4);
+  pool.close();
+  connpool::error_code ec;
+  CHECK(pool.prewarm(ep, 5, ec) == 0);
+  CHECK(ec == connpool::error::pool_closed);
+}
+
+TEST_CASE("prewarm: bounded by the limits without taking anything from traffic; a refused endpoint's error") {
+  test::fd_guard fds;
+  test::echo_server a(test::loopback()), b(test::loopback());
+  auto o = quick();
+  o.max_per_endpoint = 2;
+  o.max_total = 3;
+  tcp_pool pool(o);
+  CHECK(pool.prewarm(a.endpoint(), 5) == 2);  // max_per_endpoint, no error
+  CHECK(pool.stats(a.endpoint()).idle == 2);
+  CHECK(pool.prewarm(b.endpoint(), 2) == 1);  // max_total: the idle connections of `a` stay
+  CHECK(pool.stats(a.endpoint()).idle == 2);
+  CHECK(pool.stats().surplus == 0);
+  {
+    auto o2 = quick();
+    o2.max_idle_per_endpoint = 2;
+    tcp_pool small(o2);
+    CHECK(small.prewarm(a.endpoint(), 4) == 2);  // more would be surplus
+    CHECK(small.stats().surplus == 0);
+  }
+  net::ip::tcp::endpoint refused;
+  {
+    test::echo_server gone(test::loopback());
+    refused = gone.endpoint();
+  }
+  connpool::error_code ec;
+  CHECK(pool.prewarm(refused, 3, ec) == 0);  // max_total reached: nothing tried, no error
+  CHECK_FALSE(ec);
+  tcp_pool fresh(quick());
+  CHECK(fresh.prewarm(refused, 3, ec) == 0);
+  CHECK(ec == net::error::connection_refused);
+  CHECK(fresh.stats(refused).connect_failed >= 1);
+  CHECK_THROWS_AS(fresh.prewarm(refused, 1), connpool::system_error);
+}
+
+TEST_CASE("prewarm: asynchronous; by name; on the pool's own thread it would block") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto ep = server.endpoint();
+  tcp_pool pool(quick());
+  auto f = pool.async_prewarm(ep, 2, net::use_future);
+  REQUIRE(f.wait_for(5s) == std::future_status::ready);
+  CHECK(f.get() == 2);
+  const connpool::host h("127.0.0.1", std::to_string(ep.port()));
+  CHECK(pool.prewarm(h, 2) == 2);
+  CHECK(pool.stats(h).idle == 2);
+  std::promise<connpool::error_code> on_own;
+  net::post(pool.get_executor(), [&] {
+    connpool::error_code ec;
+    pool.prewarm(ep, 5, ec);
+    on_own.set_value(ec);
+  });
+  auto g = on_own.get_future();
+  REQUIRE(g.wait_for(5s) == std::future_status::ready);
+  CHECK(g.get() == net::error::would_block);
+}
+
 TEST_CASE("drain: closes idle and waits for the leases out; a second drain and later acquires see it closed") {
   test::fd_guard fds;
   test::echo_server server(test::loopback());

@@ -213,6 +213,42 @@ class basic_pool {
   /// error::pool_closed. Leased connections close when they come back. Idempotent.
   void close();
 
+  /// \name Prewarming: connections ready before traffic
+  /// Open connections to an endpoint (or named backend) until `n` are idle, counting the ones this
+  /// call is connecting, so that the first requests (after a deploy, a failover, a scale-up) find
+  /// them instead of paying the connect. Only what the limits give without taking anything from
+  /// traffic: never past max_per_endpoint, max_idle_per_endpoint or max_total (no idle connection
+  /// of another endpoint is closed for it), at most max_connecting_per_endpoint connects at once
+  /// (the next starts as one ends), none during a connect backoff, none while acquires of that
+  /// endpoint wait (their own connects serve them). Each connection goes idle as soon as it is
+  /// connected and set up, or to an acquire that began to wait meanwhile: nothing is held back.
+  /// Connects, setup steps and events are those of any new connection. It stops at the first
+  /// connect failure (that error; the connections opened before stay) and at close()
+  /// (pool_closed); the whole is bounded by acquire_timeout (each connect by connect_timeout).
+  /// Returns the number of connections it opened: fewer than asked, with no error, where the
+  /// limits stopped it.
+  ///@{
+
+  /// Prewarm, waiting on the calling thread (for the pool's executor to run the connects: on a
+  /// default-constructed pool's own thread it fails at once with net::error::would_block). Throws
+  /// system_error (for endpoint_unavailable with the last connect error in its message).
+  std::size_t prewarm(const endpoint_type& ep, std::size_t n);
+  /// As above, reporting errors in `ec`.
+  std::size_t prewarm(const endpoint_type& ep, std::size_t n, error_code& ec);
+  /// As above, for a named backend (tcp_pool only).
+  std::size_t prewarm(const host& h, std::size_t n);
+  /// As above, reporting errors in `ec`.
+  std::size_t prewarm(const host& h, std::size_t n, error_code& ec);
+  /// Prewarm asynchronously. Completion signature: void(error_code, std::size_t opened), on the
+  /// handler's associated executor, else the pool's; never inside this call. Not cancellable
+  /// (close() ends it).
+  template <class Token>
+  auto async_prewarm(const endpoint_type& ep, std::size_t n, Token&& token);
+  /// As above, for a named backend (tcp_pool only).
+  template <class Token>
+  auto async_prewarm(const host& h, std::size_t n, Token&& token);
+  ///@}
+
   /// \name Draining: graceful shutdown (a service's SIGTERM)
   /// close() (no more hand-outs; waiting acquires, connects in flight and every later acquire fail
   /// with error::pool_closed; idle connections close), then wait until no connection is leased
@@ -350,8 +386,9 @@ class basic_pool {
   template <class Handler, class Lease = lease>
   struct completion_impl;
   template <class Handler>
-  struct drain_completion_impl;
+  struct count_completion_impl;
   struct initiate_drain;
+  struct initiate_prewarm;
 
   basic_pool(std::unique_ptr<net::io_context> own, pool_options options);
   static typename state_type::setup_step as_step(setup_step step);

@@ -153,6 +153,24 @@ class basic_tls_pool {
   error_code last_connect_error(const endpoint_type& ep) const { return pool_.last_connect_error(ep); }
   /// As basic_pool::close(): idle connections close (with close_notify, if retire_close is graceful).
   void close() { pool_.close(); }
+  /// As basic_pool::prewarm(): connected and handshaken ahead of traffic.
+  std::size_t prewarm(const endpoint_type& ep, std::size_t n) { return pool_.prewarm(ep, n); }
+  /// As above, reporting errors in `ec`.
+  std::size_t prewarm(const endpoint_type& ep, std::size_t n, error_code& ec) { return pool_.prewarm(ep, n, ec); }
+  /// As basic_pool::prewarm(h, n).
+  std::size_t prewarm(const host& h, std::size_t n) { return pool_.prewarm(h, n); }
+  /// As above, reporting errors in `ec`.
+  std::size_t prewarm(const host& h, std::size_t n, error_code& ec) { return pool_.prewarm(h, n, ec); }
+  /// As basic_pool::async_prewarm().
+  template <class Token>
+  auto async_prewarm(const endpoint_type& ep, std::size_t n, Token&& token) {
+    return pool_.async_prewarm(ep, n, std::forward<Token>(token));
+  }
+  /// As basic_pool::async_prewarm(), for a named backend.
+  template <class Token>
+  auto async_prewarm(const host& h, std::size_t n, Token&& token) {
+    return pool_.async_prewarm(h, n, std::forward<Token>(token));
+  }
   /// As basic_pool::drain(): connections cut at the deadline get no close_notify (their leases
   /// may be writing).
   std::size_t drain(std::chrono::steady_clock::time_point deadline) { return pool_.drain(deadline); }

@@ -712,6 +712,24 @@ class books {
     return next_due();
   }
 
+  // ------------------------------------------------------------------------------- prewarming
+
+  /// A connect slot for a prewarm connection of `e` (one that goes idle, not to a caller), only if
+  /// it can be had now without taking anything from traffic: no acquire of `e` waits (connects for
+  /// them are theirs), `e` is under max_per_endpoint and, with its connects in flight, under
+  /// max_idle_per_endpoint (so the connection is not surplus), the pool under max_total without
+  /// evicting anything, and the connect limit and backoff allow one. Never queues.
+  bool prewarm_slot(ep_node& e, time_point now, graveyard& dead) {
+    if (closed_ || !e.waiters.empty()) return false;
+    if (max_idle_per_endpoint_ && e.idle.size() + e.connecting >= max_idle_per_endpoint_) return false;
+    if (opts_.max_total && open_total_ >= opts_.max_total) return false;
+    return take_slot(e, now, dead);
+  }
+
+  /// A prewarm connection, connected (connected(): leased to nobody), goes idle, or to an acquire
+  /// that began to wait meanwhile. Not counted as a release.
+  void prewarmed(conn_node& c, time_point now, graveyard& dead) { keep(c, probe_result::healthy, now, dead, now); }
+
   // ------------------------------------------------------------------------------- lease_warn_after
 
   /// Whether leases are watched (lease_warn_after is set).

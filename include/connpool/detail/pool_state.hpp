@@ -624,6 +624,72 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (watch_desc_.is_open()) watch_desc_.cancel(ignored);
   }
 
+  // ---------------------------------------------------------------- prewarming
+
+  /// The completion of an asynchronous drain (error, connections cut) or prewarm (error,
+  /// connections opened).
+  struct count_completion {
+    virtual ~count_completion() = default;
+    virtual void complete(error_code ec, std::size_t n) = 0;
+  };
+
+  /// Open connections to `k` until `n` are idle (with the prewarm's connects in flight), as far
+  /// as books::prewarm_slot() allows, at most max_connecting_per_endpoint at a time (the next
+  /// starts as one ends); each goes idle (or to an acquire that began to wait) once set up. Ends
+  /// when no more may or need start and none is in flight, at the first connect failure (no more
+  /// start), on close(), or by acquire_timeout from now; `done` gets the first failure's error
+  /// and the number opened, on the thread where the last connect ended (or this one).
+  void prewarm(const key_type& k, std::size_t n, std::unique_ptr<count_completion> done) {
+    auto p = std::make_shared<prewarm_op>();
+    p->key = k;
+    p->target = n;
+    p->deadline = deadline_from(options().acquire_timeout);
+    p->done = std::move(done);
+    pump(p);
+  }
+
+  /// prewarm(), waited for on the calling thread, by acquire_timeout and 200 ms more for the
+  /// executor to report (then acquire_timeout; the prewarm goes on). On a default pool's own
+  /// thread it could never complete: would_block at once.
+  std::size_t prewarm_sync(const key_type& k, std::size_t n, error_code& ec) {
+    struct result {
+      std::mutex m;
+      std::condition_variable cv;
+      bool done = false;
+      error_code ec;
+      std::size_t n = 0;
+    };
+    struct waiter final : count_completion {
+      explicit waiter(std::shared_ptr<result> r) : res(std::move(r)) {}
+      void complete(error_code e, std::size_t n) override {
+        std::lock_guard<std::mutex> lk(res->m);
+        res->done = true;
+        res->ec = e;
+        res->n = n;
+        res->cv.notify_one();
+      }
+      std::shared_ptr<result> res;
+    };
+    ec.clear();
+    if (own_ctx_ && own_ctx_->get_executor().running_in_this_thread()) {
+      ec = books_closed() ? error_code(error::pool_closed) : error_code(net::error::would_block);
+      return 0;
+    }
+    auto res = std::make_shared<result>();
+    const time_point deadline = deadline_from(options().acquire_timeout);
+    prewarm(k, n, std::make_unique<waiter>(res));
+    std::unique_lock<std::mutex> lk(res->m);
+    const time_point give_up_at = deadline == never ? never : later(deadline, std::chrono::milliseconds(200));
+    if (give_up_at == never) {
+      res->cv.wait(lk, [&] { return res->done; });
+    } else if (!res->cv.wait_until(lk, give_up_at, [&] { return res->done; })) {
+      ec = error::acquire_timeout;  // nothing ran the executor in time
+      return 0;
+    }
+    ec = res->ec;
+    return res->n;
+  }
+
   // ---------------------------------------------------------------- draining
 
   /// What waits for the last lease to come back (drain()). Listed in drains_ under the lock; taken
@@ -636,12 +702,6 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     /// Every lease came back and its connection is closed (no error), or the pool object went
     /// away (operation_aborted). Outside the lock.
     virtual void end(error_code ec) noexcept = 0;
-  };
-
-  /// An asynchronous drain's completion: (error, leases cut at the deadline).
-  struct drain_completion {
-    virtual ~drain_completion() = default;
-    virtual void complete(error_code ec, std::size_t cut) = 0;
   };
 
   /// close(), then wait until no connection is leased or `deadline` passes; at the deadline, cut
@@ -676,9 +736,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// As drain(), asynchronously: `h` completes on its executor, never inside this call. The
   /// deadline runs on the pool's executor.
-  void async_drain(time_point deadline, std::unique_ptr<drain_completion> h) {
+  void async_drain(time_point deadline, std::unique_ptr<count_completion> h) {
     struct op final : drain_watch, std::enable_shared_from_this<op> {
-      op(std::shared_ptr<pool_state> s, std::unique_ptr<drain_completion> c)
+      op(std::shared_ptr<pool_state> s, std::unique_ptr<count_completion> c)
           : state(std::move(s)), handler(std::move(c)), timer(state->ex_) {}
       void stop() noexcept override {
         try {
@@ -696,7 +756,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         }
       }
       std::shared_ptr<pool_state> state;  // a cycle while listed: ended by end() or the deadline
-      std::unique_ptr<drain_completion> handler;
+      std::unique_ptr<count_completion> handler;
       timer_type timer;
     };
     close();
@@ -943,6 +1003,88 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
    public:
     graveyard dead;
   };
+
+  // ---------------------------------------------------------------- prewarming (private)
+
+  /// A prewarm in progress. Its counters are under the lock.
+  struct prewarm_op {
+    key_type key;
+    std::size_t target = 0;
+    time_point deadline = never;
+    std::size_t in_flight = 0, opened = 0;
+    error_code ec;  // the first failure: no more connects start
+    std::unique_ptr<count_completion> done;
+  };
+
+  /// One connect of a prewarm: its end goes back to the prewarm, not to a caller.
+  struct prewarm_connect final : completion {
+    explicit prewarm_connect(std::shared_ptr<prewarm_op> p) : op(std::move(p)) { this->quiet = true; }
+    void complete(pool_state* s, error_code ec, connection* c, bool) override { s->prewarm_connected(op, ec, c); }
+    std::shared_ptr<prewarm_op> op;
+  };
+
+  /// Start the connects a prewarm may start now; end it when none is left in flight.
+  void pump(const std::shared_ptr<prewarm_op>& p) noexcept {
+    std::vector<std::shared_ptr<async_op>> start;
+    std::unique_ptr<count_completion> finished;
+    error_code ec;
+    std::size_t opened = 0;
+    {
+      section s(*this);
+      try {
+        const time_point now = coarse_now();
+        if (books_.closed()) {
+          if (!p->ec) p->ec = error::pool_closed;
+        } else if (!p->ec && clock::now() < p->deadline) {
+          entry& e = books_.get(p->key, now);
+          while (e.idle.size() + p->in_flight < p->target) {
+            // Made before the slot, so that running out of memory takes nothing from the books.
+            auto op = std::make_shared<async_op>(this->shared_from_this(), std::make_unique<prewarm_connect>(p));
+            start.reserve(start.size() + 1);
+            if (!books_.prewarm_slot(e, now, s.dead)) break;
+            op->ep = &e;
+            op->deadline = p->deadline;
+            start.push_back(std::move(op));
+            ++p->in_flight;
+          }
+        } else if (!p->ec && p->in_flight == 0 && p->opened == 0 && p->target > 0) {
+          p->ec = error::acquire_timeout;  // its deadline passed before anything could start
+        }
+      } catch (...) {
+        if (!p->ec) p->ec = net::error::no_memory;
+      }
+      if (p->in_flight == 0 && start.empty()) {
+        finished = std::move(p->done);
+        ec = p->ec;
+        opened = p->opened;
+      }
+      rearm();
+    }
+    for (auto& op : start) async_connect(op);  // its failures end it through prewarm_connected()
+    if (finished) {
+      try {
+        finished->complete(ec, opened);
+      } catch (...) {
+      }
+    }
+  }
+
+  /// A prewarm's connect ended: its connection goes idle; then the next connects start.
+  void prewarm_connected(const std::shared_ptr<prewarm_op>& p, error_code ec, connection* c) noexcept {
+    {
+      section s(*this);
+      --p->in_flight;
+      if (c) {
+        books_.prewarmed(*c->node, coarse_now(), s.dead);
+        s.lease_ended();
+        ++p->opened;
+      } else if (!p->ec) {
+        p->ec = ec ? ec : error_code(net::error::no_memory);
+      }
+      rearm();
+    }
+    pump(p);
+  }
 
   // ---------------------------------------------------------------- draining (private)
 

@@ -303,9 +303,9 @@ std::size_t basic_pool<Protocol, Executor>::drain(std::chrono::steady_clock::dur
 
 template <class Protocol, class Executor>
 template <class Handler>
-struct basic_pool<Protocol, Executor>::drain_completion_impl final : state_type::drain_completion {
+struct basic_pool<Protocol, Executor>::count_completion_impl final : state_type::count_completion {
   using work_executor = net::associated_executor_t<Handler, Executor>;
-  drain_completion_impl(Handler&& h, const Executor& pool_ex)
+  count_completion_impl(Handler&& h, const Executor& pool_ex)
       : handler(std::move(h)), work(net::make_work_guard(net::get_associated_executor(handler, pool_ex))) {}
   void complete(error_code ec, std::size_t cut) override {
     auto ex = work.get_executor();
@@ -322,7 +322,7 @@ struct basic_pool<Protocol, Executor>::initiate_drain {
   template <class Handler>
   void operator()(Handler&& h, std::chrono::steady_clock::time_point deadline) const {
     using H = std::decay_t<Handler>;
-    state->async_drain(deadline, std::make_unique<drain_completion_impl<H>>(H(std::forward<Handler>(h)), state->executor()));
+    state->async_drain(deadline, std::make_unique<count_completion_impl<H>>(H(std::forward<Handler>(h)), state->executor()));
   }
   /// The deadline counts from the initiation (a deferred drain's launch).
   template <class Handler>
@@ -341,6 +341,72 @@ template <class Protocol, class Executor>
 template <class Token>
 auto basic_pool<Protocol, Executor>::async_drain(std::chrono::steady_clock::duration timeout, Token&& token) {
   return net::async_initiate<Token, void(error_code, std::size_t)>(initiate_drain{state_}, token, timeout);
+}
+
+template <class Protocol, class Executor>
+std::size_t basic_pool<Protocol, Executor>::prewarm(const endpoint_type& ep, std::size_t n, error_code& ec) {
+  return state_->prewarm_sync(typename state_type::key_type(ep), n, ec);
+}
+
+template <class Protocol, class Executor>
+std::size_t basic_pool<Protocol, Executor>::prewarm(const endpoint_type& ep, std::size_t n) {
+  error_code ec;
+  const std::size_t opened = prewarm(ep, n, ec);
+  if (ec) detail::throw_acquire_error(ec, "connpool prewarm", state_->last_connect_error(ep));
+  return opened;
+}
+
+template <class Protocol, class Executor>
+std::size_t basic_pool<Protocol, Executor>::prewarm(const host& h, std::size_t n, error_code& ec) {
+  static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
+  const typename state_type::backend* b = nullptr;
+  try {
+    b = state_->backend_for(h, true);
+  } catch (const std::bad_alloc&) {
+    ec = net::error::no_memory;
+    return 0;
+  }
+  return state_->prewarm_sync(typename state_type::key_type(static_cast<const void*>(b)), n, ec);
+}
+
+template <class Protocol, class Executor>
+std::size_t basic_pool<Protocol, Executor>::prewarm(const host& h, std::size_t n) {
+  error_code ec;
+  const std::size_t opened = prewarm(h, n, ec);
+  if (ec) detail::throw_acquire_error(ec, "connpool prewarm " + h.name + ":" + h.service, last_connect_error(h));
+  return opened;
+}
+
+template <class Protocol, class Executor>
+struct basic_pool<Protocol, Executor>::initiate_prewarm {
+  std::shared_ptr<state_type> state;
+  template <class Handler>
+  void operator()(Handler&& h, const endpoint_type& ep, std::size_t n) const {
+    start(std::forward<Handler>(h), typename state_type::key_type(ep), n);
+  }
+  template <class Handler>
+  void operator()(Handler&& h, const host& name, std::size_t n) const {
+    const auto* b = state->backend_for(name, true);
+    start(std::forward<Handler>(h), typename state_type::key_type(static_cast<const void*>(b)), n);
+  }
+  template <class Handler>
+  void start(Handler&& h, const typename state_type::key_type& k, std::size_t n) const {
+    using H = std::decay_t<Handler>;
+    state->prewarm(k, n, std::make_unique<count_completion_impl<H>>(H(std::forward<Handler>(h)), state->executor()));
+  }
+};
+
+template <class Protocol, class Executor>
+template <class Token>
+auto basic_pool<Protocol, Executor>::async_prewarm(const endpoint_type& ep, std::size_t n, Token&& token) {
+  return net::async_initiate<Token, void(error_code, std::size_t)>(initiate_prewarm{state_}, token, ep, n);
+}
+
+template <class Protocol, class Executor>
+template <class Token>
+auto basic_pool<Protocol, Executor>::async_prewarm(const host& h, std::size_t n, Token&& token) {
+  static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
+  return net::async_initiate<Token, void(error_code, std::size_t)>(initiate_prewarm{state_}, token, h, n);
 }
 
 template <class Protocol, class Executor>
