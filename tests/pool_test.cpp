@@ -9,6 +9,7 @@
 #include <spawn.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <future>
 #include <string>
 #include <set>
@@ -1179,7 +1180,7 @@ TEST_CASE("prewarm: opens connections until n are idle, straight into idle; then
   CHECK(st.created == 3);
   CHECK(st.released == 0);  // not counted as releases
   CHECK(most.load() == 1);  // never past max_connecting_per_endpoint
-  CHECK(server.counts().accepted == 3);
+  CHECK(server.wait_accepted(3));
   CHECK(pool.prewarm(ep, 3) == 0);  // 3 idle already
   CHECK(pool.prewarm(ep, 4) == 1);
   auto l = pool.acquire(ep);
@@ -1191,6 +1192,61 @@ TEST_CASE("prewarm: opens connections until n are idle, straight into idle; then
   connpool::error_code ec;
   CHECK(pool.prewarm(ep, 5, ec) == 0);
   CHECK(ec == connpool::error::pool_closed);
+}
+
+TEST_CASE("prewarm: an acquire that waits meanwhile gets the prewarmed connection, not a connect of its own; close() ends it") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto ep = server.endpoint();
+  auto o = quick();
+  o.max_connecting_per_endpoint = 1;  // the acquire waits behind the prewarm's connect
+  tcp_pool pool(o);
+  std::mutex m;
+  std::vector<tcp_pool::setup_done> gate;  // each new connection's setup waits here
+  std::condition_variable cv;
+  pool.set_setup([&](tcp_pool::socket_type&, const tcp_pool::endpoint_type&, tcp_pool::setup_done done) {
+    std::lock_guard<std::mutex> lk(m);
+    gate.push_back(std::move(done));
+    cv.notify_all();
+  });
+  auto wait_gate = [&](std::size_t n) {
+    std::unique_lock<std::mutex> lk(m);
+    return cv.wait_for(lk, 5s, [&] { return gate.size() >= n; });
+  };
+  auto open = [&](std::size_t i) {
+    tcp_pool::setup_done d;
+    {
+      std::lock_guard<std::mutex> lk(m);
+      d = gate.at(i);
+    }
+    d({});
+  };
+  auto warmed = pool.async_prewarm(ep, 1, net::use_future);
+  REQUIRE(wait_gate(1));  // the prewarm's connection is in its setup
+  auto got = std::async(std::launch::async, [&] {
+    connpool::error_code ec;
+    auto l = pool.acquire(ep, ec);
+    return std::make_pair(ec, l.reused());
+  });
+  REQUIRE(eventually([&] { return pool.stats().waiting == 1; }));
+  open(0);
+  REQUIRE(got.wait_for(5s) == std::future_status::ready);
+  const auto [ec, reused] = got.get();
+  CHECK_FALSE(ec);
+  CHECK(reused);  // handed over as an idle connection
+  CHECK(pool.stats().created == 1);  // no second connect
+  REQUIRE(warmed.wait_for(5s) == std::future_status::ready);
+  CHECK(warmed.get() == 1);
+  // A prewarm whose connect is in its setup when the pool closes ends with pool_closed.
+  auto cut_short = pool.async_prewarm(ep, 2, net::use_future);
+  REQUIRE(wait_gate(2));
+  pool.close();
+  REQUIRE(cut_short.wait_for(5s) == std::future_status::ready);
+  CHECK_THROWS_AS(cut_short.get(), connpool::system_error);
+  {
+    std::lock_guard<std::mutex> lk(m);
+    gate.clear();
+  }
 }
 
 TEST_CASE("prewarm: bounded by the limits without taking anything from traffic; a refused endpoint's error") {
@@ -1238,13 +1294,13 @@ TEST_CASE("prewarm: asynchronous; by name; on the pool's own thread it would blo
   const connpool::host h("127.0.0.1", std::to_string(ep.port()));
   CHECK(pool.prewarm(h, 2) == 2);
   CHECK(pool.stats(h).idle == 2);
-  std::promise<connpool::error_code> on_own;
-  net::post(pool.get_executor(), [&] {
+  auto on_own = std::make_shared<std::promise<connpool::error_code>>();
+  net::post(pool.get_executor(), [&pool, ep, on_own] {
     connpool::error_code ec;
     pool.prewarm(ep, 5, ec);
-    on_own.set_value(ec);
+    on_own->set_value(ec);
   });
-  auto g = on_own.get_future();
+  auto g = on_own->get_future();
   REQUIRE(g.wait_for(5s) == std::future_status::ready);
   CHECK(g.get() == net::error::would_block);
 }

@@ -222,16 +222,21 @@ class basic_pool {
   /// (the next starts as one ends), none during a connect backoff, none while acquires of that
   /// endpoint wait (their own connects serve them). Each connection goes idle as soon as it is
   /// connected and set up, or to an acquire that began to wait meanwhile: nothing is held back.
-  /// Connects, setup steps and events are those of any new connection. It stops at the first
-  /// connect failure (that error; the connections opened before stay) and at close()
-  /// (pool_closed); the whole is bounded by acquire_timeout (each connect by connect_timeout).
-  /// Returns the number of connections it opened: fewer than asked, with no error, where the
-  /// limits stopped it.
+  /// Connects, setup steps and events are those of any new connection. It starts at most n less the
+  /// connections idle when it begins (a connection that leaves idle meanwhile, to traffic or
+  /// closed, is not made up for). It stops at the first connect failure (that error; the
+  /// connections opened before stay), during a connect backoff (error::endpoint_unavailable, if
+  /// nothing was opened), and at close() (pool_closed); no connect starts after acquire_timeout
+  /// (then acquire_timeout, if one was still needed), and each is bounded by connect_timeout.
+  /// Returns the number of connections it opened (a connection closed at once, by its peer or a
+  /// close(), counts): fewer than needed, with no error, where the limits stopped it.
   ///@{
 
-  /// Prewarm, waiting on the calling thread (for the pool's executor to run the connects: on a
-  /// default-constructed pool's own thread it fails at once with net::error::would_block). Throws
-  /// system_error (for endpoint_unavailable with the last connect error in its message).
+  /// Prewarm, waiting on the calling thread for the pool's executor to run the connects: on a
+  /// default-constructed pool's own thread it fails at once with net::error::would_block; on a
+  /// pool built on your executor, something must run it on another thread (else it waits until
+  /// acquire_timeout, and 200 ms more: use async_prewarm() there). Throws system_error (for
+  /// endpoint_unavailable with the last connect error in its message); the count is lost then.
   std::size_t prewarm(const endpoint_type& ep, std::size_t n);
   /// As above, reporting errors in `ec`.
   std::size_t prewarm(const endpoint_type& ep, std::size_t n, error_code& ec);

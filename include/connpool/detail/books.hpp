@@ -353,7 +353,9 @@ class books {
   /// A slot's connect succeeded: the connection `payload` is now leased; returns its node. Ends
   /// the endpoint's connect backoff; a connect slot freed for its waiters is granted. May throw
   /// std::bad_alloc, the books unchanged; the caller then reports connect_failed().
-  conn_node* connected(ep_node& e, void* payload, time_point now, graveyard& dead) {
+  /// `serve_waiters` false: the caller hands the connection itself on (prewarmed()), which serves
+  /// the endpoint's waiters first with it, then with the freed connect place.
+  conn_node* connected(ep_node& e, void* payload, time_point now, graveyard& dead, bool serve_waiters = true) {
     CONNPOOL_ASSERT(e.connecting > 0);
     conn_node& c = make_node();
     c.ep = &e;
@@ -378,7 +380,7 @@ class books {
     ++e.counters.created;
     e.fails = 0;
     if (e.holding) unhold(e);
-    if (!e.waiters.empty()) {  // below max_connecting_per_endpoint again, or out of the backoff
+    if (serve_waiters && !e.waiters.empty()) {  // below max_connecting_per_endpoint again, or out of the backoff
       update_room(e);
       try {
         serve(now, dead);
@@ -726,8 +728,9 @@ class books {
     return take_slot(e, now, dead);
   }
 
-  /// A prewarm connection, connected (connected(): leased to nobody), goes idle, or to an acquire
-  /// that began to wait meanwhile. Not counted as a release.
+  /// A prewarm connection, just connected (connected() without serving: leased to nobody), goes to
+  /// the endpoint's oldest waiter, or idle; then the freed connect place serves the next waiters.
+  /// Not counted as a release.
   void prewarmed(conn_node& c, time_point now, graveyard& dead) { keep(c, probe_result::healthy, now, dead, now); }
 
   // ------------------------------------------------------------------------------- lease_warn_after

@@ -1011,7 +1011,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     key_type key;
     std::size_t target = 0;
     time_point deadline = never;
-    std::size_t in_flight = 0, opened = 0;
+    std::size_t in_flight = 0, opened = 0, started = 0;
+    std::size_t budget = 0;  // connects it may start: n less the idle ones at its first look
+    bool looked = false;
     error_code ec;  // the first failure: no more connects start
     std::unique_ptr<count_completion> done;
   };
@@ -1019,7 +1021,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// One connect of a prewarm: its end goes back to the prewarm, not to a caller.
   struct prewarm_connect final : completion {
     explicit prewarm_connect(std::shared_ptr<prewarm_op> p) : op(std::move(p)) { this->quiet = true; }
-    void complete(pool_state* s, error_code ec, connection* c, bool) override { s->prewarm_connected(op, ec, c); }
+    void complete(pool_state* s, error_code ec, connection* c, bool) override {
+      s->prewarm_connected(op, ec, c != nullptr);
+    }
     std::shared_ptr<prewarm_op> op;
   };
 
@@ -1035,20 +1039,32 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         const time_point now = coarse_now();
         if (books_.closed()) {
           if (!p->ec) p->ec = error::pool_closed;
-        } else if (!p->ec && clock::now() < p->deadline) {
+        } else if (!p->ec) {
           entry& e = books_.get(p->key, now);
-          while (e.idle.size() + p->in_flight < p->target) {
+          if (!p->looked) {
+            p->looked = true;
+            p->budget = p->target > e.idle.size() ? p->target - e.idle.size() : 0;
+          }
+          // Connections that leave idle meanwhile (to traffic, closed) are not made up for past
+          // the budget: a peer that closes each new connection at once cannot make it churn.
+          const auto needed = [&] { return e.idle.size() + p->in_flight < p->target && p->started < p->budget; };
+          const bool in_time = clock::now() < p->deadline;
+          while (in_time && needed()) {
             // Made before the slot, so that running out of memory takes nothing from the books.
             auto op = std::make_shared<async_op>(this->shared_from_this(), std::make_unique<prewarm_connect>(p));
             start.reserve(start.size() + 1);
             if (!books_.prewarm_slot(e, now, s.dead)) break;
             op->ep = &e;
-            op->deadline = p->deadline;
+            op->prewarm = true;  // each connect is bounded by connect_timeout; the deadline stops new ones
             start.push_back(std::move(op));
             ++p->in_flight;
+            ++p->started;
           }
-        } else if (!p->ec && p->in_flight == 0 && p->opened == 0 && p->target > 0) {
-          p->ec = error::acquire_timeout;  // its deadline passed before anything could start
+          if (!in_time && needed()) {
+            p->ec = error::acquire_timeout;  // its deadline stopped a connect it still needed
+          } else if (start.empty() && p->in_flight == 0 && needed() && books_.in_backoff(e, now)) {
+            p->ec = error::endpoint_unavailable;  // refused by the connect backoff
+          }
         }
       } catch (...) {
         if (!p->ec) p->ec = net::error::no_memory;
@@ -1058,7 +1074,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         ec = p->ec;
         opened = p->opened;
       }
-      rearm();
+      try {
+        rearm();
+      } catch (...) {  // out of memory arming the timer: the next change arms it
+      }
     }
     for (auto& op : start) async_connect(op);  // its failures end it through prewarm_connected()
     if (finished) {
@@ -1069,19 +1088,14 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
   }
 
-  /// A prewarm's connect ended: its connection goes idle; then the next connects start.
-  void prewarm_connected(const std::shared_ptr<prewarm_op>& p, error_code ec, connection* c) noexcept {
+  /// A prewarm's connect ended (`connected`: its connection went to a waiter or idle, in the
+  /// same section as its connect's end; it is not ours to touch); then the next connects start.
+  void prewarm_connected(const std::shared_ptr<prewarm_op>& p, error_code ec, bool connected) noexcept {
     {
-      section s(*this);
+      std::lock_guard<spin_mutex> lk(mu_);
       --p->in_flight;
-      if (c) {
-        books_.prewarmed(*c->node, coarse_now(), s.dead);
-        s.lease_ended();
-        ++p->opened;
-      } else if (!p->ec) {
-        p->ec = ec ? ec : error_code(net::error::no_memory);
-      }
-      rearm();
+      if (connected) ++p->opened;
+      else if (!p->ec) p->ec = ec ? ec : error_code(net::error::no_memory);
     }
     pump(p);
   }
@@ -1202,6 +1216,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     grant pending;                         // posted to proceed(), not taken yet
     std::weak_ptr<dial_race> dial;  // its connect in flight, under the lock
     bool cancel_requested = false;  // under the lock
+    bool prewarm = false;           // a prewarm's connect: its connection goes idle, not to the handler
   };
 
 #if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
@@ -2255,18 +2270,20 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// Book a finished connection attempt and give its slot back or turn it into a lease. Takes
   /// ownership of `c` (null if it could not even be made); returns it leased, or null.
   /// `cancelled`: the attempt was stopped by the acquire's own cancellation (not counted failed).
+  /// `to_idle`: a prewarm's connection, which goes to a waiter or idle at once (books::prewarmed()):
+  /// the pointer returned then only says it connected; it is not the caller's.
   connection* connected(ep_node& e, std::unique_ptr<connection> c, error_code& ec, std::uint64_t dial_id = 0,
-                        bool cancelled = false) {
+                        bool cancelled = false, bool to_idle = false) {
     // A connect that began with the listener set (connect_started) ends with an event, whatever
     // ended it; one whose connection object could not be made never began.
     connect_outcome oc;
     if (!c || c->connect_began == time_point{} || !events_on())
-      return connected_locked(e, std::move(c), ec, dial_id, cancelled, oc);
+      return connected_locked(e, std::move(c), ec, dial_id, cancelled, oc, to_idle);
     const time_point began = c->connect_began;
     const endpoint_type remote = c->remote;
     const backend* named = backend_of(&e);
     const endpoint_type key = named ? endpoint_type{} : endpoint_of(&e);  // the entry may go with the slot
-    connection* out = connected_locked(e, std::move(c), ec, dial_id, cancelled, oc);
+    connection* out = connected_locked(e, std::move(c), ec, dial_id, cancelled, oc, to_idle);
     const time_point now = clock::now();
     event ev;
     ev.kind = out ? event_kind::connect_succeeded : event_kind::connect_failed;
@@ -2276,7 +2293,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     else if (!named) ev.endpoint = &key;
     ev.error = out ? error_code() : (ec ? ec : error_code(net::error::operation_aborted));
     if (began != time_point{}) ev.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(now - began);
-    if (out) out->connected_at = now;
+    if (out && !to_idle) out->connected_at = now;  // a prewarmed one got it under the lock
     emit(ev);
     if (oc.backoff || oc.recovered) {
       event b;
@@ -2300,7 +2317,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   };
 
   connection* connected_locked(ep_node& e, std::unique_ptr<connection> c, error_code& ec, std::uint64_t dial_id,
-                               bool cancelled, connect_outcome& oc) {
+                               bool cancelled, connect_outcome& oc, bool to_idle) {
     section s(*this);
     if (dial_id) dials_.erase(dial_id);
     const time_point now = coarse_now();
@@ -2313,7 +2330,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (!ec) {
       const std::uint32_t fails = e.fails;
       try {
-        c->node = books_.connected(e, c.get(), now, s.dead);
+        c->node = books_.connected(e, c.get(), now, s.dead, /*serve_waiters=*/!to_idle);
       } catch (const std::bad_alloc&) {
         ec = net::error::no_memory;  // the books unchanged: the slot is given back below
       }
@@ -2325,6 +2342,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         if (c->addr && c->addr->removed.load(std::memory_order_relaxed)) c->node->seen = probe_result::address_removed;
         c->watched = watching_ && watch_.add(c->socket.native_handle(), c->node->id);
         connection* out = c.release();
+        if (to_idle) {
+          if (events_on()) out->connected_at = clock::now();
+          books_.prewarmed(*out->node, now, s.dead);  // to the oldest waiter, or idle
+        }
         rearm();
         return out;
       }
@@ -2579,7 +2600,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       }
     }
     if (!rc) {
-      connection* out = connected(*op.ep, nullptr, ec);
+      connection* out = connected(*op.ep, nullptr, ec, 0, false, op.prewarm);
       return op.finish(ec, out, false);
     }
     if (!named) {
@@ -2606,7 +2627,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
     if (ec) {
       close_socket(rc->dial, close_mode::abortive, false);
-      connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id, ec == net::error::operation_aborted);
+      connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id, ec == net::error::operation_aborted, op.prewarm);
       return op.finish(ec, out, false);
     }
     // Every step from here runs on the strand: the timer cannot cancel a connect not started yet,
@@ -2625,7 +2646,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     } catch (const std::bad_alloc&) {
       ec = net::error::no_memory;
       close_socket(rc->dial, close_mode::abortive, false);
-      connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id);
+      connection* out = connected(*op.ep, std::move(rc->conn), ec, rc->id, false, op.prewarm);
       op.finish(ec, out, false);
     }
   }
@@ -2681,7 +2702,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       cec = acquire_bound ? error::acquire_timeout : error::connect_timeout;
     if (!cec) cec = move_descriptor(rc->dial, rc->conn->socket, rc->conn->remote.protocol());
     if (rc->dial.is_open()) close_socket(rc->dial, close_mode::abortive, false);
-    connection* out = connected(*opp->ep, std::move(rc->conn), cec, rc->id, rc->aborted && cec == net::error::operation_aborted);
+    connection* out = connected(*opp->ep, std::move(rc->conn), cec, rc->id, rc->aborted && cec == net::error::operation_aborted,
+                                opp->prewarm);
     opp->finish(cec, out, false);
   }
 
