@@ -466,6 +466,59 @@ TEST_CASE("books: lease_warn_after reports each lease held that long once, in st
   f.b.check_invariants();
 }
 
+TEST_CASE("books: min_idle_per_endpoint keeps the last idle connections past idle_timeout while the endpoint is in use, and refills it") {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 4;
+  o.min_idle_per_endpoint = 2;
+  o.idle_timeout = 1s;
+  o.endpoint_grace = 10s;
+  fixture f(o);
+  auto* a = f.connect(1, t0);
+  auto* b = f.connect(1, t0);
+  auto* c = f.connect(1, t0);
+  for (auto* n : {a, b, c}) f.b.released(*n, d::probe_result::healthy, t0, f.dead);
+  std::vector<d::ep_node*> refills;
+  // The first release left one idle: a refill was asked; by its time three are idle, and it is dropped.
+  CHECK(f.b.next_due() <= t0 + 200ms);
+  f.b.expire(t0 + 200ms, f.dead, nullptr, &refills);
+  CHECK(refills.empty());
+  CHECK(f.b.next_due() == t0 + 1s);
+  f.b.expire(t0 + 1s, f.dead, nullptr, &refills);
+  CHECK(f.b.stats(1).idle_timeout == 1);  // the one above the minimum
+  CHECK(f.b.stats(1).idle == 2);           // the minimum stays, renewed
+  CHECK(refills.empty());
+  CHECK(f.b.next_due() == t0 + 2s);
+  f.b.check_invariants();
+  // A renewed connection is checked before its next hand-out (it has been idle all along).
+  d::conn_node* kept = f.b.peek_idle(*f.b.find(1));
+  REQUIRE(kept);
+  CHECK(f.b.needs_check(*kept, t0 + 1s));
+  // One of them closes (a discarded lease): below the minimum, a refill is due within the jitter.
+  d::conn_node* x = f.b.take_idle(*f.b.find(1));
+  REQUIRE(x);
+  f.b.discarded(*x, connpool::close_mode::graceful, t0 + 1s, f.dead);
+  CHECK(f.b.next_due() <= t0 + 1s + 200ms);
+  f.b.check_invariants();
+  f.b.expire(t0 + 1s + 200ms, f.dead, nullptr, &refills);
+  REQUIRE(refills.size() == 1);
+  CHECK(refills[0] == f.b.find(1));
+  // The refill is a prewarm: a slot, a connection that goes idle.
+  REQUIRE(f.b.prewarm_slot(*refills[0], t0 + 1s + 200ms, f.dead));
+  d::conn_node* y = f.b.connected(*refills[0], nullptr, t0 + 1s + 300ms, f.dead, false);
+  f.b.prewarmed(*y, t0 + 1s + 300ms, f.dead);
+  CHECK(f.b.stats(1).idle == 2);
+  f.b.check_invariants();
+  // No longer in use (no lease ended within endpoint_grace): idle_timeout closes them all, and
+  // nothing asks for a refill.
+  refills.clear();
+  f.b.expire(t0 + 30s, f.dead, nullptr, &refills);
+  CHECK(f.b.stats(1).idle == 0);
+  CHECK(refills.empty());
+  f.b.expire(t0 + 31s, f.dead, nullptr, &refills);
+  CHECK(refills.empty());
+  f.b.check_invariants();
+}
+
 TEST_CASE("books: max_connecting_per_endpoint: acquires beyond it wait, and a connect's end, success or failure, gives its place to the oldest") {
   connpool::pool_options o = opts();
   o.max_per_endpoint = 8;

@@ -1305,6 +1305,45 @@ TEST_CASE("prewarm: asynchronous; by name; on the pool's own thread it would blo
   CHECK(g.get() == net::error::would_block);
 }
 
+TEST_CASE("min_idle_per_endpoint: refilled in the background after a release and after the peer closes them; idle_timeout spares the minimum") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  auto ep = server.endpoint();
+  auto o = quick();
+  o.min_idle_per_endpoint = 2;
+  o.idle_timeout = 300ms;
+  o.endpoint_grace = 0ms;  // always in use
+  tcp_pool pool(o);
+  pool.acquire(ep).release();  // one idle: a refill opens the second, in the background
+  REQUIRE(eventually([&] { return pool.stats(ep).idle == 2; }, 5000ms));
+  CHECK(pool.stats(ep).created == 2);
+  CHECK(pool.stats(ep).released == 1);
+  REQUIRE(server.wait_accepted(2));
+  server.close_all();  // the peer closes both: the watch closes them, and the pool refills
+  REQUIRE(eventually([&] { return pool.stats(ep).peer_closed == 2 && pool.stats(ep).idle == 2; }, 5000ms));
+  CHECK(pool.stats(ep).created == 4);
+  // Well past idle_timeout: the minimum is still there, never closed for idleness.
+  const auto until = std::chrono::steady_clock::now() + 1500ms;
+  eventually([&] { return std::chrono::steady_clock::now() > until; }, 3000ms);  // time itself is the event
+  CHECK(pool.stats(ep).idle_timeout == 0);
+  CHECK(pool.stats(ep).idle == 2);
+  CHECK(pool.stats(ep).created == 4);
+  auto l = pool.acquire(ep);
+  CHECK(l.reused());
+  CHECK(test::roundtrip(l, "kept") == "kept");
+  l.release();
+  // The control: without a minimum, idle_timeout closes idle connections in the same run.
+  auto o0 = quick();
+  o0.idle_timeout = 300ms;
+  tcp_pool plain(o0);
+  plain.acquire(ep).release();
+  CHECK(eventually([&] { return plain.stats(ep).idle_timeout == 1; }, 5000ms));
+  connpool::pool_options bad;
+  bad.max_idle_per_endpoint = 1;
+  bad.min_idle_per_endpoint = 2;
+  CHECK(bad.invalid_field() == std::string("min_idle_per_endpoint"));
+}
+
 TEST_CASE("drain: closes idle and waits for the leases out; a second drain and later acquires see it closed") {
   test::fd_guard fds;
   test::echo_server server(test::loopback());

@@ -20,6 +20,14 @@ enum class close_mode {
 struct pool_options {
   std::size_t max_per_endpoint = 64;        ///< idle + leased + connecting, per endpoint
   std::size_t max_idle_per_endpoint = 64;   ///< idle connections beyond this are closed (surplus)
+  /// For each endpoint in use (a lease of it ended within endpoint_grace; always, with
+  /// endpoint_grace 0), keep at least this many connections idle: after a release or a close
+  /// leaves fewer, the pool opens more in the background (as basic_pool::prewarm() does, within
+  /// the limits, after a random delay of up to 200 ms; one that fails is tried again after 1 s, or
+  /// after the connect backoff), and idle_timeout does not close the last ones (their health check
+  /// is then due before their next hand-out). At most max_idle_per_endpoint and max_per_endpoint.
+  /// 0: off.
+  std::size_t min_idle_per_endpoint = 0;
   std::size_t max_total = 0;                ///< idle + leased + connecting, across endpoints
   /// An acquire that would wait while this many acquires of its endpoint wait already fails at
   /// once with error::too_many_waiters (counted waiters_rejected): fail fast under overload
@@ -129,6 +137,9 @@ struct pool_options {
     if (validate_timeout <= milliseconds::zero()) return "validate_timeout";
     if (ping_interval < milliseconds::zero()) return "ping_interval";
     if (lease_warn_after < milliseconds::zero()) return "lease_warn_after";
+    if ((max_idle_per_endpoint && min_idle_per_endpoint > max_idle_per_endpoint) ||
+        (max_per_endpoint && min_idle_per_endpoint > max_per_endpoint))
+      return "min_idle_per_endpoint";
     if (keepalive_idle < seconds::zero() || keepalive_idle > seconds(32767)) return "keepalive_idle";
     if (keepalive_interval < seconds::zero() || keepalive_interval > seconds(32767)) return "keepalive_interval";
     if (keepalive_count > 127) return "keepalive_count";

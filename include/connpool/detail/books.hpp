@@ -159,6 +159,11 @@ struct alignas(64) ep_node {
   time_point retry_at{};
   std::size_t hold_pos = not_in_heap;  // in the heap of holds, by retry_at (while holding)
   error_code last_error;  // the last failed connect's
+  // min_idle_per_endpoint: when a lease of it last ended (it is in use while that is within
+  // endpoint_grace), and its place in the heap of refills due (by refill_at).
+  time_point last_used{};
+  time_point refill_at{};
+  std::size_t refill_pos = not_in_heap;
 
   std::size_t open() const noexcept { return idle.size() + leased + connecting; }
   bool unused() const noexcept { return open() == 0 && waiters.empty(); }
@@ -199,6 +204,7 @@ class books {
       : max_idle_per_endpoint_(o.max_idle_per_endpoint),
         max_uses_(o.max_uses),
         warn_after_(span(o.lease_warn_after)),
+        min_idle_(o.min_idle_per_endpoint),
         idle_timeout_(span(o.idle_timeout)),
         ping_interval_(span(o.ping_interval)),
         validate_after_idle_(span(o.validate_after_idle)),
@@ -241,6 +247,7 @@ class books {
     entry* e = owned.get();
     map_.emplace(e->key, std::move(owned));
     last_ = e;
+    e->last_used = now;
     settle(*e, now);
     return *e;
   }
@@ -438,6 +445,17 @@ class books {
   std::uint32_t released(conn_node& c, probe_result r, time_point now, graveyard& dead) {
     ep_node& e = *c.ep;
     ++e.released;
+    e.last_used = now;
+    if (min_idle_) {
+      const std::uint32_t stamp = released_kept(c, r, now, dead);
+      want_refill(e, now, clock::duration::zero());
+      return stamp;
+    }
+    return released_kept(c, r, now, dead);
+  }
+
+ private:
+  CONNPOOL_HOT std::uint32_t released_kept(conn_node& c, probe_result r, time_point now, graveyard& dead) {
     c.check = check_mark::none;
     if (max_uses_ && ++c.uses >= max_uses_ && !closed_ && r == probe_result::healthy && c.seen == r) {
       retire(c, close_reason::max_uses, opts_.retire_close, now, dead);
@@ -447,6 +465,7 @@ class books {
     return keep(c, r, now, dead, now);
   }
 
+ public:
   /// Whether an acquire of `e` that try_grant() gave nothing may queue; if not (max_waiting_per_
   /// endpoint), it fails with error::too_many_waiters, counted here.
   bool may_wait(ep_node& e) noexcept {
@@ -606,6 +625,7 @@ class books {
  public:
   /// A lease is closed by the user (discard(), or destroyed unreleased).
   void discarded(conn_node& c, close_mode mode, time_point now, graveyard& dead) {
+    c.ep->last_used = now;
     retire(c, close_reason::discarded, mode, now, dead);
     serve(now, dead);
   }
@@ -672,6 +692,7 @@ class books {
       const time_point w = later(leases_.front()->lease_began, warn_after_);
       if (w < t) t = w;
     }
+    if (!refills_.empty() && refills_.top()->refill_at < t) t = refills_.top()->refill_at;
     return t;
   }
 
@@ -679,11 +700,16 @@ class books {
   /// endpoint_grace. O(retired + log n): the idle list is in idle order, lifetimes are a heap,
   /// unused endpoints a list in order. With ping_interval, the background checks due go into
   /// `pings` (see start_pings(); required then). Returns next_due().
-  time_point expire(time_point now, graveyard& dead, std::vector<conn_node*>* pings = nullptr) {
+  time_point expire(time_point now, graveyard& dead, std::vector<conn_node*>* pings = nullptr,
+                    std::vector<ep_node*>* refills = nullptr) {
     if (!closed_) {
       if (idle_timeout_.count() > 0) {
         while (conn_node* c = all_idle_.front()) {
           if (later(c->idle_since, idle_timeout_) > now) break;
+          if (min_idle_ && c->check != check_mark::pinging && keeps_minimum(*c->ep, now)) {
+            renew(*c, now);  // below the minimum of an endpoint in use: idle_timeout does not apply
+            continue;
+          }
           retire_and_serve(*c, close_reason::idle_timeout, now, dead);
         }
       }
@@ -710,9 +736,74 @@ class books {
         serve(now, dead);
       }
       if (pings) start_pings(now, *pings);
+      while (!refills_.empty() && refills_.top()->refill_at <= now) {
+        ep_node& e = *refills_.top();
+        refills_.erase(&e);
+        if (!below_minimum(e, now)) continue;
+        try {
+          if (refills) refills->push_back(&e);
+        } catch (...) {  // out of memory: the next close or release asks again
+        }
+      }
     }
     return next_due();
   }
+
+  // ------------------------------------------------------------------------------- min_idle_per_endpoint
+
+  /// Whether `e` is in use at `now`: a lease of it ended within endpoint_grace (always, with
+  /// endpoint_grace 0), or it was made then.
+  bool in_use(const ep_node& e, time_point now) const noexcept {
+    return endpoint_grace_.count() == 0 || later(e.last_used, endpoint_grace_) > now;
+  }
+
+  /// Whether `e` (in use) has fewer than min_idle_per_endpoint idle connections, counting its
+  /// connects in flight.
+  bool below_minimum(const ep_node& e, time_point now) const noexcept {
+    return min_idle_ && in_use(e, now) && e.idle.size() + e.connecting < min_idle_;
+  }
+
+  /// Whether the idle connections of `e` are all its minimum, which idle_timeout leaves alone.
+  bool keeps_minimum(const ep_node& e, time_point now) const noexcept {
+    return in_use(e, now) && e.idle.size() <= min_idle_;
+  }
+
+  /// `e` may be below its minimum: refill it (prewarm it up to the minimum, in the background)
+  /// after `delay` and a random jitter of up to refill_jitter, unless a refill is due already or
+  /// the connect backoff holds it (its end asks again). O(log endpoints due).
+  void want_refill(ep_node& e, time_point now, clock::duration delay) noexcept {
+    if (e.refill_pos != not_in_heap || e.holding || !below_minimum(e, now)) return;
+    e.refill_at = later(later(now, delay), clock::duration(std::uniform_int_distribution<clock::rep>(
+                                                                0, span(refill_jitter).count())(rng_)));
+    try {
+      refills_.push(&e);
+    } catch (...) {  // out of memory: the next close or release asks again
+    }
+  }
+
+  /// The most a refill waits after the close or release that asked for it: reconnects after a
+  /// server restart spread over this much.
+  static constexpr std::chrono::milliseconds refill_jitter{200};
+  /// How long a refill that failed (without a connect backoff to wait for) waits to try again.
+  static constexpr std::chrono::milliseconds refill_retry{1000};
+
+  /// A refill of the endpoint of `k` (if the books still have it) failed: try again later.
+  template <class K>
+  void refill_failed(const K& k, time_point now) noexcept {
+    if (entry* e = find(k)) want_refill(*e, now, span(refill_retry));
+  }
+
+ private:
+  /// Keep `c` (idle, past idle_timeout, its endpoint at its minimum) as if released now: the most
+  /// recently used of its endpoint, with its health check due before its next hand-out.
+  void renew(conn_node& c, time_point now) noexcept {
+    set_state(c, conn_state::leased);
+    c.check = check_mark::due;
+    c.idle_since = now;
+    set_state(c, conn_state::idle);
+  }
+
+ public:
 
   // ------------------------------------------------------------------------------- prewarming
 
@@ -881,6 +972,10 @@ class books {
     if (!closed_ && unused != unused_.size()) fail("unused endpoint count");
     if (rooms != room_.size()) fail("room queue size");
     if (holds != holds_.size()) fail("heap of holds size");
+    std::size_t refilling = 0;
+    for (const auto& kv : map_) refilling += kv.second->refill_pos != not_in_heap;
+    if (refilling != refills_.size()) fail("heap of refills size");
+    if (!min_idle_ && !refills_.empty()) fail("refills while min_idle_per_endpoint is off");
     if (!room_.empty() && (open_total_ < opts_.max_total || !all_idle_.empty()))
       fail("a waiter waits for room that is free");
     if (registry_.size() != idle + leased) fail("registry size differs from idle + leased");
@@ -932,6 +1027,9 @@ class books {
   };
   struct by_retry_at {
     bool operator()(const ep_node* a, const ep_node* b) const noexcept { return a->retry_at < b->retry_at; }
+  };
+  struct by_refill_at {
+    bool operator()(const ep_node* a, const ep_node* b) const noexcept { return a->refill_at < b->refill_at; }
   };
   struct by_oldest_waiter {
     bool operator()(const ep_node* a, const ep_node* b) const noexcept {
@@ -1000,6 +1098,7 @@ class books {
     dead.push_back({c.payload, mode, why == close_reason::peer_closed || why == close_reason::peer_reset, why, true});
     recycle(c);
     changed(e, now);
+    if (min_idle_ && !closed_) want_refill(e, now, clock::duration::zero());
   }
 
   /// A node from the arena: the free list, else a new chunk (may throw std::bad_alloc).
@@ -1127,6 +1226,7 @@ class books {
   void unhold(ep_node& e) noexcept {
     e.holding = false;
     if (e.hold_pos != not_in_heap) holds_.erase(&e);
+    if (min_idle_ && !closed_) want_refill(e, e.retry_at, clock::duration::zero());
   }
 
   /// With `e` in its backoff and nothing leased or connecting that could serve its waiters: fail
@@ -1190,6 +1290,7 @@ class books {
     CONNPOOL_ASSERT(e.unused());
     unused_.erase(&e);
     if (e.holding) unhold(e);
+    if (e.refill_pos != not_in_heap) refills_.erase(&e);
     pool_stats s = e.snapshot();
     forgotten_ += s;
     if (last_ == &e) last_ = nullptr;
@@ -1229,6 +1330,7 @@ class books {
   const std::size_t max_idle_per_endpoint_;
   const std::size_t max_uses_;
   const clock::duration warn_after_;  // lease_warn_after; 0: off
+  const std::size_t min_idle_;        // min_idle_per_endpoint; 0: off
   bool pinging_ = false;
   std::size_t pinged_ = 0;  // connections whose background check runs
   const clock::duration idle_timeout_, ping_interval_, validate_after_idle_, max_lifetime_, endpoint_grace_;
@@ -1243,6 +1345,7 @@ class books {
   const std::size_t max_connecting_;
   const clock::duration backoff_, backoff_max_;
   iheap<ep_node, &ep_node::hold_pos, by_retry_at> holds_;  // endpoints in a connect backoff
+  iheap<ep_node, &ep_node::refill_pos, by_refill_at> refills_;  // endpoints below min_idle, by refill_at
 
   const pool_options opts_;
   std::minstd_rand rng_;

@@ -1088,6 +1088,31 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     }
   }
 
+  /// min_idle_per_endpoint: bring the endpoint of `k` back to its minimum, in the background; a
+  /// refill that fails is tried again later (books::refill_failed()).
+  void start_refill(const key_type& k) noexcept {
+    struct done final : count_completion {
+      done(std::weak_ptr<pool_state> s, const key_type& k) : state(std::move(s)), key(k) {}
+      void complete(error_code ec, std::size_t) override {
+        if (!ec || ec == error::pool_closed) return;
+        if (auto s = state.lock()) {
+          std::lock_guard<spin_mutex> lk(s->mu_);
+          s->books_.refill_failed(key, coarse_now());
+          try {
+            s->rearm();
+          } catch (...) {
+          }
+        }
+      }
+      std::weak_ptr<pool_state> state;
+      key_type key;
+    };
+    try {
+      prewarm(k, options().min_idle_per_endpoint, std::make_unique<done>(this->weak_from_this(), k));
+    } catch (...) {  // out of memory: the next close or release asks again
+    }
+  }
+
   /// A prewarm's connect ended (`connected`: its connection went to a waiter or idle, in the
   /// same section as its connect's end; it is not ours to touch); then the next connects start.
   void prewarm_connected(const std::shared_ptr<prewarm_op>& p, error_code ec, bool connected) noexcept {
@@ -2812,10 +2837,12 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       clock::duration held;
     };
     std::vector<held_long> late;
+    std::vector<key_type> refill;
     {
       section s(*this);
       timer_armed_ = false;
       if (books_.closed()) return;
+      std::vector<ep_node*> below;
       const time_point now = clock::now();  // one clock for every due time: none found early
       if (books_.watching_leases()) {
         books_.overdue(now, [&](conn_node& n, clock::duration held) {
@@ -2828,16 +2855,22 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       }
       if (check_ && options().ping_interval.count() > 0) {
         std::vector<conn_node*> due;
-        arm_timer(books_.expire(now, s.dead, &due));
+        arm_timer(books_.expire(now, s.dead, &due, &below));
         if (!due.empty()) {
           check = check_;
           take_pings(due, jobs, s.dead);
         }
       } else {
-        arm_timer(books_.expire(now, s.dead));
+        arm_timer(books_.expire(now, s.dead, nullptr, &below));
+      }
+      try {
+        refill.reserve(below.size());
+        for (ep_node* e : below) refill.push_back(static_cast<entry*>(e)->key);
+      } catch (...) {  // out of memory: the next close or release asks again
       }
     }
     for (ping_job& j : jobs) start_ping(j, check);
+    for (const key_type& k : refill) start_refill(k);
     for (const held_long& h : late) {
       event ev;
       ev.kind = event_kind::lease_held_long;
