@@ -25,8 +25,10 @@ struct pool_options {
   /// leaves fewer, the pool opens more in the background (as basic_pool::prewarm() does, within
   /// the limits, after a random delay of up to 200 ms; one that fails is tried again after 1 s, or
   /// after the connect backoff), and idle_timeout does not close the last ones (their health check
-  /// is then due before their next hand-out). At most max_idle_per_endpoint and max_per_endpoint.
-  /// 0: off.
+  /// is then due before their next hand-out; renewed, they are the next handed out). A refill
+  /// the limits refuse (max_per_endpoint, max_total, the connect limit, acquires waiting) is asked
+  /// again at the next release or close. At most max_idle_per_endpoint, max_per_endpoint and
+  /// max_total. 0: off.
   std::size_t min_idle_per_endpoint = 0;
   std::size_t max_total = 0;                ///< idle + leased + connecting, across endpoints
   /// An acquire that would wait while this many acquires of its endpoint wait already fails at
@@ -138,7 +140,8 @@ struct pool_options {
     if (ping_interval < milliseconds::zero()) return "ping_interval";
     if (lease_warn_after < milliseconds::zero()) return "lease_warn_after";
     if ((max_idle_per_endpoint && min_idle_per_endpoint > max_idle_per_endpoint) ||
-        (max_per_endpoint && min_idle_per_endpoint > max_per_endpoint))
+        (max_per_endpoint && min_idle_per_endpoint > max_per_endpoint) ||
+        (max_total && min_idle_per_endpoint > max_total))
       return "min_idle_per_endpoint";
     if (keepalive_idle < seconds::zero() || keepalive_idle > seconds(32767)) return "keepalive_idle";
     if (keepalive_interval < seconds::zero() || keepalive_interval > seconds(32767)) return "keepalive_interval";

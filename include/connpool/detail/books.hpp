@@ -445,13 +445,10 @@ class books {
   std::uint32_t released(conn_node& c, probe_result r, time_point now, graveyard& dead) {
     ep_node& e = *c.ep;
     ++e.released;
-    e.last_used = now;
-    if (min_idle_) {
-      const std::uint32_t stamp = released_kept(c, r, now, dead);
-      want_refill(e, now, clock::duration::zero());
-      return stamp;
-    }
-    return released_kept(c, r, now, dead);
+    if (min_idle_) e.last_used = now;
+    const std::uint32_t stamp = released_kept(c, r, now, dead);
+    if (min_idle_) want_refill(e, now, clock::duration::zero());
+    return stamp;
   }
 
  private:
@@ -625,7 +622,7 @@ class books {
  public:
   /// A lease is closed by the user (discard(), or destroyed unreleased).
   void discarded(conn_node& c, close_mode mode, time_point now, graveyard& dead) {
-    c.ep->last_used = now;
+    if (min_idle_) c.ep->last_used = now;
     retire(c, close_reason::discarded, mode, now, dead);
     serve(now, dead);
   }
@@ -732,16 +729,17 @@ class books {
           ep_node& e = *holds_.top();
           unhold(e);  // its waiters may have the trial connect now
           update_room(e);
+          if (min_idle_) want_refill(e, now, clock::duration::zero());  // the backoff held a refill back
         }
         serve(now, dead);
       }
       if (pings) start_pings(now, *pings);
-      while (!refills_.empty() && refills_.top()->refill_at <= now) {
+      while (refills && !refills_.empty() && refills_.top()->refill_at <= now) {
         ep_node& e = *refills_.top();
         refills_.erase(&e);
-        if (!below_minimum(e, now)) continue;
+        if (e.holding || !below_minimum(e, now)) continue;  // a backoff's end asks again
         try {
-          if (refills) refills->push_back(&e);
+          refills->push_back(&e);
         } catch (...) {  // out of memory: the next close or release asks again
         }
       }
@@ -751,10 +749,13 @@ class books {
 
   // ------------------------------------------------------------------------------- min_idle_per_endpoint
 
-  /// Whether `e` is in use at `now`: a lease of it ended within endpoint_grace (always, with
-  /// endpoint_grace 0), or it was made then.
+  /// Whether min_idle_per_endpoint is set: a constant.
+  bool keeps_minimums() const noexcept { return min_idle_ != 0; }
+
+  /// Whether `e` is in use at `now`: a lease of it is out or ended within endpoint_grace, or an
+  /// acquire of it waits, or it was made then (always, with endpoint_grace 0).
   bool in_use(const ep_node& e, time_point now) const noexcept {
-    return endpoint_grace_.count() == 0 || later(e.last_used, endpoint_grace_) > now;
+    return endpoint_grace_.count() == 0 || e.leased || !e.waiters.empty() || later(e.last_used, endpoint_grace_) > now;
   }
 
   /// Whether `e` (in use) has fewer than min_idle_per_endpoint idle connections, counting its
@@ -772,7 +773,7 @@ class books {
   /// after `delay` and a random jitter of up to refill_jitter, unless a refill is due already or
   /// the connect backoff holds it (its end asks again). O(log endpoints due).
   void want_refill(ep_node& e, time_point now, clock::duration delay) noexcept {
-    if (e.refill_pos != not_in_heap || e.holding || !below_minimum(e, now)) return;
+    if (closed_ || e.refill_pos != not_in_heap || e.holding || !below_minimum(e, now)) return;
     e.refill_at = later(later(now, delay), clock::duration(std::uniform_int_distribution<clock::rep>(
                                                                 0, span(refill_jitter).count())(rng_)));
     try {
@@ -885,6 +886,7 @@ class books {
   void close(time_point now, graveyard& dead) {
     if (closed_) return;
     closed_ = true;
+    while (!refills_.empty()) refills_.erase(refills_.top());
     while (conn_node* c = all_idle_.front()) retire(*c, close_reason::pool_closed, opts_.retire_close, now, dead);
     while (!room_.empty()) room_.erase(room_.top());
     for (auto& kv : map_) {
@@ -975,7 +977,7 @@ class books {
     std::size_t refilling = 0;
     for (const auto& kv : map_) refilling += kv.second->refill_pos != not_in_heap;
     if (refilling != refills_.size()) fail("heap of refills size");
-    if (!min_idle_ && !refills_.empty()) fail("refills while min_idle_per_endpoint is off");
+    if ((!min_idle_ || closed_) && !refills_.empty()) fail("refills while min_idle_per_endpoint is off or the pool closed");
     if (!room_.empty() && (open_total_ < opts_.max_total || !all_idle_.empty()))
       fail("a waiter waits for room that is free");
     if (registry_.size() != idle + leased) fail("registry size differs from idle + leased");
@@ -1226,7 +1228,6 @@ class books {
   void unhold(ep_node& e) noexcept {
     e.holding = false;
     if (e.hold_pos != not_in_heap) holds_.erase(&e);
-    if (min_idle_ && !closed_) want_refill(e, e.retry_at, clock::duration::zero());
   }
 
   /// With `e` in its backoff and nothing leased or connecting that could serve its waiters: fail

@@ -579,7 +579,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       section s(*this);
       stamp = books_.released(*n, r, now, s.dead);
       s.lease_ended();
-      if (stamp)  // kept idle, nothing else changed that could bring the next due time forward
+      // Kept idle, nothing else changed that could bring the next due time forward (but a refill
+      // the release asked for, with min_idle_per_endpoint).
+      if (stamp && !books_.keeps_minimums())
         arm_by(books_.idle_due(*n));
       else
         rearm();
@@ -639,8 +641,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// when no more may or need start and none is in flight, at the first connect failure (no more
   /// start), on close(), or by acquire_timeout from now; `done` gets the first failure's error
   /// and the number opened, on the thread where the last connect ended (or this one).
-  void prewarm(const key_type& k, std::size_t n, std::unique_ptr<count_completion> done) {
+  void prewarm(const key_type& k, std::size_t n, std::unique_ptr<count_completion> done, bool refill = false) {
     auto p = std::make_shared<prewarm_op>();
+    p->refill = refill;
     p->key = k;
     p->target = n;
     p->deadline = deadline_from(options().acquire_timeout);
@@ -1014,6 +1017,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     std::size_t in_flight = 0, opened = 0, started = 0;
     std::size_t budget = 0;  // connects it may start: n less the idle ones at its first look
     bool looked = false;
+    bool refill = false;  // min_idle_per_endpoint's: the connects of others count too
     error_code ec;  // the first failure: no more connects start
     std::unique_ptr<count_completion> done;
   };
@@ -1043,7 +1047,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
           entry& e = books_.get(p->key, now);
           if (!p->looked) {
             p->looked = true;
-            p->budget = p->target > e.idle.size() ? p->target - e.idle.size() : 0;
+            // A refill counts every connect in flight (another refill's too); a prewarm only its own.
+            const std::size_t have = e.idle.size() + (p->refill ? e.connecting : 0);
+            p->budget = p->target > have ? p->target - have : 0;
           }
           // Connections that leave idle meanwhile (to traffic, closed) are not made up for past
           // the budget: a peer that closes each new connection at once cannot make it churn.
@@ -1108,7 +1114,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       key_type key;
     };
     try {
-      prewarm(k, options().min_idle_per_endpoint, std::make_unique<done>(this->weak_from_this(), k));
+      prewarm(k, options().min_idle_per_endpoint, std::make_unique<done>(this->weak_from_this(), k), /*refill=*/true);
     } catch (...) {  // out of memory: the next close or release asks again
     }
   }
@@ -2815,7 +2821,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     if (when == never || books_.closed() || (timer_armed_ && timer_at_ <= when)) return;
     const pool_options& o = options();
     std::chrono::milliseconds shortest = o.idle_timeout;
-    for (auto d : {o.max_lifetime, o.endpoint_grace, o.ping_interval, o.connect_backoff, o.lease_warn_after})
+    const std::chrono::milliseconds refill_jitter =
+        o.min_idle_per_endpoint ? books_type::refill_jitter : std::chrono::milliseconds(0);
+    for (auto d : {o.max_lifetime, o.endpoint_grace, o.ping_interval, o.connect_backoff, o.lease_warn_after, refill_jitter})
       if (d.count() > 0 && (shortest.count() <= 0 || d < shortest)) shortest = d;
     const auto slack = std::min<std::chrono::milliseconds>(shortest / 32, std::chrono::seconds(1));
     timer_.expires_at(later(when, slack));
@@ -2859,6 +2867,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         if (!due.empty()) {
           check = check_;
           take_pings(due, jobs, s.dead);
+          rearm();  // a check that could not start closed its connection: a refill may be due
         }
       } else {
         arm_timer(books_.expire(now, s.dead, nullptr, &below));
