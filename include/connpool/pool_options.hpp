@@ -20,8 +20,8 @@ enum class close_mode {
 struct pool_options {
   std::size_t max_per_endpoint = 64;        ///< idle + leased + connecting, per endpoint
   std::size_t max_idle_per_endpoint = 64;   ///< idle connections beyond this are closed (surplus)
-  /// For each endpoint in use (a lease of it ended within endpoint_grace; always, with
-  /// endpoint_grace 0), keep at least this many connections idle: after a release or a close
+  /// For each endpoint in use (a lease of it is out or ended within endpoint_grace, or an acquire
+  /// of it waits; always, with endpoint_grace 0), keep at least this many connections idle: after a release or a close
   /// leaves fewer, the pool opens more in the background (as basic_pool::prewarm() does, within
   /// the limits, after a random delay of up to 200 ms; one that fails is tried again after 1 s, or
   /// after the connect backoff), and idle_timeout does not close the last ones (their health check

@@ -430,6 +430,8 @@ class books {
     if (ec == error::acquire_timeout) ++e.counters.acquire_timeouts;
     free_slot(e, now);
     serve(now, dead);
+    // A connect counted towards the minimum is gone: ask again (later, after a failure).
+    if (min_idle_) want_refill(e, now, wait.count() || cancelled || ec == error::pool_closed ? clock::duration::zero() : span(refill_retry));
     return wait;
   }
 
@@ -636,6 +638,7 @@ class books {
     else if (g.slot)
       free_slot(e, now);
     serve(now, dead);
+    if (min_idle_) want_refill(e, now, clock::duration::zero());
   }
 
   // ------------------------------------------------------------------------------- the idle watch

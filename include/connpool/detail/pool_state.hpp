@@ -1053,7 +1053,10 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
           }
           // Connections that leave idle meanwhile (to traffic, closed) are not made up for past
           // the budget: a peer that closes each new connection at once cannot make it churn.
-          const auto needed = [&] { return e.idle.size() + p->in_flight < p->target && p->started < p->budget; };
+          // A refill counts every connect in flight (another refill's too); a prewarm only its own.
+          const auto needed = [&] {
+            return e.idle.size() + (p->refill ? e.connecting : p->in_flight) < p->target && p->started < p->budget;
+          };
           const bool in_time = clock::now() < p->deadline;
           while (in_time && needed()) {
             // Made before the slot, so that running out of memory takes nothing from the books.
