@@ -846,7 +846,8 @@ class fuzz_run {
   /// What the run exercised, so that the test can tell it covered each path.
   struct coverage {
     std::size_t conn_to_waiter = 0, slot_to_waiter = 0, timeouts = 0, forgotten = 0, replaced = 0, surplus = 0,
-                idle_timeout = 0, max_lifetime = 0, peer = 0, unavailable = 0, waiters_failed = 0, requeued = 0;
+                idle_timeout = 0, max_lifetime = 0, peer = 0, unavailable = 0, waiters_failed = 0, requeued = 0,
+                learned = 0, learned_closes = 0, canaries = 0;
   } seen;
 
   void tally(coverage& total) const {
@@ -863,6 +864,9 @@ class fuzz_run {
     total.unavailable += seen.unavailable;
     total.waiters_failed += seen.waiters_failed;
     total.requeued += seen.requeued;
+    total.learned += seen.learned;
+    total.learned_closes += t.learned_idle_timeout;
+    total.canaries += seen.canaries;
   }
 
  private:
@@ -889,6 +893,8 @@ class fuzz_run {
     for (std::size_t cap : {o.max_idle_per_endpoint, o.max_per_endpoint, o.max_total})
       if (cap && m > cap) m = cap;
     o.min_idle_per_endpoint = m;
+    o.learn_idle_timeout = roll(4) != 0;
+    o.learned_idle_margin = pick<std::chrono::milliseconds>({0ms, 1000ms});
     return o;
   }
 
@@ -990,17 +996,31 @@ class fuzz_run {
         b_.expire(now_, dead_, nullptr, &refills);
         for (auto* e : refills) {
           const bool due = !e->holding && b_.in_use(*e, now_) &&
-                           e->idle.size() + e->connecting < b_.options().min_idle_per_endpoint;
+                           e->idle.size() - e->canary + e->connecting < b_.options().min_idle_per_endpoint;
           CHECK_MESSAGE(due, "a refill not needed, step " << step_);
         }
         seen.forgotten += before - b_.endpoint_count();
+        for (rec* c : live_) {  // past the pass, no idle connection is past its learned time
+          const d::conn_node& n = *c->node;
+          if (n.state != d::conn_state::idle || !n.ep->retire_after.count() || b_.closed()) continue;
+          if (n.check == d::check_mark::canary) {
+            ++seen.canaries;
+            CHECK_MESSAGE(n.idle_since + 2 * n.ep->learned > now_, "a canary past twice its timeout, step " << step_);
+          } else {
+            CHECK_MESSAGE(n.idle_since + n.ep->retire_after > now_, "idle past its learned time, step " << step_);
+          }
+        }
         for (int k = 0; k < 5; ++k)  // no backoff outlives its time past a retire pass
           if (const auto* en = b_.find(k); en && !b_.closed())
             CHECK_MESSAGE(!(en->holding && en->retry_at <= now_), "step " << step_);
         break;
       }
       case 11:
-        if (roll(500) == 0) b_.close(now_, dead_);
+        if (roll(500) == 0) {
+          b_.close(now_, dead_);
+        } else if (roll(20) == 0) {  // teach an endpoint (the peer closes of case 9 may teach too)
+          if (auto* e = b_.find(roll(5))) b_.set_learned(*e, pick<std::chrono::milliseconds>({0ms, 600ms, 2000ms, 5000ms}));
+        }
         break;
     }
     settle();
@@ -1049,6 +1069,7 @@ class fuzz_run {
       else if (!g.ec) ++(g.conn ? seen.conn_to_waiter : seen.slot_to_waiter);
       if (!g.ec) take(w->ep, g, false);
     }
+    b_.take_learned([&](books::entry*, d::clock::duration) { ++seen.learned; });
     for (const d::buried& x : dead_) {
       rec* c = static_cast<rec*>(x.conn);
       REQUIRE_MESSAGE(live_.count(c) == 1, "retired twice or never made, step " << step_);
@@ -1066,7 +1087,7 @@ class fuzz_run {
     for (rec* c : live_) {
       CHECK(of(c->node) == c);
       auto& m = model[static_cast<books::entry*>(c->node->ep)->key];
-      ++(leased_.count(c) ? m.leased : m.idle);
+      ++(leased_.count(c) ? m.leased : c->node->check == d::check_mark::canary ? m.held : m.idle);
       if (!leased_.count(c) && o.idle_timeout.count() > 0)
         CHECK_MESSAGE(c->node->idle_since + o.idle_timeout > now_, "idle past its time, step " << step_);
     }
@@ -1078,12 +1099,12 @@ class fuzz_run {
       const pool_counts& m = kv.second;
       const auto s = b_.stats(key);
       INFO("seed step " << step_ << " endpoint " << key);
-      CHECK(s.idle == m.idle);
+      CHECK(s.idle == m.idle + m.held);
       CHECK(s.leased == m.leased);
       CHECK(s.connecting == m.connecting);
       CHECK(s.waiting == m.waiting);
-      open += m.idle + m.leased + m.connecting;
-      idle += m.idle;
+      open += m.idle + m.held + m.leased + m.connecting;
+      idle += m.idle + m.held;
       // Nobody waits for what is free: a slot its limits allow, unless max_total holds it back.
       if (m.waiting && !b_.closed()) {
         CHECK(m.idle == 0);
@@ -1103,6 +1124,7 @@ class fuzz_run {
 
   struct pool_counts {
     std::size_t idle = 0, leased = 0, connecting = 0, waiting = 0;
+    std::size_t held = 0;  // canaries: idle, never handed out, giving way to a connect
   };
 
   /// Whether the model's endpoint `key` may start a connect, by its own limits (not max_total):
@@ -1154,7 +1176,8 @@ TEST_CASE("books: seeded fuzzer against a reference model (CONNPOOL_FUZZ_SEED re
                      << "; idle_timeout " << total.idle_timeout << "; max_lifetime " << total.max_lifetime
                      << "; peer events " << total.peer << "; refused in backoff " << total.unavailable
                      << ", waiters failed by a backoff " << total.waiters_failed << "; replacements queued at the connect limit "
-                     << total.requeued);
+                     << total.requeued << "; learned " << total.learned << ", closed by it " << total.learned_closes
+                     << ", canaries seen " << total.canaries);
   if (!only) {  // every path was taken
     CHECK(total.conn_to_waiter > 0);
     CHECK(total.slot_to_waiter > 0);
@@ -1168,6 +1191,9 @@ TEST_CASE("books: seeded fuzzer against a reference model (CONNPOOL_FUZZ_SEED re
     CHECK(total.unavailable > 0);
     CHECK(total.waiters_failed > 0);
     CHECK(total.requeued > 0);
+    CHECK(total.learned > 0);
+    CHECK(total.learned_closes > 0);
+    CHECK(total.canaries > 0);
   }
 }
 
@@ -1217,4 +1243,163 @@ TEST_CASE("books: a connection granted to an acquire that died unrun is not coun
   const auto s = f.b.stats();
   CHECK(s.created == s.closed() + s.idle + s.leased);
   f.b.check_invariants();
+}
+
+// ---------------------------------------------------------------- learn_idle_timeout
+
+namespace {
+/// `n` connections of `key`, made and released at `now`: idle, in that order.
+std::vector<d::conn_node*> idle_conns(fixture& f, int key, int n, time_point now) {
+  std::vector<d::conn_node*> v;
+  for (int i = 0; i < n; ++i) v.push_back(f.connect(key, now));
+  for (d::conn_node* c : v) f.b.released(*c, d::probe_result::healthy, now, f.dead);
+  return v;
+}
+connpool::pool_options learn_opts() {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 8;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("books: learn_idle_timeout: three peer closes at similar idle ages teach the youngest; idle connections then retire before it, one held back as the canary") {
+  fixture f(learn_opts());
+  std::vector<std::pair<books::entry*, d::clock::duration>> changes;
+  auto drain = [&] { f.b.take_learned([&](books::entry* e, d::clock::duration t) { changes.emplace_back(e, t); }); };
+  auto v = idle_conns(f, 1, 4, t0);
+  f.b.peer_event(*v[0], d::probe_result::peer_closed, t0 + 10s, f.dead);
+  f.b.peer_event(*v[1], d::probe_result::peer_reset, t0 + 10500ms, f.dead);
+  f.b.check_invariants();
+  CHECK(f.b.stats(1).peer_idle_timeout == 0ms);  // two closes teach nothing
+  // The fourth connection is alive and older than 10 s: the third close would teach 10 s, which it
+  // refutes ("none older").
+  f.b.peer_event(*v[2], d::probe_result::peer_closed, t0 + 11s, f.dead);
+  CHECK(f.b.stats(1).peer_idle_timeout == 0ms);
+  f.b.peer_event(*v[3], d::probe_result::peer_closed, t0 + 11s, f.dead);  // now none is older
+  drain();
+  CHECK(f.b.stats(1).peer_idle_timeout == 10500ms);  // the youngest of the last three: 10.5, 11, 11
+  REQUIRE(changes.size() == 1);
+  CHECK(changes[0].first == f.b.find(1));
+  CHECK(changes[0].second == 10500ms);
+  f.b.check_invariants();
+
+  // Learned 10.5 s: the margin is the larger of 1 s and 1.05 s. Idle connections retire at 9.45 s.
+  const time_point t1 = t0 + 20s;
+  auto w = idle_conns(f, 1, 3, t1);
+  CHECK(f.b.expire(t1, f.dead) == t1 + 9450ms);
+  f.b.expire(t1 + 9449ms, f.dead);
+  CHECK(f.b.stats(1).idle == 3);
+  CHECK(f.b.expire(t1 + 9450ms, f.dead) == t1 + 21s);  // the canary's end: twice the timeout learned
+  CHECK(f.b.stats(1).learned_idle_timeout == 2);
+  CHECK(f.b.stats(1).idle == 1);
+  CHECK(w[0]->check == d::check_mark::canary);  // the oldest is kept, held back
+  f.b.check_invariants();
+  d::grant g = f.acquire(1, t1 + 9500ms);  // not handed out: a new connect
+  CHECK(g.slot);
+  CHECK(!g.conn);
+  // The peer closes the canary at 10.6 s: a sample, no change (above, within the margin).
+  f.b.peer_event(*w[0], d::probe_result::peer_closed, t1 + 10600ms, f.dead);
+  CHECK(f.b.stats(1).peer_closed == 4);
+  CHECK(f.b.stats(1).peer_idle_timeout == 10500ms);
+  f.b.check_invariants();
+}
+
+TEST_CASE("books: learn_idle_timeout: a single close, closes at scattered ages, young idle ones, leased ones and a check's connection teach nothing") {
+  fixture f(learn_opts());
+  // Young: a close just after the last exchange (under 500 ms) says nothing of an idle timeout.
+  auto v = idle_conns(f, 1, 3, t0);
+  for (auto* c : v) f.b.peer_event(*c, d::probe_result::peer_closed, t0 + 300ms, f.dead);
+  CHECK(f.b.stats(1).peer_idle_timeout == 0ms);
+  // Scattered, as a restart closes connections of every age: 1 s, 4 s, 9 s.
+  const time_point t1 = t0 + 1min;
+  v.clear();
+  for (int i = 0; i < 3; ++i) v.push_back(f.connect(1, t1));
+  f.b.released(*v[0], d::probe_result::healthy, t1, f.dead);
+  f.b.released(*v[1], d::probe_result::healthy, t1 + 5s, f.dead);
+  f.b.released(*v[2], d::probe_result::healthy, t1 + 8s, f.dead);
+  for (auto* c : v) f.b.peer_event(*c, d::probe_result::peer_closed, t1 + 9s, f.dead);
+  CHECK(f.b.stats(1).peer_idle_timeout == 0ms);
+  // Leased: the close of a busy connection.
+  const time_point t2 = t0 + 2min;
+  for (int i = 0; i < 3; ++i) {
+    d::conn_node* c = f.connect(1, t2);
+    f.b.peer_event(*c, d::probe_result::peer_closed, t2 + 5s, f.dead);
+    f.b.released(*c, d::probe_result::healthy, t2 + 5s, f.dead);
+  }
+  CHECK(f.b.stats(1).peer_idle_timeout == 0ms);
+  // Put back unchecked: its idle age is not the peer's.
+  const time_point t3 = t0 + 3min;
+  v = idle_conns(f, 1, 3, t3);
+  for (int i = 0; i < 3; ++i) {
+    d::conn_node* c = f.b.take_idle(*f.b.find(1));
+    REQUIRE(c);
+    f.b.put_back(*c, /*unchecked=*/true, false, t3, f.dead);
+  }
+  for (auto* c : v) f.b.peer_event(*c, d::probe_result::peer_closed, t3 + 10s, f.dead);
+  CHECK(f.b.stats(1).peer_closed == 12);
+  CHECK(f.b.stats(1).peer_idle_timeout == 0ms);
+  f.b.check_invariants();
+
+  // Off: never.
+  connpool::pool_options o = learn_opts();
+  o.learn_idle_timeout = false;
+  fixture off(o);
+  auto y = idle_conns(off, 1, 3, t0);
+  for (auto* c : y) off.b.peer_event(*c, d::probe_result::peer_closed, t0 + 10s, off.dead);
+  CHECK(off.b.stats(1).peer_idle_timeout == 0ms);
+  off.b.check_invariants();
+}
+
+TEST_CASE("books: learn_idle_timeout: down at once, up only past the margin; a canary gives way to traffic, and one open at twice the timeout forgets it") {
+  connpool::pool_options o = learn_opts();
+  o.max_per_endpoint = 1;
+  fixture f(o);
+  auto& e = f.b.get(1, t0);
+  f.b.set_learned(e, 4s);  // retire at 3 s (margin 1 s)
+  f.b.check_invariants();
+  auto v = idle_conns(f, 1, 1, t0);
+  f.b.expire(t0 + 3s, f.dead);
+  REQUIRE(v[0]->check == d::check_mark::canary);
+  CHECK(f.b.stats(1).idle == 1);
+  // At max_per_endpoint, an acquire takes the canary's place: traffic first.
+  d::grant g = f.acquire(1, t0 + 3500ms);
+  CHECK(g.slot);
+  CHECK(f.b.stats(1).learned_idle_timeout == 1);
+  d::conn_node* c = f.connected(e, t0 + 3500ms);
+  f.b.released(*c, d::probe_result::healthy, t0 + 4s, f.dead);
+  f.b.expire(t0 + 7s, f.dead);
+  REQUIRE(c->check == d::check_mark::canary);
+  CHECK(f.b.take_idle(e) == nullptr);
+  f.b.check_invariants();
+  // Twice the timeout after its release: the peer keeps it open, so its timeout is longer now.
+  // Forgotten; the canary is an ordinary idle connection again.
+  f.b.expire(t0 + 11999ms, f.dead);
+  CHECK(f.b.stats(1).peer_idle_timeout == 4s);
+  f.b.expire(t0 + 12s, f.dead);
+  CHECK(f.b.stats(1).peer_idle_timeout == 0ms);
+  CHECK(c->check == d::check_mark::none);
+  CHECK(f.b.take_idle(e) == c);
+  f.b.check_invariants();
+
+  // Down at once: three closes at ~2 s teach 2 s below a learned 4 s; up needs more than the margin.
+  fixture h(learn_opts());
+  auto& e2 = h.b.get(2, t0);
+  h.b.set_learned(e2, 4s);
+  auto a = idle_conns(h, 2, 3, t0);
+  h.b.peer_event(*a[0], d::probe_result::peer_closed, t0 + 2s, h.dead);
+  h.b.peer_event(*a[1], d::probe_result::peer_closed, t0 + 2100ms, h.dead);
+  h.b.peer_event(*a[2], d::probe_result::peer_closed, t0 + 2200ms, h.dead);
+  CHECK(h.b.stats(2).peer_idle_timeout == 2s);
+  // Three canaries closed at 2.9 s: within 2 s + its 1 s margin, no change.
+  auto canary_closed_at = [&](time_point start, d::clock::duration age) {
+    auto b = idle_conns(h, 2, 1, start);
+    h.b.expire(start + age / 2, h.dead);  // retire at 1 s (margin: half of 2 s): it becomes the canary
+    REQUIRE(b[0]->check == d::check_mark::canary);
+    h.b.peer_event(*b[0], d::probe_result::peer_closed, start + age, h.dead);
+    h.b.check_invariants();
+  };
+  for (int i = 0; i < 3; ++i) canary_closed_at(t0 + std::chrono::minutes(1 + i), 2900ms);
+  CHECK(h.b.stats(2).peer_idle_timeout == 2s);
+  for (int i = 0; i < 3; ++i) canary_closed_at(t0 + std::chrono::minutes(10 + i), 3100ms);
+  CHECK(h.b.stats(2).peer_idle_timeout == 3100ms);
 }

@@ -9,9 +9,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <functional>
 #include <future>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -65,6 +67,36 @@ struct io_thread {
   io_thread& operator=(const io_thread&) = delete;
   net::io_context& io;
   std::thread t;
+};
+
+/// Durations a listener reports from the pool's threads, and a bounded wait for them.
+class event_log {
+ public:
+  void add(std::chrono::nanoseconds d) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      v_.push_back(d);
+    }
+    cv_.notify_all();
+  }
+  /// Waits until `n` have been added, at most `limit`; returns whether they were.
+  bool wait_for(std::size_t n, std::chrono::milliseconds limit) {
+    std::unique_lock<std::mutex> lk(mu_);
+    return cv_.wait_for(lk, limit, [&] { return v_.size() >= n; });
+  }
+  std::size_t size() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return v_.size();
+  }
+  std::chrono::nanoseconds at(std::size_t i) {
+    std::lock_guard<std::mutex> lk(mu_);
+    return i < v_.size() ? v_[i] : std::chrono::nanoseconds(-1);
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::chrono::nanoseconds> v_;
 };
 
 inline net::ip::tcp::endpoint loopback() { return {net::ip::make_address("127.0.0.1"), 0}; }

@@ -26,7 +26,9 @@ enum class close_reason {
   pool_closed,        ///< closed by close(), or returned after it
   validation_failed,  ///< failed its health check
   address_removed,    ///< its address left its named backend's addresses
-  max_uses            ///< reached max_uses leases
+  max_uses,           ///< reached max_uses leases
+  /// idle for its endpoint's learned idle timeout less the margin (pool_options::learn_idle_timeout)
+  learned_idle_timeout
 };
 
 /// The name of `r`, as pool_stats spells its counter ("peer_closed").
@@ -43,6 +45,7 @@ inline const char* to_string(close_reason r) noexcept {
     case close_reason::validation_failed: return "validation_failed";
     case close_reason::address_removed: return "address_removed";
     case close_reason::max_uses: return "max_uses";
+    case close_reason::learned_idle_timeout: return "learned_idle_timeout";
   }
   return "unknown";
 }
@@ -93,7 +96,10 @@ enum class event_kind {
   lease_held_long,
   /// a lease reported by lease_held_long ended (`duration`: how long it was held; `site`; `error`:
   /// none), on the thread that ended it, before its released or discarded event
-  long_lease_ended
+  long_lease_ended,
+  /// the endpoint's learned idle timeout changed (pool_options::learn_idle_timeout): `duration`
+  /// the new value, or 0 when it was forgotten; on the thread that saw the change
+  idle_timeout_learned
 };
 
 /// Where an acquire's connection came from (pool_event::source).

@@ -29,6 +29,7 @@
 /// | `connpool_connections_closed_total` | counter | `reason`: each close_reason | pool_stats |
 /// | `connpool_leases_overdue` | gauge | | pool_stats::held_long (with lease_warn_after) |
 /// | `connpool_leases_held_long_total` | counter | | pool_stats::leases_held_long |
+/// | `connpool_peer_idle_timeout_seconds` | gauge | | pool_stats::peer_idle_timeout (endpoints that have one) |
 /// | `connpool_acquire_seconds` | histogram | | the listener: acquired, its duration |
 /// | `connpool_connect_seconds` | histogram | | the listener: connect_succeeded, its duration |
 ///
@@ -184,7 +185,7 @@ class basic_pool_metrics {
     family("connpool_connections_closed_total", "counter", "Connections the pool closed, by reason.");
     for (const auto& r : rows) {
       pool_stats copy = *r.second;  // detail::counter() names a field of a mutable one
-      for (int i = 0; i <= static_cast<int>(close_reason::max_uses); ++i) {
+      for (int i = 0; i <= static_cast<int>(close_reason::learned_idle_timeout); ++i) {
         const auto why = static_cast<close_reason>(i);
         sample("connpool_connections_closed_total", r.first + ",reason=\"" + to_string(why) + "\"",
                detail::counter(copy, why));
@@ -194,6 +195,16 @@ class basic_pool_metrics {
     each("connpool_leases_overdue", [](const pool_stats& s) { return s.held_long; });
     family("connpool_leases_held_long_total", "counter", "Leases reported held for lease_warn_after or longer.");
     each("connpool_leases_held_long_total", [](const pool_stats& s) { return s.leases_held_long; });
+    family("connpool_peer_idle_timeout_seconds", "gauge",
+           "The peer's idle timeout learned (learn_idle_timeout); endpoints with none are left out.");
+    for (const auto& r : rows) {
+      if (r.second->peer_idle_timeout.count() <= 0) continue;
+      out += "connpool_peer_idle_timeout_seconds{" + r.first + "} ";
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.3f", std::chrono::duration<double>(r.second->peer_idle_timeout).count());
+      out += buf;
+      out += '\n';
+    }
     histogram_text(out, "connpool_acquire_seconds", "Time to acquire a connection (successful acquires seen by the listener).",
                    h_->acquire);
     histogram_text(out, "connpool_connect_seconds", "Time to connect and set up a connection (successes seen by the listener).",

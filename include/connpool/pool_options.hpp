@@ -69,6 +69,20 @@ struct pool_options {
   /// again from zero). Keeps memory and every per-endpoint walk bounded by the endpoints in use,
   /// when endpoints come and go. 0: never forget.
   std::chrono::milliseconds endpoint_grace{60000};
+  /// Learn each endpoint's idle timeout from its peer, and close idle connections before the peer
+  /// does, so that no request meets a connection the server is closing (the stale keep-alive race).
+  /// Each peer close (FIN or RST) of an idle connection is a sample: its idle age, since its last
+  /// lease or passed check (ages under 500 ms count nothing). Three samples in a row within a factor
+  /// of two, with no idle connection of the endpoint alive and older, teach the youngest of them,
+  /// T. From then on idle connections of the endpoint close at T less learned_idle_margin (counted
+  /// learned_idle_timeout), but one, held back (never handed out) until the peer closes it: its
+  /// close is a sample too, so T follows the peer. T goes down at once, up only by more than the
+  /// margin; a held-back connection still open at 2 T forgets T (and is handed out again). Shown
+  /// in stats(ep).peer_idle_timeout and the listener's idle_timeout_learned event.
+  bool learn_idle_timeout = true;
+  /// How long before a learned idle timeout T idle connections close: this or T / 10, whichever is
+  /// larger, and at most T / 2.
+  std::chrono::milliseconds learned_idle_margin{1000};
 
   /// \name Backends by name
   /// For acquires by connpool::host.
@@ -139,6 +153,7 @@ struct pool_options {
     if (validate_timeout <= milliseconds::zero()) return "validate_timeout";
     if (ping_interval < milliseconds::zero()) return "ping_interval";
     if (lease_warn_after < milliseconds::zero()) return "lease_warn_after";
+    if (learned_idle_margin < milliseconds::zero()) return "learned_idle_margin";
     if ((max_idle_per_endpoint && min_idle_per_endpoint > max_idle_per_endpoint) ||
         (max_per_endpoint && min_idle_per_endpoint > max_per_endpoint) ||
         (max_total && min_idle_per_endpoint > max_total))
@@ -192,7 +207,12 @@ struct pool_stats {
   std::size_t validation_failed = 0;  ///< failed its health check, or the check passed its deadline
   std::size_t address_removed = 0;    ///< its address left its named backend's addresses (a refresh)
   std::size_t max_uses = 0;           ///< reached max_uses leases
+  std::size_t learned_idle_timeout = 0;  ///< idle for the learned idle timeout less the margin (learn_idle_timeout)
   ///@}
+
+  /// The peer's idle timeout the pool learned for this endpoint (pool_options::learn_idle_timeout),
+  /// or 0: none. In stats(ep) only; 0 in the totals, which add endpoints up.
+  std::chrono::milliseconds peer_idle_timeout{0};
 
   /// Connections currently open (idle + leased), plus those being opened.
   std::size_t open() const noexcept { return idle + leased + connecting; }
@@ -200,7 +220,7 @@ struct pool_stats {
   /// Connections the pool closed, for every reason (discarded included).
   std::size_t closed() const noexcept {
     return discarded + peer_closed + peer_reset + unexpected_data + idle_timeout + max_lifetime + surplus +
-           pool_closed + validation_failed + address_removed + max_uses;
+           pool_closed + validation_failed + address_removed + max_uses + learned_idle_timeout;
   }
 
   /// Adds every gauge and counter of `o`.
@@ -226,6 +246,7 @@ struct pool_stats {
     validation_failed += o.validation_failed;
     address_removed += o.address_removed;
     max_uses += o.max_uses;
+    learned_idle_timeout += o.learned_idle_timeout;
     waiters_rejected += o.waiters_rejected;
     backoff_rejected += o.backoff_rejected;
     leases_held_long += o.leases_held_long;

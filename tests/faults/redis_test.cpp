@@ -124,6 +124,7 @@ TEST_CASE("redis: pooled commands across idle gaps longer than the server's 1 s 
   connpool::pool_options o;
   o.acquire_timeout = 2000ms;
   o.connect_timeout = 1000ms;
+  o.learn_idle_timeout = false;  // Redis closes every connection (the next test: the pool learns)
   tcp_pool pool(o);
   // Wait (bounded) until Redis listens.
   REQUIRE(eventually(
@@ -324,4 +325,62 @@ TEST_CASE("redis (netns): a PING health check finds a blackholed connection the 
   CHECK(c.reused());
   CHECK(command(c, {"PING"}, ec) == "+PONG");
   c.release();
+}
+
+TEST_CASE("redis: the pool learns the server's 1 s idle timeout from its closes, then closes idle connections first") {
+  const std::string exe = find_redis();
+  if (test::cannot_run(exe.empty() ? "redis-server (Debian package redis-server) is not installed" : "")) return;
+  test::fd_guard fds;
+  redis_on_loopback redis(exe);  // timeout 1: Redis closes a client idle for more than 1 s (counted in whole seconds)
+  REQUIRE(redis.process.started());
+  const auto ep = redis.ep;
+  connpool::pool_options o;
+  o.acquire_timeout = 2000ms;
+  o.connect_timeout = 1000ms;
+  tcp_pool pool(o);
+  test::event_log learned;  // idle_timeout_learned events
+  pool.set_listener([&](const tcp_pool::event& ev) {
+    if (ev.kind == connpool::event_kind::idle_timeout_learned) learned.add(ev.duration);
+  });
+  tcp_pool::lease first = first_lease(pool, ep);
+  REQUIRE(first);
+  first.release();
+  std::size_t failures = 0;
+  auto burst = [&](int round) {
+    std::vector<tcp_pool::lease> ls;
+    for (int i = 0; i < 4; ++i) ls.push_back(pool.acquire(ep));
+    for (int i = 0; i < 4; ++i) {
+      connpool::error_code ec;
+      const std::string key = "k" + std::to_string(i), value = "v" + std::to_string(round * 10 + i);
+      if (command(ls[i], {"SET", key, value}, ec) != "+OK" || ec) ++failures;
+      if (command(ls[i], {"GET", key}, ec) != value || ec) ++failures;
+    }
+    for (auto& l : ls) l.release();
+  };
+  // Round 0: Redis closes the four idle connections, at the same idle age: three closes teach it.
+  burst(0);
+  REQUIRE(learned.wait_for(1, 5000ms));
+  const auto t = pool.stats(ep).peer_idle_timeout;
+  CHECK(t >= 1000ms);
+  CHECK(t < 2500ms);  // whole seconds: Redis closes at 1 to 2 s, plus its 100 ms cron
+  CHECK(std::chrono::duration_cast<std::chrono::milliseconds>(learned.at(0)) == t);
+  CHECK(eventually([&] { return pool.stats().idle == 0; }, 5000ms));
+  const auto before = pool.stats(ep);
+  // Rounds 1, 2: the pool closes three of them itself, before Redis could; the fourth is kept,
+  // held back (never handed out), until Redis closes it.
+  for (int round = 1; round <= 2; ++round) {
+    CAPTURE(round);
+    const auto b = pool.stats(ep);
+    burst(round);
+    CHECK(eventually([&] { return pool.stats(ep).learned_idle_timeout - b.learned_idle_timeout == 3; }, 5000ms));
+    CHECK(eventually([&] { return pool.stats().idle == 0; }, 5000ms));
+    CHECK(pool.stats(ep).peer_closed - b.peer_closed == 1);  // the canary
+    CHECK(eventually([&] { return test::client_sockets(ep, tcp_state::close_wait) == 0; }));
+  }
+  CHECK(failures == 0);
+  const auto after = pool.stats(ep);
+  CHECK(after.learned_idle_timeout - before.learned_idle_timeout == 6);
+  CHECK(after.peer_idle_timeout >= 1000ms);
+  CHECK(after.peer_idle_timeout < 2500ms);
+  pool.close();
 }

@@ -76,9 +76,14 @@ enum class conn_state : unsigned char { leased, idle, closed };
 /// Where a connection stands with the health check.
 enum class check_mark : unsigned char {
   none,     ///< checked by time (validate_after_idle) when handed out
-  pinging,  ///< idle, its background check running: not handed out, not on the ping queue
   due,      ///< must be checked before its next hand-out (put back unchecked)
+  // Held back (held_back()): idle, but not handed out and not on the ping queue.
+  pinging,  ///< its background check running
+  canary,   ///< kept past its endpoint's learned idle timeout, to see whether the peer still closes it then
 };
+
+/// Whether an idle connection with this mark is held back: not handed out, not pinged.
+inline bool held_back(check_mark m) noexcept { return m >= check_mark::pinging; }
 
 /// Where a leased connection stands with lease_warn_after.
 enum class lease_watch : unsigned char {
@@ -143,6 +148,9 @@ struct alignas(64) ep_node {
   ilist<conn_node, &conn_node::ep_link> idle;  // front: least recently released
   std::size_t leased = 0;
   std::size_t connecting = 0;
+  // The learned idle timeout (learn_idle_timeout) less its margin: idle connections retire at
+  // this age. 0: none learned.
+  clock::duration retire_after{0};
   std::size_t held_long = 0;  // leases reported held lease_warn_after or longer, not ended yet
   ilist<waiter_node, &waiter_node::link> waiters;  // front: oldest
   std::size_t idle_taken = 0;  // reused = idle_taken - probe_failed
@@ -164,6 +172,16 @@ struct alignas(64) ep_node {
   time_point last_used{};
   time_point refill_at{};
   std::size_t refill_pos = not_in_heap;
+  // learn_idle_timeout: the peer's idle timeout learned (0: none), the idle ages of the last peer
+  // closes of idle connections (a ring), whether a canary is kept, and the place in the heap of
+  // endpoints whose idle connections retire by age (by retire_at: never later than the first due).
+  clock::duration learned{0};
+  clock::duration samples[3] = {};
+  std::uint8_t sampled = 0;  // samples held (at most 3)
+  std::uint8_t next_sample = 0;
+  bool canary = false;
+  time_point retire_at{};
+  std::size_t retire_pos = not_in_heap;
 
   std::size_t open() const noexcept { return idle.size() + leased + connecting; }
   bool unused() const noexcept { return open() == 0 && waiters.empty(); }
@@ -176,6 +194,7 @@ struct alignas(64) ep_node {
     s.held_long = held_long;
     s.reused = idle_taken - probe_failed;
     s.released = released;
+    s.peer_idle_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(learned);
     return s;
   }
 };
@@ -205,6 +224,8 @@ class books {
         max_uses_(o.max_uses),
         warn_after_(span(o.lease_warn_after)),
         min_idle_(o.min_idle_per_endpoint),
+        learn_(o.learn_idle_timeout),
+        learn_margin_(span(o.learned_idle_margin)),
         idle_timeout_(span(o.idle_timeout)),
         ping_interval_(span(o.ping_interval)),
         validate_after_idle_(span(o.validate_after_idle)),
@@ -265,7 +286,7 @@ class books {
     // A connection whose check starts gets a new stamp (start_pings()), so a hint never names one.
     if (mine && mine != c && mine->stamp == stamp && mine->ep == &e && mine->state == conn_state::idle)
       c = const_cast<conn_node*>(mine);
-    if (pinged_ && c && c->check == check_mark::pinging) c = available_before(c);
+    if (pinged_ && c && held_back(c->check)) c = available_before(c);
     if (c) {
       set_state(*c, conn_state::leased);
       ++e.idle_taken;
@@ -322,6 +343,7 @@ class books {
   /// `idle_only` (try_acquire): only an idle connection, and none while the endpoint has waiters.
   grant replace(conn_node& c, probe_result r, bool idle_only, time_point now, graveyard& dead,
                 waiter_node* w = nullptr) {
+    if (r == probe_result::peer_closed || r == probe_result::peer_reset) learn_from(c, now);
     return replace(c, reason_of(r), close_mode::graceful, idle_only, now, dead, w);
   }
 
@@ -517,7 +539,7 @@ class books {
     pinging_ = on;
     if (on) {
       for (conn_node* c = all_idle_.front(); c; c = all_idle_.next(c))
-        if (c->check != check_mark::pinging) pingq_.push_back(c);
+        if (!held_back(c->check)) pingq_.push_back(c);
     } else {
       while (conn_node* c = pingq_.front()) pingq_.erase(c);
     }
@@ -526,7 +548,7 @@ class books {
   /// What take_idle(e) would take (without a hint), still idle; or null.
   conn_node* peek_idle(const ep_node& e) const noexcept {
     conn_node* c = e.idle.back();
-    return c && c->check == check_mark::pinging ? available_before(c) : c;
+    return c && held_back(c->check) ? available_before(c) : c;
   }
 
   /// Whether the connection `c`, taken from idle, must pass the health check before hand-out:
@@ -585,6 +607,7 @@ class books {
       return;
     }
     if (pinging_) pingq_.push_back(&c);
+    if (e.retire_after.count()) watch_ages(e);  // skipped while its check ran
   }
 
  private:
@@ -611,6 +634,7 @@ class books {
     } else {
       c.idle_since = idle_since;
       set_state(c, conn_state::idle);
+      if (e.retire_after.count()) watch_due(e, later(c.idle_since, e.retire_after));
       const std::uint32_t stamp = c.stamp;
       if (max_idle_per_endpoint_ && e.idle.size() > max_idle_per_endpoint_)
         retire(*e.idle.front(), close_reason::surplus, opts_.retire_close, now, dead);
@@ -657,6 +681,7 @@ class books {
       return;
     }
     if (r == probe_result::healthy) return;
+    if (r == probe_result::peer_closed || r == probe_result::peer_reset) learn_from(c, now);
     retire(c, reason_of(r), close_mode::graceful, now, dead);
     serve(now, dead);
   }
@@ -667,6 +692,10 @@ class books {
   /// applies). A connection that released() kept idle can make next_due() earlier by this alone.
   CONNPOOL_HOT time_point idle_due(const conn_node& c) const noexcept {
     time_point t = idle_timeout_.count() > 0 ? later(c.idle_since, idle_timeout_) : never;
+    if (c.ep->retire_after.count()) {
+      const time_point a = later(c.idle_since, c.ep->retire_after);
+      if (a < t) t = a;
+    }
     if (pinging_) {
       const time_point p = later(c.idle_since, ping_interval_);
       if (p < t) t = p;
@@ -693,6 +722,7 @@ class books {
       if (w < t) t = w;
     }
     if (!refills_.empty() && refills_.top()->refill_at < t) t = refills_.top()->refill_at;
+    if (!retires_.empty() && retires_.top()->retire_at < t) t = retires_.top()->retire_at;
     return t;
   }
 
@@ -706,7 +736,7 @@ class books {
       if (idle_timeout_.count() > 0) {
         while (conn_node* c = all_idle_.front()) {
           if (later(c->idle_since, idle_timeout_) > now) break;
-          if (min_idle_ && c->check != check_mark::pinging && keeps_minimum(*c->ep, now)) {
+          if (min_idle_ && !held_back(c->check) && keeps_minimum(*c->ep, now)) {
             renew(*c, now);  // below the minimum of an endpoint in use: idle_timeout does not apply
             continue;
           }
@@ -720,6 +750,11 @@ class books {
         } else {
           lifetimes_.erase(c);  // leased: release() retires it
         }
+      }
+      while (!retires_.empty() && retires_.top()->retire_at <= now) {
+        ep_node& e = *retires_.top();
+        retires_.erase(&e);
+        retire_aged(e, now, dead);
       }
       if (endpoint_grace_.count() > 0) {
         while (ep_node* e = unused_.front()) {
@@ -764,7 +799,7 @@ class books {
   /// Whether `e` (in use) has fewer than min_idle_per_endpoint idle connections, counting its
   /// connects in flight.
   bool below_minimum(const ep_node& e, time_point now) const noexcept {
-    return min_idle_ && in_use(e, now) && e.idle.size() + e.connecting < min_idle_;
+    return min_idle_ && in_use(e, now) && e.idle.size() - e.canary + e.connecting < min_idle_;
   }
 
   /// Whether the idle connections of `e` are all its minimum, which idle_timeout leaves alone.
@@ -805,6 +840,199 @@ class books {
     c.check = check_mark::due;
     c.idle_since = now;
     set_state(c, conn_state::idle);
+  }
+
+ public:
+
+  // ------------------------------------------------------------------------------- learn_idle_timeout
+  //
+  // Every peer close (FIN or RST) of an idle connection is a sample: its idle age, since its last
+  // lease or passed check. Three samples in a row within a factor of two of each other, and no idle
+  // connection of the endpoint alive and older than the youngest of them, teach the endpoint's idle
+  // timeout T: the youngest. Its idle connections then retire (learned_idle_timeout) at T less a
+  // margin, before the peer closes them, except one, the canary: held back (never handed out), it
+  // stays to see when the peer closes it, and its close is a sample too. So T follows the peer up
+  // (three canaries closed later teach the later T) and down (three closes of connections younger
+  // than T teach the earlier one); a canary still open at twice T forgets T (the peer's timeout
+  // grew past it, or it has none now): the canary is handed out again.
+
+  /// Peer closes of connections idle less than this teach nothing: a server that closes a
+  /// connection just after its last exchange (nginx's keepalive_requests, a restart) says nothing
+  /// of its idle timeout.
+  static constexpr std::chrono::milliseconds learn_min_age{500};
+  /// Samples that teach: this many in a row, the oldest at most twice the youngest.
+  static constexpr std::uint8_t learn_samples = 3;
+
+  /// Whether learn_idle_timeout is set: a constant.
+  bool learning() const noexcept { return learn_; }
+
+  /// The margin before a learned idle timeout `t`: learned_idle_margin or a tenth of `t`,
+  /// whichever is larger, and at most half of `t`.
+  clock::duration learn_margin(clock::duration t) const noexcept {
+    clock::duration m = learn_margin_ > t / 10 ? learn_margin_ : t / 10;
+    return m > t / 2 ? t / 2 : m;
+  }
+
+  /// Learned idle timeouts that changed since the last call: `f(entry or null if forgotten,
+  /// the new value or 0 if forgotten)`. The caller drains them after the calls that can change
+  /// them (peer_event(), replace() of a probe's finding, expire()).
+  template <class F>
+  void take_learned(F f) {
+    for (const auto& l : learned_changes_) f(static_cast<entry*>(l.first), l.second);
+    learned_changes_.clear();
+  }
+
+  /// Teach `e` the idle timeout `t` (0: forget it; a canary then goes back to work), as if
+  /// learned from its peer's closes: for tests.
+  void set_learned(ep_node& e, clock::duration t) {
+    tests_taught_ = true;
+    if (t.count() > 0) {
+      learn(e, t);
+    } else if (e.learned.count()) {
+      unlearn(e);
+    }
+  }
+
+ private:
+  /// The peer closed or reset `c`, idle (or just taken from idle to be handed out, and probed):
+  /// its idle age is a sample.
+  void learn_from(const conn_node& c, time_point now) noexcept {
+    // A connection put back unchecked, renewed by min_idle_per_endpoint, or in its check: its
+    // idle age is not the peer's.
+    if (!learn_ || closed_ || c.check == check_mark::due || c.check == check_mark::pinging) return;
+    ep_node& e = *c.ep;
+    const clock::duration age = now - ping_key(c);
+    if (age < span(learn_min_age)) return;
+    e.samples[e.next_sample] = age;
+    e.next_sample = static_cast<std::uint8_t>((e.next_sample + 1) % learn_samples);
+    if (e.sampled < learn_samples) ++e.sampled;
+    if (e.sampled < learn_samples) return;
+    clock::duration lo = e.samples[0], hi = e.samples[0];
+    for (clock::duration a : e.samples) {
+      if (a < lo) lo = a;
+      if (a > hi) hi = a;
+    }
+    if (hi > 2 * lo) return;  // not a cluster: a restart, or noise
+    // None older: an idle connection alive past `lo` says the peer does not close at `lo`.
+    const conn_node* o = e.idle.front();
+    if (o == &c) o = e.idle.next(o);
+    if (o && now - ping_key(*o) > lo) return;
+    // Down at once; up only past the margin (so that the spread of the peer's closes, as Redis's
+    // timeout counted in whole seconds, does not lift it), or when a canary outlives twice it.
+    if (!e.learned.count() || lo < e.learned || lo > e.learned + learn_margin(e.learned)) learn(e, lo);
+  }
+
+  void learn(ep_node& e, clock::duration t) noexcept {
+    if (t == e.learned) return;
+    e.learned = t;
+    e.retire_after = t - learn_margin(t);
+    note_learned(e);
+    if (e.retire_pos != not_in_heap) retires_.erase(&e);  // its first due may be earlier now
+    watch_ages(e);
+  }
+
+  /// Forget what `e` learned: a canary goes back to work (to the oldest waiter, or available idle).
+  void unlearn(ep_node& e) {
+    e.learned = e.retire_after = clock::duration::zero();
+    e.sampled = e.next_sample = 0;
+    if (e.retire_pos != not_in_heap) retires_.erase(&e);
+    note_learned(e);
+    if (!e.canary) return;
+    conn_node* c = canary_of(e);
+    c->check = check_mark::none;
+    --pinged_;
+    e.canary = false;
+    if (waiter_node* w = e.waiters.front()) {
+      set_state(*c, conn_state::leased);
+      ++e.idle_taken;
+      hand(*w, grant{c, false, false, {}});
+      return;
+    }
+    if (pinging_) pingq_.push_back(c);  // its check waits its turn
+  }
+
+  void note_learned(ep_node& e) noexcept {
+    try {
+      learned_changes_.emplace_back(&e, e.learned);
+    } catch (...) {  // out of memory: not reported
+    }
+  }
+
+  /// When the first idle connection of `e` (with a learned timeout) retires by age, or its canary
+  /// is due (twice the learned timeout); never if none. O(1 + connections in their check).
+  time_point first_retire(const ep_node& e) const noexcept {
+    time_point t = never;
+    for (const conn_node* c = e.idle.front(); c; c = e.idle.next(c)) {
+      if (c->check == check_mark::canary) {
+        t = later(c->idle_since, 2 * e.learned);
+      } else if (c->check != check_mark::pinging) {
+        const time_point a = later(c->idle_since, e.retire_after);
+        return a < t ? a : t;
+      }
+    }
+    return t;
+  }
+
+  /// Keep `e` in the heap of endpoints whose idle connections retire by age, by its first due
+  /// (never later: a key can be early, when its connection left first, never late).
+  void watch_ages(ep_node& e) noexcept { watch_due(e, first_retire(e)); }
+
+  /// As watch_ages(), for a due time of one of its connections.
+  void watch_due(ep_node& e, time_point due) noexcept {
+    if (due == never) return;
+    if (e.retire_pos == not_in_heap) {
+      e.retire_at = due;
+      try {
+        retires_.push(&e);
+      } catch (...) {  // out of memory: the next release to it tries again
+      }
+    } else if (due < e.retire_at) {
+      e.retire_at = due;
+      retires_.fix(&e);
+    }
+  }
+
+  /// The retire pass for `e`, due: its idle connections at the learned timeout less the margin
+  /// retire, but the first, which becomes the canary if `e` has none. O(retired + in their check).
+  void retire_aged(ep_node& e, time_point now, graveyard& dead) {
+    bool retired = false;
+    for (conn_node* c = e.idle.front(); c;) {
+      conn_node* next = e.idle.next(c);
+      if (c->check == check_mark::canary) {
+        if (later(c->idle_since, 2 * e.learned) <= now) {
+          unlearn(e);  // the peer kept it open at twice the timeout learned
+          break;
+        }
+      } else if (later(c->idle_since, e.retire_after) > now) {
+        break;
+      } else if (c->check != check_mark::pinging) {  // one in its check: after it
+        if (!e.canary) {
+          make_canary(*c);
+        } else {
+          retire(*c, close_reason::learned_idle_timeout, opts_.retire_close, now, dead);
+          retired = true;
+        }
+      }
+      c = next;
+    }
+    if (e.retire_after.count()) watch_ages(e);
+    if (retired) serve(now, dead);
+  }
+
+  /// The canary of `e` (e.canary). O(1 + connections in their check).
+  static conn_node* canary_of(const ep_node& e) noexcept {
+    conn_node* c = e.idle.front();
+    while (c->check != check_mark::canary) c = decltype(ep_node::idle)::next(c);
+    return c;
+  }
+
+  void make_canary(conn_node& c) noexcept {
+    if (pinging_ && pingq_.linked(&c)) pingq_.erase(&c);
+    c.check = check_mark::canary;
+    if (++stamps_ == 0) ++stamps_;
+    c.stamp = stamps_;  // no hint names it
+    ++pinged_;
+    c.ep->canary = true;
   }
 
  public:
@@ -890,6 +1118,7 @@ class books {
     if (closed_) return;
     closed_ = true;
     while (!refills_.empty()) refills_.erase(refills_.top());
+    while (!retires_.empty()) retires_.erase(retires_.top());
     while (conn_node* c = all_idle_.front()) retire(*c, close_reason::pool_closed, opts_.retire_close, now, dead);
     while (!room_.empty()) room_.erase(room_.top());
     for (auto& kv : map_) {
@@ -931,11 +1160,11 @@ class books {
   /// naming what broke. O(everything): for tests.
   void check_invariants() const {
     auto fail = [](const std::string& what) { throw std::logic_error("connpool books: " + what); };
-    std::size_t open = 0, leased = 0, idle = 0, unused = 0, rooms = 0, holds = 0;
+    std::size_t open = 0, leased = 0, idle = 0, unused = 0, rooms = 0, holds = 0, retiring = 0;
     for (auto& kv : map_) {
       const entry& e = *kv.second;
       if (!KeyEqual()(e.key, kv.first)) fail("entry filed under another key");
-      std::size_t n = 0;
+      std::size_t n = 0, canaries = 0;
       time_point prev = time_point::min();
       for (conn_node* c = e.idle.front(); c; c = e.idle.next(c), ++n) {
         if (c->state != conn_state::idle) fail("a connection on an idle list is not idle");
@@ -943,10 +1172,23 @@ class books {
         if (!all_idle_.linked(c)) fail("an idle connection missing from the idle list across endpoints");
         if (c->idle_since < prev) fail("an endpoint's idle list out of idle order");
         if (lookup(c->id) != c) fail("an idle connection missing from the registry");
-        if (pinging_ && pingq_.linked(c) == (c->check == check_mark::pinging))
-          fail("an idle connection on the ping queue while its check runs, or missing from it");
+        if (pinging_ && pingq_.linked(c) == held_back(c->check))
+          fail("an idle connection on the ping queue while held back, or missing from it");
+        if (c->check == check_mark::canary) ++canaries;
         prev = c->idle_since;
       }
+      if (canaries > 1 || e.canary != (canaries == 1)) fail("an endpoint's canary flag differs from its canaries");
+      if (e.canary && !e.learned.count()) fail("a canary without a learned idle timeout");
+      if ((e.learned.count() == 0) != (e.retire_after.count() == 0) || e.retire_after > e.learned)
+        fail("a learned idle timeout without its retire age, or the reverse");
+      if (!learn_ && e.learned.count() && !tests_taught_) fail("an idle timeout learned while learning is off");
+      if (e.retire_after.count() && first_retire(e) != never) {
+        if (e.retire_pos == not_in_heap) fail("an endpoint with a learned idle timeout and idle connections is not in the heap");
+        if (e.retire_at > first_retire(e)) fail("an endpoint's retire time is later than its first due");
+      } else if (!e.retire_after.count() && e.retire_pos != not_in_heap) {
+        fail("an endpoint with no learned idle timeout in the heap of retire times");
+      }
+      if (e.retire_pos != not_in_heap) ++retiring;
       if (n != e.idle.size()) fail("idle gauge differs from the idle list");
       if (!e.waiters.empty() && available(e)) fail("an endpoint has both waiters and available idle connections");
       std::uint64_t ticket = 0;
@@ -977,6 +1219,7 @@ class books {
     if (!closed_ && unused != unused_.size()) fail("unused endpoint count");
     if (rooms != room_.size()) fail("room queue size");
     if (holds != holds_.size()) fail("heap of holds size");
+    if (retiring != retires_.size()) fail("heap of retire times size");
     std::size_t refilling = 0;
     for (const auto& kv : map_) refilling += kv.second->refill_pos != not_in_heap;
     if (refilling != refills_.size()) fail("heap of refills size");
@@ -1000,8 +1243,8 @@ class books {
     if (free_nodes + registry_.size() != arena_size_) fail("the arena lost a node");
     if (!pinging_ && !pingq_.empty()) fail("a ping queue while pings are off");
     std::size_t pinged = 0;
-    for (conn_node* c = all_idle_.front(); c; c = all_idle_.next(c)) pinged += c->check == check_mark::pinging;
-    if (pinged != pinged_) fail("count of connections being checked");
+    for (conn_node* c = all_idle_.front(); c; c = all_idle_.next(c)) pinged += held_back(c->check);
+    if (pinged != pinged_) fail("count of connections held back");
     for (conn_node* c = pingq_.front(); c; c = pingq_.next(c))
       if (c->state != conn_state::idle) fail("a connection on the ping queue is not idle");
     if (!watching_leases() && !leases_.empty()) fail("leases watched while lease_warn_after is off");
@@ -1033,6 +1276,9 @@ class books {
   struct by_retry_at {
     bool operator()(const ep_node* a, const ep_node* b) const noexcept { return a->retry_at < b->retry_at; }
   };
+  struct by_retire_at {
+    bool operator()(const ep_node* a, const ep_node* b) const noexcept { return a->retire_at < b->retire_at; }
+  };
   struct by_refill_at {
     bool operator()(const ep_node* a, const ep_node* b) const noexcept { return a->refill_at < b->refill_at; }
   };
@@ -1045,14 +1291,14 @@ class books {
   /// Whether `e` has an idle connection that can be handed out now.
   bool available(const ep_node& e) const noexcept {
     const conn_node* c = e.idle.back();
-    return c && (c->check != check_mark::pinging || available_before(c));
+    return c && (!held_back(c->check) || available_before(c));
   }
 
   /// The most recently released idle connection before `c` on its endpoint's list that is not
   /// being checked, or null. O(connections being checked): few, as the checks are staggered.
   static conn_node* available_before(const conn_node* c) noexcept {
     do c = decltype(ep_node::idle)::prev(c);
-    while (c && c->check == check_mark::pinging);
+    while (c && held_back(c->check));
     return const_cast<conn_node*>(c);
   }
 
@@ -1093,7 +1339,8 @@ class books {
   void retire(conn_node& c, close_reason why, close_mode mode, time_point now, graveyard& dead) {
     ep_node& e = *c.ep;
     dead.reserve(dead.size() + 1);  // the one step that may throw: before the books change
-    if (c.check == check_mark::pinging) --pinged_;
+    if (held_back(c.check)) --pinged_;
+    if (c.check == check_mark::canary) e.canary = false;
     if (c.watch != lease_watch::none) lease_done(c);
     set_state(c, conn_state::closed);
     ++counter(e.counters, why);
@@ -1141,12 +1388,15 @@ class books {
   /// A slot for `e` if its limits allow, evicting the least recently used idle connection of the
   /// pool (of another endpoint: callers have taken `e`'s own) when max_total is reached.
   bool take_slot(ep_node& e, time_point now, graveyard& dead) {
-    if (opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint) return false;
+    if (opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint) {
+      if (!e.canary || e.holding || at_connect_limit(e)) return false;
+      retire(*canary_of(e), close_reason::learned_idle_timeout, opts_.retire_close, now, dead);  // traffic first
+    }
     if (e.holding || at_connect_limit(e)) return false;
     if (opts_.max_total && open_total_ >= opts_.max_total) {
       conn_node* victim = all_idle_.front();
       if (!victim) return false;
-      CONNPOOL_ASSERT(victim->ep != &e || victim->check == check_mark::pinging);
+      CONNPOOL_ASSERT(victim->ep != &e || held_back(victim->check));
       retire(*victim, close_reason::surplus, opts_.retire_close, now, dead);
     }
     ++e.connecting;
@@ -1197,8 +1447,8 @@ class books {
 
   /// Whether `e`'s oldest waiter needs a slot that its own limits allow: it is in the room queue.
   bool wants_room(const ep_node& e) const noexcept {
-    return !e.waiters.empty() && !(opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint) && !e.holding &&
-           !at_connect_limit(e);
+    return !e.waiters.empty() && !(opts_.max_per_endpoint && e.open() - e.canary >= opts_.max_per_endpoint) &&
+           !e.holding && !at_connect_limit(e);
   }
 
   /// `e` holds in its backoff (e.holding): true while it lasts; after it, the hold ends (one trial
@@ -1295,6 +1545,9 @@ class books {
     unused_.erase(&e);
     if (e.holding) unhold(e);
     if (e.refill_pos != not_in_heap) refills_.erase(&e);
+    if (e.retire_pos != not_in_heap) retires_.erase(&e);
+    for (auto& l : learned_changes_)
+      if (l.first == &e) l.first = nullptr;
     pool_stats s = e.snapshot();
     forgotten_ += s;
     if (last_ == &e) last_ = nullptr;
@@ -1335,6 +1588,9 @@ class books {
   const std::size_t max_uses_;
   const clock::duration warn_after_;  // lease_warn_after; 0: off
   const std::size_t min_idle_;        // min_idle_per_endpoint; 0: off
+  const bool learn_;                  // learn_idle_timeout
+  bool tests_taught_ = false;         // set_learned() was called
+  const clock::duration learn_margin_;  // learned_idle_margin
   bool pinging_ = false;
   std::size_t pinged_ = 0;  // connections whose background check runs
   const clock::duration idle_timeout_, ping_interval_, validate_after_idle_, max_lifetime_, endpoint_grace_;
@@ -1350,6 +1606,8 @@ class books {
   const clock::duration backoff_, backoff_max_;
   iheap<ep_node, &ep_node::hold_pos, by_retry_at> holds_;  // endpoints in a connect backoff
   iheap<ep_node, &ep_node::refill_pos, by_refill_at> refills_;  // endpoints below min_idle, by refill_at
+  iheap<ep_node, &ep_node::retire_pos, by_retire_at> retires_;  // endpoints with a learned idle timeout, by retire_at
+  std::vector<std::pair<ep_node*, clock::duration>> learned_changes_;  // for take_learned()
 
   const pool_options opts_;
   std::minstd_rand rng_;

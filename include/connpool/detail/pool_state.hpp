@@ -1339,18 +1339,57 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// its place (see books::replace()).
   template <class W = waiter_node>
   grant replace(connection& c, probe_result r, bool idle_only, W* w = nullptr) {
-    section s(*this);
+    learned_changes learned;
     grant g;
-    try {
-      g = books_.replace(*c.node, r, idle_only, coarse_now(), s.dead, w);
-      if (w && w->queued()) g = queued_again(*w);
-      rearm();
-    } catch (...) {
-      if (w) unqueue(*w);  // out of memory: the waiter (a local, or an op about to die) must not stay queued
-      throw;
+    {
+      section s(*this);
+      try {
+        g = books_.replace(*c.node, r, idle_only, coarse_now(), s.dead, w);
+        if (w && w->queued()) g = queued_again(*w);
+        rearm();
+      } catch (...) {
+        if (w) unqueue(*w);  // out of memory: the waiter (a local, or an op about to die) must not stay queued
+        throw;
+      }
+      take_learned(learned);
+      s.lease_ended();
     }
-    s.lease_ended();
+    emit_learned(learned);
     return g;
+  }
+
+  // ---------------------------------------------------------------- learned idle timeouts
+
+  struct learned_change {
+    endpoint_type ep;
+    const host* backend;
+    clock::duration value;
+  };
+  using learned_changes = std::vector<learned_change>;
+
+  /// Under the lock, after the books' calls that can change a learned idle timeout: the changes,
+  /// for emit_learned() after the lock (none without a listener).
+  void take_learned(learned_changes& out) noexcept {
+    books_.take_learned([&](entry* e, clock::duration t) {
+      if (!e || !events_on()) return;
+      const backend* b = backend_of(e);
+      try {
+        out.push_back({endpoint_of(e), b ? &b->name : nullptr, t});
+      } catch (...) {  // out of memory: not reported
+      }
+    });
+  }
+
+  /// Outside the lock: the listener's idle_timeout_learned events.
+  void emit_learned(const learned_changes& changes) noexcept {
+    for (const learned_change& l : changes) {
+      event ev;
+      ev.kind = event_kind::idle_timeout_learned;
+      if (l.backend) ev.backend = l.backend;
+      else ev.endpoint = &l.ep;
+      ev.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(l.value);
+      emit(ev);
+    }
   }
 
   void unqueue(sync_waiter& w) noexcept {
@@ -2849,6 +2888,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     };
     std::vector<held_long> late;
     std::vector<key_type> refill;
+    learned_changes learned;
     {
       section s(*this);
       timer_armed_ = false;
@@ -2880,7 +2920,9 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         for (ep_node* e : below) refill.push_back(static_cast<entry*>(e)->key);
       } catch (...) {  // out of memory: the next close or release asks again
       }
+      take_learned(learned);
     }
+    emit_learned(learned);
     for (ping_job& j : jobs) start_ping(j, check);
     for (const key_type& k : refill) start_refill(k);
     for (const held_long& h : late) {
@@ -2916,20 +2958,25 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     int n;
     do {
       n = watch_.poll(events, 64);
-      section s(*this);
-      const time_point now = coarse_now();
-      for (int i = 0; i < n; ++i) {
-        conn_node* c = books_.lookup(events[i].id);
-        if (!c) continue;  // closed since
-        if (c->check == check_mark::pinging) continue;  // its check sees it; a probe follows it
-        // Leased: remember what happened, release() will not keep it. Idle: probe it here, under
-        // the lock, so that it cannot be handed out meanwhile.
-        const probe_result r = c->state == conn_state::leased
-                                   ? (events[i].reset ? probe_result::peer_reset : probe_result::peer_closed)
-                                   : probe_conn(*as_connection(c));
-        books_.peer_event(*c, r, now, s.dead);
+      learned_changes learned;
+      {
+        section s(*this);
+        const time_point now = coarse_now();
+        for (int i = 0; i < n; ++i) {
+          conn_node* c = books_.lookup(events[i].id);
+          if (!c) continue;  // closed since
+          if (c->check == check_mark::pinging) continue;  // its check sees it; a probe follows it
+          // Leased: remember what happened, release() will not keep it. Idle: probe it here, under
+          // the lock, so that it cannot be handed out meanwhile.
+          const probe_result r = c->state == conn_state::leased
+                                     ? (events[i].reset ? probe_result::peer_reset : probe_result::peer_closed)
+                                     : probe_conn(*as_connection(c));
+          books_.peer_event(*c, r, now, s.dead);
+        }
+        rearm();
+        take_learned(learned);
       }
-      rearm();
+      emit_learned(learned);
     } while (n == 64);
   }
 

@@ -43,6 +43,7 @@ inline std::size_t& counter(pool_stats& s, close_reason r) noexcept {
     case close_reason::validation_failed: return s.validation_failed;
     case close_reason::address_removed: return s.address_removed;
     case close_reason::max_uses: return s.max_uses;
+    case close_reason::learned_idle_timeout: return s.learned_idle_timeout;
     case close_reason::pool_closed: break;
   }
   return s.pool_closed;
