@@ -1403,3 +1403,47 @@ TEST_CASE("books: learn_idle_timeout: down at once, up only past the margin; a c
   for (int i = 0; i < 3; ++i) canary_closed_at(t0 + std::chrono::minutes(10 + i), 3100ms);
   CHECK(h.b.stats(2).peer_idle_timeout == 3100ms);
 }
+
+TEST_CASE("books: learn_idle_timeout with min_idle_per_endpoint: a canary is not counted, a refill is asked, a prewarm leaves it; a single close does not move T") {
+  connpool::pool_options o = learn_opts();
+  o.min_idle_per_endpoint = 1;
+  o.max_per_endpoint = 2;
+  fixture f(o);
+  auto& e = f.b.get(1, t0);
+  f.b.set_learned(e, 4s);
+  auto v = idle_conns(f, 1, 1, t0);
+  std::vector<d::ep_node*> refills;
+  f.b.expire(t0 + 3s, f.dead, nullptr, &refills);
+  REQUIRE(v[0]->check == d::check_mark::canary);
+  CHECK(f.b.below_minimum(e, t0 + 3s));  // the canary serves nobody
+  f.b.expire(t0 + 3s + books::refill_jitter, f.dead, nullptr, &refills);
+  REQUIRE(refills.size() == 1);
+  CHECK(refills[0] == &e);
+  // The refill's connect: one place left under max_per_endpoint 2.
+  CHECK(f.b.prewarm_slot(e, t0 + 3500ms, f.dead));
+  d::conn_node* c = f.connected(e, t0 + 3500ms);
+  f.b.prewarmed(*c, t0 + 3500ms, f.dead);
+  // At max_per_endpoint now: a prewarm does not take the canary's place (an acquire would).
+  CHECK_FALSE(f.b.prewarm_slot(e, t0 + 3600ms, f.dead));
+  CHECK(v[0]->check == d::check_mark::canary);
+  CHECK(f.b.stats(1).learned_idle_timeout == 0);
+  f.b.check_invariants();
+  // After three samples taught T, one more close, however young, does not move it.
+  fixture h(learn_opts());
+  auto a = idle_conns(h, 2, 4, t0);
+  for (int i = 0; i < 3; ++i) h.b.peer_event(*a[i], d::probe_result::peer_closed, t0 + 10s, h.dead);
+  CHECK(h.b.stats(2).peer_idle_timeout == 10s);
+  h.b.peer_event(*a[3], d::probe_result::peer_closed, t0 + 10s, h.dead);  // (older: the ring starts again)
+  auto b = idle_conns(h, 2, 1, t0 + 1min);
+  h.b.peer_event(*b[0], d::probe_result::peer_closed, t0 + 1min + 6s, h.dead);
+  CHECK(h.b.stats(2).peer_idle_timeout == 10s);
+  // A connection put back unchecked past its retire age is retired, not made the canary.
+  auto u = idle_conns(h, 2, 1, t0 + 2min);
+  d::conn_node* taken = h.b.take_idle(*h.b.find(2));
+  REQUIRE(taken == u[0]);
+  h.b.put_back(*taken, /*unchecked=*/true, false, t0 + 2min, h.dead);
+  h.b.expire(t0 + 2min + 9s, h.dead);
+  CHECK(h.b.stats(2).learned_idle_timeout == 1);
+  CHECK(h.b.stats(2).idle == 0);
+  h.b.check_invariants();
+}

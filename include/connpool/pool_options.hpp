@@ -71,17 +71,23 @@ struct pool_options {
   std::chrono::milliseconds endpoint_grace{60000};
   /// Learn each endpoint's idle timeout from its peer, and close idle connections before the peer
   /// does, so that no request meets a connection the server is closing (the stale keep-alive race).
-  /// Each peer close (FIN or RST) of an idle connection is a sample: its idle age, since its last
-  /// lease or passed check (ages under 500 ms count nothing). Three samples in a row within a factor
-  /// of two, with no idle connection of the endpoint alive and older, teach the youngest of them,
-  /// T. From then on idle connections of the endpoint close at T less learned_idle_margin (counted
-  /// learned_idle_timeout), but one, held back (never handed out) until the peer closes it: its
-  /// close is a sample too, so T follows the peer. T goes down at once, up only by more than the
-  /// margin; a held-back connection still open at 2 T forgets T (and is handed out again). Shown
-  /// in stats(ep).peer_idle_timeout and the listener's idle_timeout_learned event.
+  /// A sample: the peer closes (FIN or RST) an idle connection, seen by the idle watch or by the
+  /// probe at hand-out; its idle age since its last lease or passed check. Ages under 500 ms,
+  /// connections in a health check, put back unchecked or kept by min_idle_per_endpoint, and
+  /// leased ones count nothing. Three samples in a row within a factor of two, with no idle
+  /// connection of the endpoint alive and older, teach the youngest of them, T. From then on idle
+  /// connections of the endpoint close at T less the margin (learned_idle_margin) after their last
+  /// lease (counted learned_idle_timeout), those kept by min_idle_per_endpoint too (then refilled),
+  /// but one: held back (never handed out) until the peer closes it, its close a sample too, so
+  /// that T follows the peer. It gives way to traffic (a connect that max_per_endpoint would
+  /// refuse closes it) and to the limits (max_idle_per_endpoint, max_total, idle_timeout). T goes
+  /// down at once, up only by more than the margin; three new samples move it again; a held-back
+  /// connection still open at 2 T forgets T (and is handed out again). The retire timer fires at
+  /// most 20 ms late while this is on. Shown in stats(ep).peer_idle_timeout, the listener's
+  /// idle_timeout_learned event and metrics.
   bool learn_idle_timeout = true;
-  /// How long before a learned idle timeout T idle connections close: this or T / 10, whichever is
-  /// larger, and at most T / 2.
+  /// The margin before a learned idle timeout T: this or T / 10, whichever is larger, and at most
+  /// T / 2 (so a 1 s timeout is beaten by 0.5 s, 60 s by 6 s).
   std::chrono::milliseconds learned_idle_margin{1000};
 
   /// \name Backends by name

@@ -4,19 +4,12 @@
 // connections itself, without an acquire; no CLOSE_WAIT stays.
 #include <doctest/doctest.h>
 
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <string>
 #include <vector>
 
 #include "../support.hpp"
 #include "netns.hpp"
-
-extern char** environ;
+#include "servers/spawn.hpp"
 
 using namespace std::chrono_literals;
 using connpool::tcp_pool;
@@ -26,57 +19,27 @@ using test::eventually;
 namespace {
 
 std::string find_redis() {
-  for (const char* p : {"/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server"})
-    if (::access(p, X_OK) == 0) return p;
-  return {};
+  return test::find_exe({"/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server"});
 }
 
-/// redis-server in a child process on 127.0.0.1:port, stopped (SIGKILL) and reaped on destruction.
-class redis_process {
- public:
-  /// `extra`: more options, which override the ones here (Redis takes the last).
-  redis_process(const std::string& exe, unsigned short port, const std::vector<std::string>& extra = {}) {
-    const std::string p = std::to_string(port);
-    std::vector<std::string> args{exe,        "--port",     p,    "--bind",  "127.0.0.1", "--timeout",
-                                  "1",        "--save",     "",   "--appendonly", "no",   "--daemonize",
-                                  "no",       "--logfile",  "",   "--loglevel",  "warning", "--protected-mode",
-                                  "no",       "--dir",      "/tmp"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    ::posix_spawn_file_actions_init(&fa);
-    ::posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    if (::posix_spawn(&pid_, exe.c_str(), &fa, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    ::posix_spawn_file_actions_destroy(&fa);
-  }
-  ~redis_process() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-  }
-  redis_process(const redis_process&) = delete;
-  redis_process& operator=(const redis_process&) = delete;
-  bool started() const { return pid_ > 0; }
-
- private:
-  pid_t pid_ = -1;
-};
-
-unsigned short free_port() {
-  net::io_context io;
-  net::ip::tcp::acceptor a(io, test::loopback());
-  return a.local_endpoint().port();
+/// The arguments of redis-server (`exe`) on 127.0.0.1:port with `timeout 1`; `extra`: more
+/// options, which override these (Redis takes the last).
+std::vector<std::string> redis_args(const std::string& exe, unsigned short port, const std::vector<std::string>& extra) {
+  std::vector<std::string> args{exe,     "--port",    std::to_string(port), "--bind",     "127.0.0.1",
+                                "--timeout", "1",     "--save",             "",           "--appendonly",
+                                "no",      "--daemonize", "no",             "--logfile",  "",
+                                "--loglevel", "warning", "--protected-mode", "no",        "--dir",
+                                "/tmp"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
 }
 
 /// redis-server (`exe`) on a free port of 127.0.0.1, with `extra` options; `ep` is where.
 struct redis_on_loopback {
   explicit redis_on_loopback(const std::string& exe, const std::vector<std::string>& extra = {})
-      : port(free_port()), process(exe, port, extra), ep(net::ip::make_address("127.0.0.1"), port) {}
+      : port(test::free_port()), process(redis_args(exe, port, extra)), ep(net::ip::make_address("127.0.0.1"), port) {}
   unsigned short port;
-  redis_process process;
+  test::spawned_process process;
   net::ip::tcp::endpoint ep;
 };
 

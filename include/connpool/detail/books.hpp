@@ -751,11 +751,9 @@ class books {
           lifetimes_.erase(c);  // leased: release() retires it
         }
       }
-      while (!retires_.empty() && retires_.top()->retire_at <= now) {
-        ep_node& e = *retires_.top();
-        retires_.erase(&e);
-        retire_aged(e, now, dead);
-      }
+      // (An endpoint stays in the heap during its pass: if retire() runs out of memory, the next
+      // pass tries again.)
+      while (!retires_.empty() && retires_.top()->retire_at <= now) retire_aged(*retires_.top(), now, dead);
       if (endpoint_grace_.count() > 0) {
         while (ep_node* e = unused_.front()) {
           if (later(e->empty_since, endpoint_grace_) > now) break;
@@ -799,12 +797,15 @@ class books {
   /// Whether `e` (in use) has fewer than min_idle_per_endpoint idle connections, counting its
   /// connects in flight.
   bool below_minimum(const ep_node& e, time_point now) const noexcept {
-    return min_idle_ && in_use(e, now) && e.idle.size() - e.canary + e.connecting < min_idle_;
+    return min_idle_ && in_use(e, now) && usable_idle(e) + e.connecting < min_idle_;
   }
+
+  /// The idle connections of `e` that can serve traffic: all but its canary.
+  static std::size_t usable_idle(const ep_node& e) noexcept { return e.idle.size() - (e.canary ? 1 : 0); }
 
   /// Whether the idle connections of `e` are all its minimum, which idle_timeout leaves alone.
   bool keeps_minimum(const ep_node& e, time_point now) const noexcept {
-    return in_use(e, now) && e.idle.size() <= min_idle_;
+    return in_use(e, now) && usable_idle(e) <= min_idle_;
   }
 
   /// `e` may be below its minimum: refill it (prewarm it up to the minimum, in the background)
@@ -866,6 +867,10 @@ class books {
   /// Whether learn_idle_timeout is set: a constant.
   bool learning() const noexcept { return learn_; }
 
+  /// The most the retire timer may fire late while learning: far below the smallest margin (half
+  /// of learn_min_age), so that no connection is closed late by a learned timeout.
+  static constexpr std::chrono::milliseconds learn_slack{20};
+
   /// The margin before a learned idle timeout `t`: learned_idle_margin or a tenth of `t`,
   /// whichever is larger, and at most half of `t`.
   clock::duration learn_margin(clock::duration t) const noexcept {
@@ -913,16 +918,18 @@ class books {
       if (a > hi) hi = a;
     }
     if (hi > 2 * lo) return;  // not a cluster: a restart, or noise
-    // None older: an idle connection alive past `lo` says the peer does not close at `lo`.
-    const conn_node* o = e.idle.front();
-    if (o == &c) o = e.idle.next(o);
-    if (o && now - ping_key(*o) > lo) return;
+    // None older: an idle connection alive past `lo` says the peer does not close at `lo`. (Rare:
+    // O(idle of the endpoint) once a cluster forms.)
+    for (const conn_node* o = e.idle.front(); o; o = e.idle.next(o))
+      if (o != &c && now - ping_key(*o) > lo) return;
     // Down at once; up only past the margin (so that the spread of the peer's closes, as Redis's
     // timeout counted in whole seconds, does not lift it), or when a canary outlives twice it.
+    e.sampled = e.next_sample = 0;  // a cluster counts once: three new samples to move it again
     if (!e.learned.count() || lo < e.learned || lo > e.learned + learn_margin(e.learned)) learn(e, lo);
   }
 
   void learn(ep_node& e, clock::duration t) noexcept {
+    e.sampled = e.next_sample = 0;  // three new samples to move it again
     if (t == e.learned) return;
     e.learned = t;
     e.retire_after = t - learn_margin(t);
@@ -948,7 +955,7 @@ class books {
       hand(*w, grant{c, false, false, {}});
       return;
     }
-    if (pinging_) pingq_.push_back(c);  // its check waits its turn
+    if (pinging_) pingq_.push_front(c);  // the oldest idle: first in ping_key order
   }
 
   void note_learned(ep_node& e) noexcept {
@@ -1006,8 +1013,8 @@ class books {
       } else if (later(c->idle_since, e.retire_after) > now) {
         break;
       } else if (c->check != check_mark::pinging) {  // one in its check: after it
-        if (!e.canary) {
-          make_canary(*c);
+        if (!e.canary && c->check == check_mark::none) {
+          make_canary(*c, now);
         } else {
           retire(*c, close_reason::learned_idle_timeout, opts_.retire_close, now, dead);
           retired = true;
@@ -1015,7 +1022,15 @@ class books {
       }
       c = next;
     }
-    if (e.retire_after.count()) watch_ages(e);
+    if (e.retire_after.count()) {  // (forgotten: unlearn() took it out of the heap)
+      const time_point due = first_retire(e);
+      if (due == never) {
+        retires_.erase(&e);
+      } else {
+        e.retire_at = due;
+        retires_.fix(&e);
+      }
+    }
     if (retired) serve(now, dead);
   }
 
@@ -1026,13 +1041,14 @@ class books {
     return c;
   }
 
-  void make_canary(conn_node& c) noexcept {
+  void make_canary(conn_node& c, time_point now) noexcept {
     if (pinging_ && pingq_.linked(&c)) pingq_.erase(&c);
     c.check = check_mark::canary;
     if (++stamps_ == 0) ++stamps_;
     c.stamp = stamps_;  // no hint names it
     ++pinged_;
     c.ep->canary = true;
+    if (min_idle_) want_refill(*c.ep, now, clock::duration::zero());  // it serves no traffic now
   }
 
  public:
@@ -1047,6 +1063,7 @@ class books {
   bool prewarm_slot(ep_node& e, time_point now, graveyard& dead) {
     if (closed_ || !e.waiters.empty()) return false;
     if (max_idle_per_endpoint_ && e.idle.size() + e.connecting >= max_idle_per_endpoint_) return false;
+    if (opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint) return false;  // its canary stays
     if (opts_.max_total && open_total_ >= opts_.max_total) return false;
     return take_slot(e, now, dead);
   }

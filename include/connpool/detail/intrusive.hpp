@@ -48,6 +48,15 @@ class ilist {
     ++size_;
   }
 
+  void push_front(T* x) noexcept {
+    list_hook<T>& h = x->*H;
+    h.prev = nullptr;
+    h.next = head_;
+    (head_ ? (head_->*H).prev : tail_) = x;
+    head_ = x;
+    ++size_;
+  }
+
   void erase(T* x) noexcept {
     list_hook<T>& h = x->*H;
     (h.prev ? (h.prev->*H).next : head_) = h.next;

@@ -1048,14 +1048,15 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
           if (!p->looked) {
             p->looked = true;
             // A refill counts every connect in flight (another refill's too); a prewarm only its own.
-            const std::size_t have = e.idle.size() + (p->refill ? e.connecting : 0);
+            const std::size_t have = books_type::usable_idle(e) + (p->refill ? e.connecting : 0);
             p->budget = p->target > have ? p->target - have : 0;
           }
           // Connections that leave idle meanwhile (to traffic, closed) are not made up for past
           // the budget: a peer that closes each new connection at once cannot make it churn.
           // A refill counts every connect in flight (another refill's too); a prewarm only its own.
           const auto needed = [&] {
-            return e.idle.size() + (p->refill ? e.connecting : p->in_flight) < p->target && p->started < p->budget;
+            return books_type::usable_idle(e) + (p->refill ? e.connecting : p->in_flight) < p->target &&
+                   p->started < p->budget;
           };
           const bool in_time = clock::now() < p->deadline;
           while (in_time && needed()) {
@@ -2858,7 +2859,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   }
 
   /// Under the lock. Timers fire a little late, never early, so that connections retiring close
-  /// together are handled in one pass.
+  /// together are handled in one pass: by 1/32 of the shortest period set, at most 1 s, and at most
+  /// 20 ms with learn_idle_timeout (a learned retirement must not come late).
   void arm_timer(time_point when) {
     if (when == never || books_.closed() || (timer_armed_ && timer_at_ <= when)) return;
     const pool_options& o = options();
@@ -2867,7 +2869,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         o.min_idle_per_endpoint ? books_type::refill_jitter : std::chrono::milliseconds(0);
     for (auto d : {o.max_lifetime, o.endpoint_grace, o.ping_interval, o.connect_backoff, o.lease_warn_after, refill_jitter})
       if (d.count() > 0 && (shortest.count() <= 0 || d < shortest)) shortest = d;
-    const auto slack = std::min<std::chrono::milliseconds>(shortest / 32, std::chrono::seconds(1));
+    auto slack = std::min<std::chrono::milliseconds>(shortest / 32, std::chrono::seconds(1));
+    if (books_.learning()) slack = std::min(slack, books_type::learn_slack);  // any due may be a learned one
     timer_.expires_at(later(when, slack));
     timer_.async_wait([w = this->weak_from_this()](error_code ec) {
       if (ec == net::error::operation_aborted) return;
