@@ -258,6 +258,9 @@ class client {
     return o;
   }
 
+  /// What its pool had learned at its last request (0: nothing).
+  std::chrono::milliseconds learned() const { return learned_; }
+
   void start() {
     if (std::getenv("IDLE_RACE_DEBUG"))
       pool_.set_listener([this](const tcp_pool::event& ev) {
@@ -308,6 +311,7 @@ class client {
       if (lease_) lease_.discard();
     }
     if (--left_ > 0) return wait();
+    learned_ = pool_.stats(ep_).peer_idle_timeout;  // at its last request (the pool may forget it later)
     --running_;  // the main thread waits for all to end
   }
 
@@ -318,6 +322,7 @@ class client {
   std::mt19937_64 rng_;
   std::uniform_real_distribution<double> gap_;
   double last_gap_ = 0;
+  std::chrono::milliseconds learned_{0};
   net::steady_timer timer_;
   tcp_pool::lease lease_;
   std::string in_;
@@ -388,10 +393,8 @@ bool run(const std::vector<server_kind>& kinds, const std::vector<std::string>& 
   std::size_t i = 0;
   for (auto& r : results) {
     for (long c = 0; c < clients; ++c, ++i) {
-      tcp_pool& pool = all[i]->pool();
-      r->totals += pool.stats();
-      for (const auto& e : pool.snapshot().endpoints)
-        if (e.stats.peer_idle_timeout.count() > 0) r->learned_ms.push_back(static_cast<double>(e.stats.peer_idle_timeout.count()));
+      r->totals += all[i]->pool().stats();
+      if (all[i]->learned().count() > 0) r->learned_ms.push_back(static_cast<double>(all[i]->learned().count()));
     }
   }
   for (auto& c : all) c->pool().close();

@@ -9,7 +9,9 @@
 #                                     and the cost against unrelated state (waiters, endpoints, churn, idle; about 2 min;
 #                                     charted in scale.png; scripts/plot_scale.sh draws it against another run's scale.json),
 #                                     and a backend restart under 200 clients with and without the overload options
-#                                     (connpool_restart, about 75 s; charted in restart.png)
+#                                     (connpool_restart, about 75 s; charted in restart.png), and the stale keep-alive
+#                                     race against redis-server, nginx and memcached with learn_idle_timeout off and on
+#                                     (connpool_idle_race, about 5 min)
 #   scripts/bench.sh -- ARGS...       the headline with its own arguments, e.g. -- --clients 1,8 --seconds 4
 #                                     (with all, too: scripts/bench.sh all -- ARGS...)
 # The headline runs against the Asio echo server; with all, also against a thread-per-connection
@@ -21,12 +23,13 @@ cd "$(dirname "$0")/.."
 need_packages g++ cmake ninja-build libasio-dev
 want_packages gnuplot-nox python3  # the charts only
 want_packages libssl-dev            # the TLS benchmark only
+if [ "${1:-}" = all ]; then want_packages redis-server nginx memcached; fi  # connpool_idle_race's servers
 build=${BUILD_DIR:-build-release}
 results=${RESULTS:-$build/results}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONNPOOL_BUILD_TESTS=OFF \
   -DCONNPOOL_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build "$build" -j 2 --target connpool_bench connpool_pool_cost connpool_eviction connpool_watch_cost \
-  connpool_scale connpool_restart
+  connpool_scale connpool_restart connpool_idle_race
 tls_bench=""
 if cmake --build "$build" --target help | grep -q '^connpool_tls_bench:'; then  # OpenSSL was found
   cmake --build "$build" -j 2 --target connpool_tls_bench
@@ -72,5 +75,8 @@ if [ "$mode" = all ]; then
   if command -v gnuplot >/dev/null; then
     bash scripts/plot_restart.sh "$results/restart.csv" "$results/restart.png"
   fi
+  echo
+  "$build/benchmarks/connpool_idle_race" --json "$results/idle_race.json" --csv "$results/idle_race.csv" |
+    tee "$results/idle_race.txt"
 fi
 echo "results in $results"

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "connpool/detail/books.hpp"
+#include "connpool/detail/retry_budget.hpp"
 
 // The books decide without I/O: they must not pull in Asio (either one).
 #if defined(ASIO_VERSION) || defined(BOOST_ASIO_VERSION)
@@ -1446,4 +1447,51 @@ TEST_CASE("books: learn_idle_timeout with min_idle_per_endpoint: a canary is not
   CHECK(h.b.stats(2).learned_idle_timeout == 1);
   CHECK(h.b.stats(2).idle == 0);
   h.b.check_invariants();
+}
+
+TEST_CASE("books: learn_idle_timeout: an endpoint forgotten after endpoint_grace keeps what it learned") {
+  connpool::pool_options o = learn_opts();
+  o.endpoint_grace = 2000ms;
+  fixture f(o);
+  auto v = idle_conns(f, 1, 3, t0);
+  for (auto* c : v) f.b.peer_event(*c, d::probe_result::peer_closed, t0 + 5s, f.dead);
+  REQUIRE(f.b.stats(1).peer_idle_timeout == 5s);
+  f.b.expire(t0 + 8s, f.dead);
+  REQUIRE(f.b.find(1) == nullptr);  // forgotten
+  auto& e = f.b.get(1, t0 + 9s);
+  CHECK(f.b.stats(1).peer_idle_timeout == 5s);
+  CHECK(e.retire_after == 4s);
+  auto w = idle_conns(f, 1, 2, t0 + 9s);
+  f.b.expire(t0 + 13s, f.dead);  // retired at 4 s, the oldest kept as the canary
+  CHECK(f.b.stats(1).learned_idle_timeout == 1);
+  CHECK(w[0]->check == d::check_mark::canary);
+  f.b.check_invariants();
+}
+
+// ---------------------------------------------------------------- run()'s retry budget
+
+TEST_CASE("retry budget: a fraction of the runs plus a floor per second, over a sliding 10 s window") {
+  d::retry_budget none(0, 0);
+  none.deposit(t0);
+  CHECK_FALSE(none.withdraw(t0));
+  // 20% of 100 runs, and no floor: 20 retries in the window, then no more.
+  d::retry_budget b(0.2, 0);
+  for (int i = 0; i < 100; ++i) b.deposit(t0 + std::chrono::milliseconds(i));
+  int allowed = 0;
+  for (int i = 0; i < 50; ++i) allowed += b.withdraw(t0 + 200ms);
+  CHECK(allowed == 20);
+  // 15 s on: the first window counts half (100 runs, 20 retries: 50 and 10), and 50 new runs.
+  for (int i = 0; i < 50; ++i) b.deposit(t0 + 15s);
+  allowed = 0;
+  for (int i = 0; i < 50; ++i) allowed += b.withdraw(t0 + 15s);
+  // Runs 100 * 0.5 + 50 = 100, retries 20 * 0.5 = 10: 0.2 * 100 - 10 = 10 more.
+  CHECK(allowed == 10);
+  // Two windows on, the past is gone: the floor alone (1 per second, 10 per window) with no runs.
+  d::retry_budget f(0.2, 1);
+  allowed = 0;
+  for (int i = 0; i < 20; ++i) allowed += f.withdraw(t0 + 1min);
+  CHECK(allowed == 10);
+  allowed = 0;
+  for (int i = 0; i < 20; ++i) allowed += f.withdraw(t0 + 2min);
+  CHECK(allowed == 10);
 }

@@ -1640,3 +1640,221 @@ TEST_CASE("local_pool: Unix stream sockets") {
   }
   ::unlink(path.c_str());
 }
+
+// ---------------------------------------------------------------- run(): one safe retry
+
+namespace {
+/// What a scripted server does with a request (a line): answer "ok\n", close without an answer
+/// (FIN), reset, or answer half ("o") and close.
+enum class act { answer, fin, rst, half };
+
+/// A loopback server on its own thread whose behaviour per connection (in accept order, from 0)
+/// and per request on it (from 0) the test scripts. Stopped and joined on destruction.
+class scripted_server {
+ public:
+  explicit scripted_server(std::function<act(int conn, int request)> script)
+      : script_(std::move(script)), acceptor_(io_, test::loopback()), thread_(io_) {
+    net::post(io_, [this] { accept(); });
+  }
+  net::ip::tcp::endpoint endpoint() const { return acceptor_.local_endpoint(); }
+  int accepted() const { return accepted_.load(); }
+
+ private:
+  struct session {
+    explicit session(net::io_context& io) : socket(io) {}
+    net::ip::tcp::socket socket;
+    std::string in;
+    int id = 0, requests = 0;
+  };
+  void accept() {
+    auto s = std::make_shared<session>(io_);
+    acceptor_.async_accept(s->socket, [this, s](connpool::error_code ec) {
+      if (ec) return;
+      s->id = accepted_++;
+      read(s);
+      accept();
+    });
+  }
+  void read(const std::shared_ptr<session>& s) {
+    net::async_read_until(s->socket, net::dynamic_buffer(s->in), '\n', [this, s](connpool::error_code ec, std::size_t n) {
+      if (ec) return;
+      s->in.erase(0, n);
+      connpool::error_code ig;
+      switch (script_(s->id, s->requests++)) {
+        case act::answer:
+          net::write(s->socket, net::buffer("ok\n", 3), ig);
+          return read(s);
+        case act::fin:
+          s->socket.shutdown(net::socket_base::shutdown_both, ig);
+          s->socket.close(ig);
+          return;
+        case act::rst:
+          s->socket.set_option(net::socket_base::linger(true, 0), ig);
+          s->socket.close(ig);
+          return;
+        case act::half:
+          net::write(s->socket, net::buffer("o", 1), ig);
+          s->socket.shutdown(net::socket_base::shutdown_both, ig);
+          s->socket.close(ig);
+          return;
+      }
+    });
+  }
+
+  std::function<act(int, int)> script_;
+  net::io_context io_;
+  net::ip::tcp::acceptor acceptor_;
+  std::atomic<int> accepted_{0};
+  test::io_thread thread_;
+};
+
+/// One exchange: "get\n", then a line back, which must be "ok\n".
+connpool::error_code exchange(tcp_pool::lease& l) {
+  connpool::error_code ec;
+  net::write(l.socket(), net::buffer("get\n", 4), ec);
+  if (ec) return ec;
+  std::string in;
+  net::read_until(l.socket(), net::dynamic_buffer(in), '\n', ec);
+  if (!ec && in != "ok\n") ec = net::error::invalid_argument;
+  return ec;
+}
+
+/// The first connection's second request meets `how`; every other request is answered.
+std::function<act(int, int)> second_request(act how) {
+  return [how](int conn, int request) { return conn == 0 && request == 1 ? how : act::answer; };
+}
+}  // namespace
+
+TEST_CASE("run: an idempotent exchange on a reused connection the server closed as the request went out runs again on a new connection") {
+  for (act how : {act::fin, act::rst}) {
+    CAPTURE(static_cast<int>(how));
+    test::fd_guard fds;
+    scripted_server server(second_request(how));
+    tcp_pool pool(quick());
+    std::vector<connpool::event_kind> kinds;
+    std::mutex m;
+    connpool::error_code first_error;
+    pool.set_listener([&](const tcp_pool::event& ev) {
+      std::lock_guard<std::mutex> lk(m);
+      if (ev.kind == connpool::event_kind::retried || ev.kind == connpool::event_kind::retry_refused) {
+        kinds.push_back(ev.kind);
+        first_error = ev.error;
+      }
+    });
+    connpool::error_code ec;
+    pool.run(server.endpoint(), connpool::retry::idempotent, exchange, ec);  // connection 0, request 0
+    REQUIRE_FALSE(ec);
+    bool reused = false;
+    pool.run(server.endpoint(), connpool::retry::idempotent, [&](tcp_pool::lease& l) {
+      reused = reused || l.reused();  // the first attempt's connection was reused
+      return exchange(l);
+    }, ec);
+    CHECK_FALSE(ec);  // it would have failed: the server closed connection 0 at its request 1
+    CHECK(reused);
+    const auto s = pool.stats(server.endpoint());
+    CHECK(s.retries == 1);
+    CHECK(s.retries_refused == 0);
+    CHECK(s.created == 2);
+    CHECK(server.accepted() == 2);
+    std::lock_guard<std::mutex> lk(m);
+    REQUIRE(kinds.size() == 1);
+    CHECK(kinds[0] == connpool::event_kind::retried);
+    CHECK((first_error == net::error::eof || first_error == net::error::connection_reset));
+  }
+}
+
+TEST_CASE("run: not retried when not idempotent, after a byte of the response, on a new connection, or past the budget") {
+  test::fd_guard fds;
+  connpool::error_code ec;
+  SUBCASE("retry::never") {
+    scripted_server server(second_request(act::fin));
+    tcp_pool pool(quick());
+    pool.run(server.endpoint(), connpool::retry::never, exchange, ec);
+    REQUIRE_FALSE(ec);
+    pool.run(server.endpoint(), connpool::retry::never, exchange, ec);
+    CHECK(ec == net::error::eof);
+    CHECK(pool.stats().retries == 0);
+    CHECK(server.accepted() == 1);
+    CHECK_THROWS_AS(pool.run(server.endpoint(), connpool::retry::never,
+                             [](tcp_pool::lease&) { return connpool::error_code(net::error::eof); }),
+                    connpool::system_error);
+  }
+  SUBCASE("a byte of the response had arrived") {
+    scripted_server server(second_request(act::half));
+    tcp_pool pool(quick());
+    pool.run(server.endpoint(), connpool::retry::idempotent, exchange, ec);
+    REQUIRE_FALSE(ec);
+    pool.run(server.endpoint(), connpool::retry::idempotent, exchange, ec);
+    CHECK(ec == net::error::eof);
+    CHECK(pool.stats().retries == 0);
+    CHECK(server.accepted() == 1);
+  }
+  SUBCASE("a new connection") {
+    scripted_server server([](int, int) { return act::fin; });
+    tcp_pool pool(quick());
+    pool.run(server.endpoint(), connpool::retry::idempotent, exchange, ec);
+    CHECK(ec == net::error::eof);
+    CHECK(pool.stats().retries == 0);
+  }
+  SUBCASE("the retry budget is spent") {
+    scripted_server server(second_request(act::fin));
+    connpool::pool_options o = quick();
+    o.retry_budget_ratio = 0;
+    o.retry_budget_per_second = 0;
+    tcp_pool pool(o);
+    pool.run(server.endpoint(), connpool::retry::idempotent, exchange, ec);
+    REQUIRE_FALSE(ec);
+    pool.run(server.endpoint(), connpool::retry::idempotent, exchange, ec);
+    CHECK(ec == net::error::eof);
+    const auto s = pool.stats();
+    CHECK(s.retries == 0);
+    CHECK(s.retries_refused == 1);
+  }
+  SUBCASE("an error of the exchange's own") {
+    scripted_server server([](int, int) { return act::answer; });
+    tcp_pool pool(quick());
+    pool.run(server.endpoint(), connpool::retry::idempotent, exchange, ec);
+    REQUIRE_FALSE(ec);
+    pool.run(server.endpoint(), connpool::retry::idempotent,
+             [](tcp_pool::lease&) { return connpool::error_code(net::error::invalid_argument); }, ec);
+    CHECK(ec == net::error::invalid_argument);
+    const auto s = pool.stats();
+    CHECK(s.retries == 0);
+    CHECK(s.discarded == 1);
+    CHECK(s.released == 1);
+  }
+}
+
+TEST_CASE("async_run: the retry on a new connection, a non-idempotent failure, and an exchange that throws") {
+  test::fd_guard fds;
+  scripted_server server(second_request(act::rst));
+  net::io_context io;  // the exchange's async operations run on the pool's executor: a thread runs it
+  tcp_pool pool(io, quick());
+  test::io_thread running(io);
+  // An asynchronous exchange: write "get\n", read a line.
+  auto async_exchange = [](tcp_pool::lease& l, tcp_pool::run_done done) {
+    auto in = std::make_shared<std::string>();
+    net::async_write(l.socket(), net::buffer("get\n", 4), [&l, in, done](connpool::error_code ec, std::size_t) {
+      if (ec) return done(ec);
+      net::async_read_until(l.socket(), net::dynamic_buffer(*in), '\n', [in, done](connpool::error_code rec, std::size_t) {
+        done(rec ? rec : *in == "ok\n" ? connpool::error_code() : connpool::error_code(net::error::invalid_argument));
+      });
+    });
+  };
+  auto run = [&](connpool::retry r, auto fn) {
+    std::promise<connpool::error_code> p;
+    pool.async_run(server.endpoint(), r, fn, [&p](connpool::error_code ec) { p.set_value(ec); });
+    auto f = p.get_future();
+    REQUIRE(f.wait_for(5s) == std::future_status::ready);
+    return f.get();
+  };
+  CHECK_FALSE(run(connpool::retry::idempotent, async_exchange));
+  CHECK_FALSE(run(connpool::retry::idempotent, async_exchange));  // reset on connection 0: retried
+  CHECK(pool.stats().retries == 1);
+  CHECK(server.accepted() == 2);
+  // The second connection keeps answering; a throwing exchange discards its lease.
+  CHECK(run(connpool::retry::idempotent, [](tcp_pool::lease&, tcp_pool::run_done) { throw std::runtime_error("x"); }) ==
+        connpool::error::exchange_threw);
+  CHECK(pool.stats().discarded == 2);  // connection 0's, and this one
+  CHECK(eventually([&] { return pool.stats().open() == 0; }));
+}

@@ -291,6 +291,56 @@ class basic_pool {
   auto async_drain(std::chrono::steady_clock::duration timeout, Token&& token);
   ///@}
 
+  /// \name Running an exchange, with one safe retry
+  /// run() acquires a connection (as acquire() does, `site` included), runs `fn` on its lease (a
+  /// request and its response), then releases the lease, or discards it if `fn` failed. `fn(lease&)`
+  /// returns an error_code: none for success, else the error of its reads or writes. It may release
+  /// or discard the lease itself.
+  ///
+  /// One retry, only when it is safe: the exchange failed on a reused connection, with end of
+  /// stream, a reset or a broken pipe, before any byte of the response arrived (the kernel counted
+  /// none received on the connection during the lease: Linux, TCP), and `r` is retry::idempotent.
+  /// The server had closed the connection as the request went out (the stale keep-alive race, the
+  /// part no probe can see). Then `fn` runs once more, on a new connection (the endpoint's least
+  /// recently used idle connection is closed to make room at max_per_endpoint; a connection
+  /// another lease gives back may serve it while it waits), if the retry budget allows
+  /// (pool_options::retry_budget_ratio): counted retries, else retries_refused, and reported to the
+  /// listener (retried, retry_refused). Go's net/http replays requests on the same rule.
+  ///
+  /// The error is the acquire's, or `fn`'s (after a retry, the second attempt's); none on success.
+  ///@{
+
+  /// Run `fn` as above; throws system_error with the error.
+  template <class Fn>
+  void run(const endpoint_type& ep, retry r, Fn&& fn, const acquire_site& site = acquire_site::current());
+  /// As above, reporting the error in `ec`.
+  template <class Fn>
+  void run(const endpoint_type& ep, retry r, Fn&& fn, error_code& ec, const acquire_site& site = acquire_site::current());
+  /// As above, for a named backend (tcp_pool only; the synchronous acquire by name's rules apply).
+  template <class Fn>
+  void run(const host& h, retry r, Fn&& fn, const acquire_site& site = acquire_site::current());
+  /// As above, reporting the error in `ec`.
+  template <class Fn>
+  void run(const host& h, retry r, Fn&& fn, error_code& ec, const acquire_site& site = acquire_site::current());
+
+  /// Completion of an asynchronous exchange: call it once, with its error or none.
+  using run_done = std::function<void(error_code)>;
+  /// Asynchronously: `fn(lease&, run_done done)` starts the exchange (without blocking: it runs on
+  /// the pool's executor) and calls `done` once when it has ended; the lease lives until then.
+  /// Completion signature: void(error_code), on the handler's associated executor, else the
+  /// pool's; never inside this call. If `fn` throws, the lease is discarded and the error is
+  /// error::exchange_threw. Not cancellable (each acquire is bounded by acquire_timeout; bound the
+  /// exchange yourself). For a pool built on your executor: a default-constructed pool's sockets
+  /// live on a context no thread runs (see basic_pool()), where an asynchronous exchange never
+  /// ends.
+  template <class Fn, class Token>
+  auto async_run(const endpoint_type& ep, retry r, Fn&& fn, Token&& token,
+                 const acquire_site& site = acquire_site::current());
+  /// As above, for a named backend (tcp_pool only).
+  template <class Fn, class Token>
+  auto async_run(const host& h, retry r, Fn&& fn, Token&& token, const acquire_site& site = acquire_site::current());
+  ///@}
+
   /// The executor the pool's background work runs on.
   executor_type get_executor() const;
 
@@ -392,6 +442,14 @@ class basic_pool {
   struct completion_impl;
   template <class Handler>
   struct count_completion_impl;
+  template <class Key, class Fn>
+  void run_sync(const Key& key, retry r, Fn& fn, error_code& ec, const acquire_site& site);
+  lease acquire_for_run(const endpoint_type& ep, bool fresh, error_code& ec, const acquire_site& site);
+  lease acquire_for_run(const host& h, bool fresh, error_code& ec, const acquire_site& site);
+  template <class Handler, class Fn, class Key>
+  struct run_op;
+  template <class Fn, class Key>
+  struct initiate_run;
   struct initiate_drain;
   struct initiate_prewarm;
 

@@ -22,6 +22,7 @@ enum class error {
   /// the endpoint is in its connect backoff after connect failures (pool_options::connect_backoff),
   /// and no idle connection was there; basic_pool::last_connect_error() tells the last failure
   endpoint_unavailable,
+  exchange_threw,  ///< async_run()'s exchange function threw an exception (its lease was discarded)
 };
 
 namespace detail {
@@ -60,6 +61,7 @@ class error_category_impl final : public error_category_base {
       case error::setup_failed: return "the connection's setup step threw an exception";
       case error::too_many_waiters: return "too many acquires waiting for this endpoint";
       case error::endpoint_unavailable: return "endpoint unavailable: its connects failed, backing off";
+      case error::exchange_threw: return "the exchange function threw an exception";
     }
     return "unknown connpool error";
   }

@@ -99,7 +99,12 @@ enum class event_kind {
   long_lease_ended,
   /// the endpoint's learned idle timeout changed (pool_options::learn_idle_timeout): `duration`
   /// the new value, or 0 when it was forgotten; on the thread that saw the change
-  idle_timeout_learned
+  idle_timeout_learned,
+  /// run() runs an exchange again, on a new connection: `error` the first attempt's (EOF, a reset
+  /// or a broken pipe on a reused connection, before any byte of the response)
+  retried,
+  /// as retried, but the retry budget refused it: `error` is the error run() returns
+  retry_refused
 };
 
 /// Where an acquire's connection came from (pool_event::source).

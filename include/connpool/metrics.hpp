@@ -30,6 +30,7 @@
 /// | `connpool_leases_overdue` | gauge | | pool_stats::held_long (with lease_warn_after) |
 /// | `connpool_leases_held_long_total` | counter | | pool_stats::leases_held_long |
 /// | `connpool_peer_idle_timeout_seconds` | gauge | | pool_stats::peer_idle_timeout (endpoints that have one) |
+/// | `connpool_run_retries_total` | counter | `result`: retried, refused | pool_stats::retries, retries_refused |
 /// | `connpool_acquire_seconds` | histogram | | the listener: acquired, its duration |
 /// | `connpool_connect_seconds` | histogram | | the listener: connect_succeeded, its duration |
 ///
@@ -195,6 +196,11 @@ class basic_pool_metrics {
     each("connpool_leases_overdue", [](const pool_stats& s) { return s.held_long; });
     family("connpool_leases_held_long_total", "counter", "Leases reported held for lease_warn_after or longer.");
     each("connpool_leases_held_long_total", [](const pool_stats& s) { return s.leases_held_long; });
+    family("connpool_run_retries_total", "counter", "run() exchanges that failed where a retry is safe, by result.");
+    for (const auto& r : rows) {
+      sample("connpool_run_retries_total", r.first + ",result=\"retried\"", r.second->retries);
+      sample("connpool_run_retries_total", r.first + ",result=\"refused\"", r.second->retries_refused);
+    }
     family("connpool_peer_idle_timeout_seconds", "gauge",
            "The peer's idle timeout learned (learn_idle_timeout); endpoints with none are left out.");
     for (const auto& r : rows) {

@@ -16,6 +16,12 @@ enum class close_mode {
   abortive,  ///< RST: SO_LINGER {1,0}, then close. No TIME_WAIT anywhere; unsent data is dropped.
 };
 
+/// Whether basic_pool::run() may run an exchange a second time.
+enum class retry {
+  never,      ///< run it once: it must not happen twice (a payment, an increment, a non-idempotent write)
+  idempotent  ///< running it twice does no harm (a read, a GET, a SET of a fixed value)
+};
+
 /// Pool configuration. For limits and durations, 0 means "none" / "never".
 struct pool_options {
   std::size_t max_per_endpoint = 64;        ///< idle + leased + connecting, per endpoint
@@ -89,6 +95,12 @@ struct pool_options {
   /// The margin before a learned idle timeout T: this or T / 10, whichever is larger, and at most
   /// T / 2 (so a 1 s timeout is beaten by 0.5 s, 60 s by 6 s).
   std::chrono::milliseconds learned_idle_margin{1000};
+  /// The retry budget of basic_pool::run() (Finagle's RetryBudget): over the last 10 s, the pool's
+  /// retries may reach this fraction of its run() calls, plus retry_budget_per_second for each
+  /// second of it, so that a server in trouble never gets a storm of retries. A retry the budget
+  /// refuses is not made (counted retries_refused). 0 and 0: no retries.
+  double retry_budget_ratio = 0.2;
+  std::size_t retry_budget_per_second = 10;  ///< see retry_budget_ratio
 
   /// \name Backends by name
   /// For acquires by connpool::host.
@@ -160,6 +172,7 @@ struct pool_options {
     if (ping_interval < milliseconds::zero()) return "ping_interval";
     if (lease_warn_after < milliseconds::zero()) return "lease_warn_after";
     if (learned_idle_margin < milliseconds::zero()) return "learned_idle_margin";
+    if (!(retry_budget_ratio >= 0 && retry_budget_ratio <= 1000)) return "retry_budget_ratio";  // NaN too
     if ((max_idle_per_endpoint && min_idle_per_endpoint > max_idle_per_endpoint) ||
         (max_per_endpoint && min_idle_per_endpoint > max_per_endpoint) ||
         (max_total && min_idle_per_endpoint > max_total))
@@ -198,6 +211,8 @@ struct pool_stats {
   std::size_t waiters_rejected = 0;  ///< acquires that failed with error::too_many_waiters
   std::size_t backoff_rejected = 0;  ///< acquires that failed with error::endpoint_unavailable
   std::size_t leases_held_long = 0;  ///< leases reported held lease_warn_after or longer
+  std::size_t retries = 0;           ///< run() exchanges run a second time, on a new connection
+  std::size_t retries_refused = 0;   ///< run() retries the retry budget refused
   ///@}
 
   /// \name Connections the pool closed, by reason
@@ -256,6 +271,8 @@ struct pool_stats {
     waiters_rejected += o.waiters_rejected;
     backoff_rejected += o.backoff_rejected;
     leases_held_long += o.leases_held_long;
+    retries += o.retries;
+    retries_refused += o.retries_refused;
     return *this;
   }
 };

@@ -34,6 +34,7 @@
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <random>
 #include <stdexcept>
@@ -269,6 +270,7 @@ class books {
     map_.emplace(e->key, std::move(owned));
     last_ = e;
     e->last_used = now;
+    if (!remembered_.empty()) recall(*e);
     settle(*e, now);
     return *e;
   }
@@ -296,23 +298,33 @@ class books {
 
   /// For a new acquire of `e`: an idle connection, or a slot (evicting the least recently used
   /// idle connection of another endpoint if max_total requires), or nothing (then enqueue()).
-  /// Never passes a waiter of `e`.
-  grant try_grant(ep_node& e, time_point now, graveyard& dead) {
+  /// Never passes a waiter of `e`. `fresh` (run()'s retry): a slot only, making room at
+  /// max_per_endpoint by closing the endpoint's least recently used idle connection (surplus);
+  /// queued, it may still be served a connection another lease gives back.
+  grant try_grant(ep_node& e, time_point now, graveyard& dead, bool fresh = false) {
     grant g;
     if (closed_) {
       g.ec = error::pool_closed;
       return g;
     }
-    if (e.holding && held(e, now, dead) && !available(e)) {
+    if (e.holding && held(e, now, dead) && (fresh || !available(e))) {
       ++e.counters.backoff_rejected;
       g.ec = error::endpoint_unavailable;
       return g;
     }
     if (!e.waiters.empty()) return g;
-    if ((g.conn = take_idle(e))) return g;
+    if (!fresh) {
+      if ((g.conn = take_idle(e))) return g;
+    } else if (opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint && !e.idle.empty() &&
+               !e.holding && !at_connect_limit(e)) {
+      retire(*e.idle.front(), close_reason::surplus, opts_.retire_close, now, dead);
+    }
     g.slot = take_slot(e, now, dead);
     return g;
   }
+
+  /// run() ran an exchange of `e` again (`refused`: the retry budget did not let it).
+  static void count_retry(ep_node& e, bool refused) noexcept { ++(refused ? e.counters.retries_refused : e.counters.retries); }
 
   /// Queue an acquire that try_grant() gave nothing. O(log endpoints).
   void enqueue(waiter_node& w) noexcept {
@@ -1041,6 +1053,33 @@ class books {
     return c;
   }
 
+  /// The learned idle timeouts of forgotten endpoints, the last learn_memory of them: an endpoint
+  /// forgotten between a quiet client's bursts (endpoint_grace) keeps what it learned.
+  static constexpr std::size_t learn_memory = 1024;
+
+  void remember(const Key& k, clock::duration t) noexcept {
+    try {
+      const std::uint64_t gen = ++remembered_gen_;
+      remembered_[k] = {t, gen};
+      remembered_order_.emplace_back(k, gen);
+      while (remembered_order_.size() > learn_memory) {
+        auto it = remembered_.find(remembered_order_.front().first);
+        if (it != remembered_.end() && it->second.second == remembered_order_.front().second) remembered_.erase(it);
+        remembered_order_.pop_front();
+      }
+    } catch (...) {  // out of memory: forgotten, to be learned again
+    }
+  }
+
+  /// A new entry for a key forgotten with a learned idle timeout starts from it.
+  void recall(entry& e) noexcept {
+    auto it = remembered_.find(e.key);
+    if (it == remembered_.end()) return;
+    e.learned = it->second.first;
+    e.retire_after = e.learned - learn_margin(e.learned);
+    remembered_.erase(it);  // (its place in the order goes stale: skipped by generation)
+  }
+
   void make_canary(conn_node& c, time_point now) noexcept {
     if (pinging_ && pingq_.linked(&c)) pingq_.erase(&c);
     c.check = check_mark::canary;
@@ -1565,6 +1604,7 @@ class books {
     if (e.retire_pos != not_in_heap) retires_.erase(&e);
     for (auto& l : learned_changes_)
       if (l.first == &e) l.first = nullptr;
+    if (e.learned.count()) remember(e.key, e.learned);
     pool_stats s = e.snapshot();
     forgotten_ += s;
     if (last_ == &e) last_ = nullptr;
@@ -1625,6 +1665,9 @@ class books {
   iheap<ep_node, &ep_node::refill_pos, by_refill_at> refills_;  // endpoints below min_idle, by refill_at
   iheap<ep_node, &ep_node::retire_pos, by_retire_at> retires_;  // endpoints with a learned idle timeout, by retire_at
   std::vector<std::pair<ep_node*, clock::duration>> learned_changes_;  // for take_learned()
+  std::unordered_map<Key, std::pair<clock::duration, std::uint64_t>, Hash, KeyEqual> remembered_;  // T, generation
+  std::deque<std::pair<Key, std::uint64_t>> remembered_order_;  // oldest first (entries may be stale)
+  std::uint64_t remembered_gen_ = 0;
 
   const pool_options opts_;
   std::minstd_rand rng_;

@@ -36,6 +36,7 @@
 #include "connpool/detail/asio.hpp"
 
 #include "connpool/detail/books.hpp"
+#include "connpool/detail/retry_budget.hpp"
 #include "connpool/detail/clock.hpp"
 #include "connpool/detail/socket_ops.hpp"
 #include "connpool/detail/spin_mutex.hpp"
@@ -206,6 +207,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     acquire_site site;    // where it was made (lease_warn_after)
     bool quiet = false;   // reported and watched by its caller (a synchronous acquire by name), not here
     bool waited = false;  // it queued behind the limits
+    bool fresh = false;   // a new connection, not an idle one (run()'s retry: books::try_grant())
 #if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
     /// The handler's cancellation slot (not connected if it has none).
     virtual net::cancellation_slot cancellation_slot() const noexcept { return {}; }
@@ -357,7 +359,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// On success returns a leased connection and sets `reused`.
   template <class K>
-  connection* acquire(const K& ep, bool& reused, error_code& ec) {
+  connection* acquire(const K& ep, bool& reused, error_code& ec, bool fresh = false) {
+    if (fresh) return acquire_wait(ep, reused, ec, true);
     // The common case first: an idle connection, taken under the lock and probed outside it. No
     // clock read, no allocation.
     connection* c = nullptr;
@@ -426,7 +429,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       std::lock_guard<spin_mutex> lk(mu_);
       if (books_.closed()) {
         g.ec = error::pool_closed;
-      } else if (entry* found = books_.find(ep); found && found->waiters.empty()) {
+      } else if (entry* found = books_.find(ep); found && found->waiters.empty() && !handler->fresh) {
         e = found;
         if (connection* c = take_mine_or_mru(*e)) g.conn = c->node;
       }
@@ -468,7 +471,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
         const time_point now = coarse_now();
         entry& en = books_.get(ep, now);
         op->ep = &en;
-        g = books_.try_grant(en, now, s.dead);
+        g = books_.try_grant(en, now, s.dead, op->handler->fresh);
         if (!g && !books_.may_wait(en)) {
           g.ec = error::too_many_waiters;
         } else if (!g) {
@@ -901,7 +904,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// A synchronous acquire of a named backend: the asynchronous acquire, waited for (by its
   /// deadline, and 200 ms more for the executor to report). On the default pool's own thread, an
   /// acquire that is not served at once fails with would_block (it would wait for that thread).
-  connection* acquire_by_name(const key_type& k, bool& reused, error_code& ec) {
+  connection* acquire_by_name(const key_type& k, bool& reused, error_code& ec, bool fresh = false) {
     struct result {
       std::mutex m;
       std::condition_variable cv;
@@ -929,7 +932,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     };
     if (own_ctx_ && own_ctx_->get_executor().running_in_this_thread()) {
       // On the pool's own thread nothing could complete a wait: an idle connection or nothing.
-      if (connection* c = try_acquire(k)) {
+      if (connection* c = fresh ? nullptr : try_acquire(k)) {
         reused = true;
         return c;
       }
@@ -942,6 +945,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     const host* named = k.name ? &static_cast<const backend*>(k.name)->name : nullptr;
     auto w = std::make_unique<waiter>(res);
     w->quiet = true;  // reported here, once the wait is over
+    w->fresh = fresh;
     async_acquire(k, std::move(w));
     std::unique_lock<std::mutex> lk(res->m);
     const time_point give_up_at = deadline == never ? never : later(deadline, std::chrono::milliseconds(200));
@@ -1359,6 +1363,46 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
     return g;
   }
 
+ public:
+  // ---------------------------------------------------------------- run()'s retries
+
+  /// A run() begins: the retry budget's deposit. Its own small lock, not the pool's.
+  void run_began() noexcept {
+    const time_point now = coarse_now();
+    std::lock_guard<spin_mutex> lk(budget_mu_);
+    budget_.deposit(now);
+  }
+
+  /// run() would run an exchange of `k` again, after `ec`: whether the retry budget allows it.
+  /// Counted (retries, retries_refused) and reported (retried, retry_refused) either way.
+  template <class K>
+  bool retry_allowed(const K& k, error_code ec) {
+    const time_point now = coarse_now();
+    bool ok;
+    {
+      std::lock_guard<spin_mutex> lk(budget_mu_);
+      ok = budget_.withdraw(now);
+    }
+    {
+      std::lock_guard<spin_mutex> lk(mu_);
+      if (entry* e = books_.find(k)) books_type::count_retry(*e, !ok);
+    }
+    if (events_on()) {
+      event ev;
+      ev.kind = ok ? event_kind::retried : event_kind::retry_refused;
+      ev.error = ec;
+      describe_run_key(k, ev);
+      emit(ev);
+    }
+    return ok;
+  }
+  static void describe_run_key(const endpoint_type& ep, event& ev) noexcept { ev.endpoint = &ep; }
+  static void describe_run_key(const key_type& k, event& ev) noexcept {
+    if (k.name) ev.backend = &static_cast<const backend*>(k.name)->name;
+    else ev.endpoint = &k.ep;
+  }
+
+ private:
   // ---------------------------------------------------------------- learned idle timeouts
 
   struct learned_change {
@@ -2151,7 +2195,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   /// acquire() when no idle connection was free: connect in a free slot, or queue until one is
   /// granted or the deadline passes.
   template <class K>
-  connection* acquire_wait(const K& ep, bool& reused, error_code& ec) {
+  connection* acquire_wait(const K& ep, bool& reused, error_code& ec, bool fresh = false) {
     time_point deadline = unset;  // read the clock only if the acquire has to wait or connect
     ep_node* e;
     grant g;
@@ -2164,7 +2208,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       const time_point now = coarse_now();
       entry& en = books_.get(ep, now);
       e = &en;
-      g = books_.try_grant(en, now, s.dead);
+      g = books_.try_grant(en, now, s.dead, fresh);
       if (!g && !books_.may_wait(en)) {
         ec = error::too_many_waiters;
         return nullptr;
@@ -3006,6 +3050,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
   std::atomic<bool> check_on_{false};                          // check_ is set: read without the lock
   std::atomic<bool> events_on_{false};                         // listener_ is set: read without the lock
   std::atomic<bool> observed_{false};                          // events_on_, or lease_warn_after is set
+  spin_mutex budget_mu_;                                       // guards budget_ alone
+  retry_budget budget_{books_.options().retry_budget_ratio, books_.options().retry_budget_per_second};
   std::uint64_t next_dial_id_ = 0;
   std::shared_ptr<pool_state> anchor_;  // see orphan()
   std::vector<std::shared_ptr<drain_watch>> drains_;  // drains waiting for the last lease

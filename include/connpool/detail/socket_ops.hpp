@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <system_error>
 #include <type_traits>
 
@@ -48,6 +49,34 @@ inline probe_result probe(int fd) noexcept {
 
 /// An OS error as Asio reports it (its own system category), so that callers compare it the way
 /// they compare the errors of their own reads and writes: `ec == net::error::connection_refused`.
+/// The segments with data the connection `fd` has received since it was made (Linux's TCP_INFO
+/// tcpi_data_segs_in, since 4.6: a FIN or an ACK alone does not count, unlike in
+/// tcpi_bytes_received, which counts the FIN), in `out`; false where the kernel does not tell (not
+/// TCP, another system, an older kernel). glibc's struct tcp_info stops short of the field: it is
+/// read at its offset in the kernel's (uapi) struct, to which fields are only ever appended.
+inline bool data_segments_received(int fd, std::uint64_t& out) noexcept {
+#if defined(__linux__)
+  constexpr socklen_t at = 152;  // after 8 fields of 8 bits, 24 of 32, 4 of 64, 4 of 32
+  alignas(8) unsigned char info[256] = {};
+  socklen_t len = sizeof info;
+  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < at + 4) return false;
+  std::uint32_t v;
+  std::memcpy(&v, info + at, sizeof v);
+  out = v;
+  return true;
+#else
+  (void)fd;
+  (void)out;
+  return false;
+#endif
+}
+
+/// Whether `ec`, the error of an exchange on a reused connection, says the peer had closed it as
+/// the request went out: end of stream, a reset, a broken pipe.
+inline bool stale_error(const error_code& ec) noexcept {
+  return ec == net::error::eof || ec == net::error::connection_reset || ec == net::error::broken_pipe;
+}
+
 inline error_code os_error(int e) noexcept { return {e, net::error::get_system_category()}; }
 
 /// Open `s` for `p`, close-on-exec from the start: a child the service spawns must not inherit a

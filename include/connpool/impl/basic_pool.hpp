@@ -508,6 +508,246 @@ void basic_pool<Protocol, Executor>::lease::discard(close_mode mode) noexcept {
   std::exchange(state_, nullptr)->discard(std::exchange(conn_, nullptr), mode);
 }
 
+// ------------------------------------------------------------------------------- run()
+
+template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire_for_run(
+    const endpoint_type& ep, bool fresh, error_code& ec, const acquire_site& site) {
+  if (!fresh) return acquire(ep, ec, site);
+  ec.clear();
+  const auto started = state_->events_on() ? detail::clock::now() : detail::time_point{};
+  bool reused = false;
+  auto* c = state_->acquire(ep, reused, ec, /*fresh=*/true);
+  if (started != detail::time_point{}) state_->acquire_event(c, reused, ec, started, false, &ep, nullptr);
+  if (!c) return lease();
+  if (state_->watching_leases()) state_->lease_began(c, site);
+  return lease(state_.get(), c, reused);
+}
+
+template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire_for_run(
+    const host& h, bool fresh, error_code& ec, const acquire_site& site) {
+  static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
+  if (!fresh) return acquire(h, ec, site);
+  ec.clear();
+  const typename state_type::backend* b = nullptr;
+  try {
+    b = state_->backend_for(h, true);
+  } catch (const std::bad_alloc&) {
+    ec = net::error::no_memory;
+    return lease();
+  }
+  bool reused = false;
+  auto* c = state_->acquire_by_name(typename state_type::key_type(static_cast<const void*>(b)), reused, ec, true);
+  if (!c) return lease();
+  if (state_->watching_leases()) state_->lease_began(c, site);
+  return lease(state_.get(), c, reused);
+}
+
+namespace detail {
+/// run()'s look at a lease before its exchange: whether a failure may be retried, and the data
+/// segments its connection had received.
+struct run_watch {
+  bool on = false;
+  int fd = -1;
+  std::uint64_t before = 0;
+
+  run_watch() noexcept = default;
+  template <class Lease>
+  run_watch(Lease& l, retry r, bool retried) noexcept {
+    if (retried || r != retry::idempotent || !l || !l.reused()) return;
+    fd = l.socket().native_handle();
+    on = data_segments_received(fd, before);
+  }
+  /// After the exchange failed with `ec` (the lease still held, or `held` false): whether it may
+  /// run again. Before the lease lets go of its connection.
+  bool retryable(const error_code& ec, bool held) const noexcept {
+    std::uint64_t after = 0;
+    return on && held && stale_error(ec) && data_segments_received(fd, after) && after == before;
+  }
+};
+}  // namespace detail
+
+template <class Protocol, class Executor>
+template <class Key, class Fn>
+void basic_pool<Protocol, Executor>::run_sync(const Key& key, retry r, Fn& fn, error_code& ec,
+                                              const acquire_site& site) {
+  static_assert(std::is_invocable_r_v<error_code, Fn&, lease&>, "run(): fn(lease&) must return an error_code");
+  ec.clear();
+  state_->run_began();
+  for (bool retried = false;; retried = true) {
+    lease l = acquire_for_run(key, retried, ec, site);
+    if (ec) return;
+    const detail::run_watch watch(l, r, retried);  // (the second attempt: no watch)
+    ec = fn(l);
+    if (!ec) {
+      l.release();
+      return;
+    }
+    const bool again = watch.retryable(ec, static_cast<bool>(l));
+    l.discard();
+    if (!again) return;
+    if constexpr (std::is_same_v<Key, host>) {
+      const auto* b = state_->backend_for(key, false);
+      if (!b || !state_->retry_allowed(typename state_type::key_type(static_cast<const void*>(b)), ec)) return;
+    } else {
+      if (!state_->retry_allowed(key, ec)) return;
+    }
+  }
+}
+
+template <class Protocol, class Executor>
+template <class Fn>
+void basic_pool<Protocol, Executor>::run(const endpoint_type& ep, retry r, Fn&& fn, error_code& ec,
+                                         const acquire_site& site) {
+  run_sync(ep, r, fn, ec, site);
+}
+
+template <class Protocol, class Executor>
+template <class Fn>
+void basic_pool<Protocol, Executor>::run(const endpoint_type& ep, retry r, Fn&& fn, const acquire_site& site) {
+  error_code ec;
+  run_sync(ep, r, fn, ec, site);
+  if (ec) detail::throw_acquire_error(ec, "connpool run", state_->last_connect_error(ep));
+}
+
+template <class Protocol, class Executor>
+template <class Fn>
+void basic_pool<Protocol, Executor>::run(const host& h, retry r, Fn&& fn, error_code& ec, const acquire_site& site) {
+  run_sync(h, r, fn, ec, site);
+}
+
+template <class Protocol, class Executor>
+template <class Fn>
+void basic_pool<Protocol, Executor>::run(const host& h, retry r, Fn&& fn, const acquire_site& site) {
+  error_code ec;
+  run_sync(h, r, fn, ec, site);
+  if (ec) detail::throw_acquire_error(ec, "connpool run " + h.name + ":" + h.service, last_connect_error(h));
+}
+
+/// One async_run(): acquire, the exchange, maybe once more; then the handler, on its executor.
+template <class Protocol, class Executor>
+template <class Handler, class Fn, class Key>
+struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run_op<Handler, Fn, Key>> {
+  using work_executor = net::associated_executor_t<Handler, Executor>;
+
+  run_op(std::shared_ptr<state_type> s, Key k, retry rr, Fn f, Handler h, const acquire_site& st)
+      : state(std::move(s)),
+        key(std::move(k)),
+        r(rr),
+        fn(std::move(f)),
+        handler(std::move(h)),
+        site(st) {
+    // Work on the handler's executor while the operation runs, as Asio's own operations keep it;
+    // not on the pool's own (a default pool's thread runs while the pool lives, and its destructor
+    // must not wait for an exchange that never ends).
+    auto ex = net::get_associated_executor(handler, state->executor());
+    bool own = false;
+    if constexpr (std::is_same_v<work_executor, Executor>) own = ex == state->executor();
+    if (!own) work.emplace(ex);
+  }
+
+  void acquire() {
+    auto self = this->shared_from_this();
+    auto done = [self](error_code ec, lease l) { self->acquired(ec, std::move(l)); };
+    using D = decltype(done);
+    auto c = std::make_unique<completion_impl<D>>(std::move(done), state->executor());
+    c->site = site;
+    c->fresh = retried;
+    if constexpr (std::is_same_v<Key, host>) {
+      const auto* b = state->backend_for(key, true);
+      state->async_acquire(typename state_type::key_type(static_cast<const void*>(b)), std::move(c));
+    } else {
+      state->async_acquire(key, std::move(c));
+    }
+  }
+
+  void acquired(error_code ec, lease l) {
+    if (ec) return finish(ec);
+    held = std::move(l);
+    watch = detail::run_watch(held, r, retried);
+    auto self = this->shared_from_this();
+    try {
+      fn(held, run_done([self](error_code e) { self->exchanged(e); }));
+    } catch (...) {
+      held.discard();
+      finish(error::exchange_threw);  // on the pool's executor: not rethrown there
+    }
+  }
+
+  void exchanged(error_code ec) {
+    if (ended) return;  // done called twice
+    if (!ec) {
+      held.release();
+      return finish({});
+    }
+    const bool again = !retried && watch.retryable(ec, static_cast<bool>(held));
+    held.discard();
+    if (!again) return finish(ec);
+    bool ok;
+    if constexpr (std::is_same_v<Key, host>) {
+      const auto* b = state->backend_for(key, false);
+      ok = b && state->retry_allowed(typename state_type::key_type(static_cast<const void*>(b)), ec);
+    } else {
+      ok = state->retry_allowed(key, ec);
+    }
+    if (!ok) return finish(ec);
+    retried = true;
+    acquire();
+  }
+
+  void finish(error_code ec) {
+    if (ended) return;
+    ended = true;
+    auto ex = net::get_associated_executor(handler, state->executor());
+    net::post(ex, [h = std::move(handler), ec]() mutable { h(ec); });
+    work.reset();
+  }
+
+  std::shared_ptr<state_type> state;
+  Key key;
+  retry r;
+  Fn fn;
+  Handler handler;
+  std::optional<net::executor_work_guard<work_executor>> work;
+  acquire_site site;
+  lease held;
+  detail::run_watch watch;
+  bool retried = false;
+  bool ended = false;
+};
+
+template <class Protocol, class Executor>
+template <class Fn, class Key>
+struct basic_pool<Protocol, Executor>::initiate_run {
+  std::shared_ptr<state_type> state;
+  template <class Handler>
+  void operator()(Handler&& h, const Key& key, retry r, Fn fn, const acquire_site& site) const {
+    using H = std::decay_t<Handler>;
+    state->run_began();
+    auto op = std::make_shared<run_op<H, Fn, Key>>(state, key, r, std::move(fn), H(std::forward<Handler>(h)), site);
+    op->acquire();
+  }
+};
+
+template <class Protocol, class Executor>
+template <class Fn, class Token>
+auto basic_pool<Protocol, Executor>::async_run(const endpoint_type& ep, retry r, Fn&& fn, Token&& token,
+                                               const acquire_site& site) {
+  using F = std::decay_t<Fn>;
+  return net::async_initiate<Token, void(error_code)>(initiate_run<F, endpoint_type>{state_}, token, ep, r,
+                                                      F(std::forward<Fn>(fn)), site);
+}
+
+template <class Protocol, class Executor>
+template <class Fn, class Token>
+auto basic_pool<Protocol, Executor>::async_run(const host& h, retry r, Fn&& fn, Token&& token, const acquire_site& site) {
+  static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
+  using F = std::decay_t<Fn>;
+  return net::async_initiate<Token, void(error_code)>(initiate_run<F, host>{state_}, token, h, r, F(std::forward<Fn>(fn)),
+                                                      site);
+}
+
 CONNPOOL_ABI_END
 }  // namespace connpool
 
