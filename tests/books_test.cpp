@@ -848,7 +848,7 @@ class fuzz_run {
   struct coverage {
     std::size_t conn_to_waiter = 0, slot_to_waiter = 0, timeouts = 0, forgotten = 0, replaced = 0, surplus = 0,
                 idle_timeout = 0, max_lifetime = 0, peer = 0, unavailable = 0, waiters_failed = 0, requeued = 0,
-                learned = 0, learned_closes = 0, canaries = 0;
+                learned = 0, learned_closes = 0, canaries = 0, fresh = 0;
   } seen;
 
   void tally(coverage& total) const {
@@ -868,6 +868,7 @@ class fuzz_run {
     total.learned += seen.learned;
     total.learned_closes += t.learned_idle_timeout;
     total.canaries += seen.canaries;
+    total.fresh += seen.fresh;
   }
 
  private:
@@ -923,8 +924,10 @@ class fuzz_run {
       case 0: case 1: case 2: {  // acquire
         const int key = roll(5);
         auto& e = b_.get(key, now_);
-        d::grant g = b_.try_grant(e, now_, dead_);
+        const bool fresh = roll(8) == 0;  // run()'s retry: a new connection if it can be had
+        d::grant g = b_.try_grant(e, now_, dead_, fresh);
         if (g.ec == connpool::error::endpoint_unavailable) ++seen.unavailable;
+        if (fresh && g.slot) ++seen.fresh;
         if (!g) {
           auto w = std::make_unique<waiter>(&e, *this, now_ + std::chrono::milliseconds(100 * roll(40)));
           b_.enqueue(*w);
@@ -1195,6 +1198,7 @@ TEST_CASE("books: seeded fuzzer against a reference model (CONNPOOL_FUZZ_SEED re
     CHECK(total.learned > 0);
     CHECK(total.learned_closes > 0);
     CHECK(total.canaries > 0);
+    CHECK(total.fresh > 0);
   }
 }
 
@@ -1494,4 +1498,25 @@ TEST_CASE("retry budget: a fraction of the runs plus a floor per second, over a 
   allowed = 0;
   for (int i = 0; i < 20; ++i) allowed += f.withdraw(t0 + 2min);
   CHECK(allowed == 10);
+}
+
+TEST_CASE("books: a fresh grant (run()'s retry) connects, making room from the endpoint's oldest idle connection; at the connect limit it takes an idle one rather than wait") {
+  connpool::pool_options o = opts();
+  o.max_per_endpoint = 2;
+  o.max_connecting_per_endpoint = 1;
+  fixture f(o);
+  auto v = idle_conns(f, 1, 2, t0);  // at max_per_endpoint, both idle
+  auto& e = *f.b.find(1);
+  d::grant g = f.b.try_grant(e, t0 + 1s, f.dead, /*fresh=*/true);
+  CHECK(g.slot);
+  CHECK_FALSE(g.conn);
+  CHECK(f.b.stats(1).surplus == 1);  // the least recently used one made room
+  CHECK(f.b.stats(1).idle == 1);
+  f.b.check_invariants();
+  // One connect in flight: at the connect limit, the idle one is taken instead of queueing.
+  g = f.b.try_grant(e, t0 + 1s, f.dead, true);
+  CHECK_FALSE(g.slot);
+  REQUIRE(g.conn);
+  CHECK(g.conn == v[1]);
+  f.b.check_invariants();
 }

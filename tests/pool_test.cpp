@@ -1789,6 +1789,21 @@ TEST_CASE("run: not retried when not idempotent, after a byte of the response, o
     CHECK(pool.stats().retries == 0);
     CHECK(server.accepted() == 1);
   }
+  SUBCASE("the client ended it itself (a shutdown for its own deadline)") {
+    scripted_server server([](int, int) { return act::answer; });
+    tcp_pool pool(quick());
+    pool.run(server.endpoint(), connpool::retry::idempotent, exchange, ec);
+    REQUIRE_FALSE(ec);
+    pool.run(server.endpoint(), connpool::retry::idempotent, [](tcp_pool::lease& l) {
+      connpool::error_code e;
+      l.shutdown(net::socket_base::shutdown_both, e);
+      std::string in;
+      net::read_until(l.socket(), net::dynamic_buffer(in), '\n', e);  // end of stream: ours
+      return e;
+    }, ec);
+    CHECK(ec == net::error::eof);
+    CHECK(pool.stats().retries == 0);
+  }
   SUBCASE("a new connection") {
     scripted_server server([](int, int) { return act::fin; });
     tcp_pool pool(quick());

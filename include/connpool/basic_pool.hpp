@@ -294,20 +294,25 @@ class basic_pool {
   /// \name Running an exchange, with one safe retry
   /// run() acquires a connection (as acquire() does, `site` included), runs `fn` on its lease (a
   /// request and its response), then releases the lease, or discards it if `fn` failed. `fn(lease&)`
-  /// returns an error_code: none for success, else the error of its reads or writes. It may release
-  /// or discard the lease itself.
+  /// returns an error_code: none for success, else the error of its reads or writes (map your
+  /// protocol library's own end-of-stream error, as Beast's http::error::end_of_stream, to
+  /// net::error::eof). It may release or discard the lease itself, which gives up the retry.
   ///
-  /// One retry, only when it is safe: the exchange failed on a reused connection, with end of
-  /// stream, a reset or a broken pipe, before any byte of the response arrived (the kernel counted
-  /// none received on the connection during the lease: Linux, TCP), and `r` is retry::idempotent.
-  /// The server had closed the connection as the request went out (the stale keep-alive race, the
-  /// part no probe can see). Then `fn` runs once more, on a new connection (the endpoint's least
-  /// recently used idle connection is closed to make room at max_per_endpoint; a connection
-  /// another lease gives back may serve it while it waits), if the retry budget allows
-  /// (pool_options::retry_budget_ratio): counted retries, else retries_refused, and reported to the
-  /// listener (retried, retry_refused). Go's net/http replays requests on the same rule.
+  /// One retry, only when it is safe: `r` is retry::idempotent; the exchange failed on a reused
+  /// connection with end of stream, a reset or a broken pipe; the peer had closed or reset the
+  /// connection (its TCP state says so: not a shutdown of ours, not a drain), and no segment with
+  /// data arrived during the lease (the kernel's count: Linux 4.6 on, TCP; a local_pool, and TLS
+  /// over a lease, whose close_notify is data, are never retried). The server had closed the
+  /// connection as the request went out: the stale keep-alive race, the part no probe can see.
+  /// Then `fn` runs once more, on a new connection, if the retry budget allows
+  /// (pool_options::retry_budget_ratio; not once the pool is closed): counted retries, else
+  /// retries_refused, and reported to the listener (retried, retry_refused). For room, the
+  /// endpoint's least recently used idle connection is closed at max_per_endpoint; where no
+  /// connect can start now (the connect limit), an idle connection serves it, or one another
+  /// lease gives back. Go's net/http replays requests on the same rule.
   ///
-  /// The error is the acquire's, or `fn`'s (after a retry, the second attempt's); none on success.
+  /// The error is the acquire's, or `fn`'s (after a retry, the second attempt's; the first's if
+  /// the retry got no connection); none on success.
   ///@{
 
   /// Run `fn` as above; throws system_error with the error.

@@ -88,9 +88,10 @@ struct pool_options {
   /// that T follows the peer. It gives way to traffic (a connect that max_per_endpoint would
   /// refuse closes it) and to the limits (max_idle_per_endpoint, max_total, idle_timeout). T goes
   /// down at once, up only by more than the margin; three new samples move it again; a held-back
-  /// connection still open at 2 T forgets T (and is handed out again). The retire timer fires at
-  /// most 20 ms late while this is on. Shown in stats(ep).peer_idle_timeout, the listener's
-  /// idle_timeout_learned event and metrics.
+  /// connection still open at 2 T forgets T (and is handed out again). An endpoint forgotten
+  /// (endpoint_grace) keeps its T for when it comes back (the last 1,024 such). The retire timer
+  /// fires at most 20 ms late while this is on. Shown in stats(ep).peer_idle_timeout, the
+  /// listener's idle_timeout_learned event and metrics.
   bool learn_idle_timeout = true;
   /// The margin before a learned idle timeout T: this or T / 10, whichever is larger, and at most
   /// T / 2 (so a 1 s timeout is beaten by 0.5 s, 60 s by 6 s).

@@ -315,11 +315,15 @@ class books {
     if (!e.waiters.empty()) return g;
     if (!fresh) {
       if ((g.conn = take_idle(e))) return g;
-    } else if (opts_.max_per_endpoint && e.open() >= opts_.max_per_endpoint && !e.idle.empty() &&
-               !e.holding && !at_connect_limit(e)) {
-      retire(*e.idle.front(), close_reason::surplus, opts_.retire_close, now, dead);
+    } else if (opts_.max_per_endpoint && e.open() - (e.canary ? 1 : 0) >= opts_.max_per_endpoint && !e.holding &&
+               !at_connect_limit(e)) {
+      // Room from the least recently used idle connection that is not held back (take_slot()
+      // closes a canary itself).
+      conn_node* c = e.idle.front();
+      while (c && held_back(c->check)) c = decltype(ep_node::idle)::next(c);
+      if (c) retire(*c, close_reason::surplus, opts_.retire_close, now, dead);
     }
-    g.slot = take_slot(e, now, dead);
+    if (!(g.slot = take_slot(e, now, dead)) && fresh) g.conn = take_idle(e);  // no room: never queue past one
     return g;
   }
 
@@ -1057,27 +1061,36 @@ class books {
   /// forgotten between a quiet client's bursts (endpoint_grace) keeps what it learned.
   static constexpr std::size_t learn_memory = 1024;
 
+  /// Each key has one place in the order, from its first forget: a key forgotten again (a quiet
+  /// client's endpoint, each burst) keeps its place and gets its new value.
   void remember(const Key& k, clock::duration t) noexcept {
     try {
-      const std::uint64_t gen = ++remembered_gen_;
-      remembered_[k] = {t, gen};
-      remembered_order_.emplace_back(k, gen);
-      while (remembered_order_.size() > learn_memory) {
-        auto it = remembered_.find(remembered_order_.front().first);
-        if (it != remembered_.end() && it->second.second == remembered_order_.front().second) remembered_.erase(it);
+      auto [it, added] = remembered_.try_emplace(k, t);
+      if (!added) {
+        it->second = t;
+        return;
+      }
+      try {
+        remembered_order_.push_back(k);
+      } catch (...) {
+        remembered_.erase(it);
+        throw;
+      }
+      if (remembered_order_.size() > learn_memory) {
+        remembered_.erase(remembered_order_.front());
         remembered_order_.pop_front();
       }
     } catch (...) {  // out of memory: forgotten, to be learned again
     }
   }
 
-  /// A new entry for a key forgotten with a learned idle timeout starts from it.
+  /// A new entry for a key forgotten with a learned idle timeout starts from it (reported as learned).
   void recall(entry& e) noexcept {
     auto it = remembered_.find(e.key);
     if (it == remembered_.end()) return;
-    e.learned = it->second.first;
+    e.learned = it->second;
     e.retire_after = e.learned - learn_margin(e.learned);
-    remembered_.erase(it);  // (its place in the order goes stale: skipped by generation)
+    note_learned(e);
   }
 
   void make_canary(conn_node& c, time_point now) noexcept {
@@ -1452,7 +1465,7 @@ class books {
     if (opts_.max_total && open_total_ >= opts_.max_total) {
       conn_node* victim = all_idle_.front();
       if (!victim) return false;
-      CONNPOOL_ASSERT(victim->ep != &e || held_back(victim->check));
+      // (Of another endpoint, or held back: callers have taken `e`'s own; but for a fresh grant.)
       retire(*victim, close_reason::surplus, opts_.retire_close, now, dead);
     }
     ++e.connecting;
@@ -1665,9 +1678,8 @@ class books {
   iheap<ep_node, &ep_node::refill_pos, by_refill_at> refills_;  // endpoints below min_idle, by refill_at
   iheap<ep_node, &ep_node::retire_pos, by_retire_at> retires_;  // endpoints with a learned idle timeout, by retire_at
   std::vector<std::pair<ep_node*, clock::duration>> learned_changes_;  // for take_learned()
-  std::unordered_map<Key, std::pair<clock::duration, std::uint64_t>, Hash, KeyEqual> remembered_;  // T, generation
-  std::deque<std::pair<Key, std::uint64_t>> remembered_order_;  // oldest first (entries may be stale)
-  std::uint64_t remembered_gen_ = 0;
+  std::unordered_map<Key, clock::duration, Hash, KeyEqual> remembered_;  // forgotten endpoints' T
+  std::deque<Key> remembered_order_;  // the keys of remembered_, first forgotten first
 
   const pool_options opts_;
   std::minstd_rand rng_;

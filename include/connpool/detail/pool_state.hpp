@@ -1368,20 +1368,21 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// A run() begins: the retry budget's deposit. Its own small lock, not the pool's.
   void run_began() noexcept {
-    const time_point now = coarse_now();
     std::lock_guard<spin_mutex> lk(budget_mu_);
-    budget_.deposit(now);
+    budget_.deposit(coarse_now());
   }
 
   /// run() would run an exchange of `k` again, after `ec`: whether the retry budget allows it.
-  /// Counted (retries, retries_refused) and reported (retried, retry_refused) either way.
+  /// Counted (retries, retries_refused) and reported (retried, retry_refused) either way. Never
+  /// once the pool is closed (not counted then), nor for an acquire by name on a default pool's
+  /// own thread, which could only take an idle connection (`by_name`).
   template <class K>
-  bool retry_allowed(const K& k, error_code ec) {
-    const time_point now = coarse_now();
+  bool retry_allowed(const K& k, error_code ec, bool by_name = false) {
+    if (books_closed() || (by_name && own_ctx_ && own_ctx_->get_executor().running_in_this_thread())) return false;
     bool ok;
     {
       std::lock_guard<spin_mutex> lk(budget_mu_);
-      ok = budget_.withdraw(now);
+      ok = budget_.withdraw(coarse_now());
     }
     {
       std::lock_guard<spin_mutex> lk(mu_);

@@ -33,7 +33,9 @@ class retry_budget {
   bool withdraw(time_point now) noexcept {
     roll(now);
     // The last window's share, by how much of it still lies within `window` of now.
-    const double w = 1.0 - std::chrono::duration<double>(now - start_) / std::chrono::duration<double>(window);
+    double w = 1.0 - std::chrono::duration<double>(now - start_) / std::chrono::duration<double>(window);
+    if (w < 0) w = 0;
+    if (w > 1) w = 1;  // (a clock read before another thread rolled the window)
     const double runs = runs_ + w * prev_runs_, retries = retries_ + w * prev_retries_;
     if (retries + 1 > ratio_ * runs + floor_) return false;
     retries_ += 1;

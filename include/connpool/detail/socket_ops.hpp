@@ -47,22 +47,28 @@ inline probe_result probe(int fd) noexcept {
   }
 }
 
-/// An OS error as Asio reports it (its own system category), so that callers compare it the way
-/// they compare the errors of their own reads and writes: `ec == net::error::connection_refused`.
-/// The segments with data the connection `fd` has received since it was made (Linux's TCP_INFO
-/// tcpi_data_segs_in, since 4.6: a FIN or an ACK alone does not count, unlike in
-/// tcpi_bytes_received, which counts the FIN), in `out`; false where the kernel does not tell (not
-/// TCP, another system, an older kernel). glibc's struct tcp_info stops short of the field: it is
-/// read at its offset in the kernel's (uapi) struct, to which fields are only ever appended.
-inline bool data_segments_received(int fd, std::uint64_t& out) noexcept {
+/// What TCP_INFO tells of a connection, for run(): its TCP state and the segments with data it has
+/// received since it was made (tcpi_data_segs_in, Linux 4.6 on: a FIN or an ACK alone does not
+/// count, unlike in tcpi_bytes_received, which counts the FIN).
+struct tcp_look {
+  std::uint8_t state = 0;
+  std::uint32_t data_segs_in = 0;
+  /// The peer closed or reset the connection (CLOSE_WAIT, LAST_ACK, or CLOSE after a reset), not we.
+  bool peer_ended() const noexcept { return state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK || state == TCP_CLOSE; }
+};
+
+/// TCP_INFO of `fd` in `out`; false where the kernel does not tell (not TCP, another system, an
+/// older kernel). glibc's struct tcp_info stops short of tcpi_data_segs_in: it is read at its offset
+/// in the kernel's (uapi) struct (152, after 8 fields of 8 bits, 24 of 32, 4 of 64 and 4 of 32), to
+/// which fields are only ever appended.
+inline bool look_tcp(int fd, tcp_look& out) noexcept {
 #if defined(__linux__)
-  constexpr socklen_t at = 152;  // after 8 fields of 8 bits, 24 of 32, 4 of 64, 4 of 32
+  constexpr socklen_t at = 152;
   alignas(8) unsigned char info[256] = {};
   socklen_t len = sizeof info;
   if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < at + 4) return false;
-  std::uint32_t v;
-  std::memcpy(&v, info + at, sizeof v);
-  out = v;
+  out.state = info[0];
+  std::memcpy(&out.data_segs_in, info + at, sizeof out.data_segs_in);
   return true;
 #else
   (void)fd;
@@ -77,6 +83,8 @@ inline bool stale_error(const error_code& ec) noexcept {
   return ec == net::error::eof || ec == net::error::connection_reset || ec == net::error::broken_pipe;
 }
 
+/// An OS error as Asio reports it (its own system category), so that callers compare it the way
+/// they compare the errors of their own reads and writes: `ec == net::error::connection_refused`.
 inline error_code os_error(int e) noexcept { return {e, net::error::get_system_category()}; }
 
 /// Open `s` for `p`, close-on-exec from the start: a child the service spawns must not inherit a

@@ -515,10 +515,17 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
     const endpoint_type& ep, bool fresh, error_code& ec, const acquire_site& site) {
   if (!fresh) return acquire(ep, ec, site);
   ec.clear();
-  const auto started = state_->events_on() ? detail::clock::now() : detail::time_point{};
   bool reused = false;
-  auto* c = state_->acquire(ep, reused, ec, /*fresh=*/true);
-  if (started != detail::time_point{}) state_->acquire_event(c, reused, ec, started, false, &ep, nullptr);
+  typename state_type::connection* c;
+  if (state_->events_on()) {  // as acquire_observed()
+    const auto started = detail::clock::now();
+    const bool outer = std::exchange(state_type::sync_waited(), false);
+    c = state_->acquire(ep, reused, ec, /*fresh=*/true);
+    const bool waited = std::exchange(state_type::sync_waited(), outer);
+    state_->acquire_event(c, reused, ec, started, waited, &ep, nullptr);
+  } else {
+    c = state_->acquire(ep, reused, ec, /*fresh=*/true);
+  }
   if (!c) return lease();
   if (state_->watching_leases()) state_->lease_began(c, site);
   return lease(state_.get(), c, reused);
@@ -545,25 +552,32 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
 }
 
 namespace detail {
-/// run()'s look at a lease before its exchange: whether a failure may be retried, and the data
-/// segments its connection had received.
+/// run()'s look at a lease before its exchange, to tell after a failure whether it may run again:
+/// the connection (its socket and descriptor) and the data segments it had received.
 struct run_watch {
   bool on = false;
+  const void* socket = nullptr;
   int fd = -1;
-  std::uint64_t before = 0;
+  std::uint32_t before = 0;
 
   run_watch() noexcept = default;
   template <class Lease>
   run_watch(Lease& l, retry r, bool retried) noexcept {
     if (retried || r != retry::idempotent || !l || !l.reused()) return;
+    socket = &l.socket();
     fd = l.socket().native_handle();
-    on = data_segments_received(fd, before);
+    tcp_look t;
+    on = look_tcp(fd, t);
+    before = t.data_segs_in;
   }
-  /// After the exchange failed with `ec` (the lease still held, or `held` false): whether it may
-  /// run again. Before the lease lets go of its connection.
-  bool retryable(const error_code& ec, bool held) const noexcept {
-    std::uint64_t after = 0;
-    return on && held && stale_error(ec) && data_segments_received(fd, after) && after == before;
+  /// After the exchange failed with `ec`: whether it may run again. The lease must still hold the
+  /// same connection, open; the peer (not we: a shutdown, a drain) ended it, with end of stream, a
+  /// reset or a broken pipe; no segment with data arrived since.
+  template <class Lease>
+  bool retryable(const error_code& ec, Lease& l) const noexcept {
+    if (!on || !l || &l.socket() != socket || !l.socket().is_open() || l.socket().native_handle() != fd) return false;
+    tcp_look t;
+    return stale_error(ec) && look_tcp(fd, t) && t.peer_ended() && t.data_segs_in == before;
   }
 };
 }  // namespace detail
@@ -575,25 +589,29 @@ void basic_pool<Protocol, Executor>::run_sync(const Key& key, retry r, Fn& fn, e
   static_assert(std::is_invocable_r_v<error_code, Fn&, lease&>, "run(): fn(lease&) must return an error_code");
   ec.clear();
   state_->run_began();
-  for (bool retried = false;; retried = true) {
-    lease l = acquire_for_run(key, retried, ec, site);
-    if (ec) return;
-    const detail::run_watch watch(l, r, retried);  // (the second attempt: no watch)
-    ec = fn(l);
-    if (!ec) {
-      l.release();
-      return;
-    }
-    const bool again = watch.retryable(ec, static_cast<bool>(l));
-    l.discard();
-    if (!again) return;
-    if constexpr (std::is_same_v<Key, host>) {
-      const auto* b = state_->backend_for(key, false);
-      if (!b || !state_->retry_allowed(typename state_type::key_type(static_cast<const void*>(b)), ec)) return;
-    } else {
-      if (!state_->retry_allowed(key, ec)) return;
-    }
+  lease l = acquire_for_run(key, false, ec, site);
+  if (ec) return;
+  const detail::run_watch watch(l, r, false);
+  ec = fn(l);
+  if (!ec) {
+    l.release();
+    return;
   }
+  const bool again = watch.retryable(ec, l);
+  l.discard();
+  if (!again) return;
+  if constexpr (std::is_same_v<Key, host>) {
+    const auto* b = state_->backend_for(key, false);
+    if (!b || !state_->retry_allowed(typename state_type::key_type(static_cast<const void*>(b)), ec, true)) return;
+  } else {
+    if (!state_->retry_allowed(key, ec)) return;
+  }
+  error_code aec;
+  l = acquire_for_run(key, true, aec, site);
+  if (aec) return;  // no connection for the retry: the first attempt's error stands
+  ec = fn(l);
+  if (!ec) l.release();
+  else l.discard();
 }
 
 template <class Protocol, class Executor>
@@ -626,24 +644,20 @@ void basic_pool<Protocol, Executor>::run(const host& h, retry r, Fn&& fn, const 
 }
 
 /// One async_run(): acquire, the exchange, maybe once more; then the handler, on its executor.
+/// Each attempt's `done` carries its number: a late or second call is ignored.
 template <class Protocol, class Executor>
 template <class Handler, class Fn, class Key>
 struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run_op<Handler, Fn, Key>> {
   using work_executor = net::associated_executor_t<Handler, Executor>;
 
   run_op(std::shared_ptr<state_type> s, Key k, retry rr, Fn f, Handler h, const acquire_site& st)
-      : state(std::move(s)),
-        key(std::move(k)),
-        r(rr),
-        fn(std::move(f)),
-        handler(std::move(h)),
-        site(st) {
+      : state(std::move(s)), key(std::move(k)), r(rr), fn(std::move(f)), handler(std::move(h)), site(st) {
     // Work on the handler's executor while the operation runs, as Asio's own operations keep it;
-    // not on the pool's own (a default pool's thread runs while the pool lives, and its destructor
-    // must not wait for an exchange that never ends).
+    // not on a default pool's own context, whose thread runs while the pool lives and whose
+    // destructor must not wait for an exchange that never ends.
     auto ex = net::get_associated_executor(handler, state->executor());
     bool own = false;
-    if constexpr (std::is_same_v<work_executor, Executor>) own = ex == state->executor();
+    if constexpr (std::is_same_v<work_executor, Executor>) own = state->owned_context() && ex == state->executor();
     if (!own) work.emplace(ex);
   }
 
@@ -653,7 +667,7 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
     using D = decltype(done);
     auto c = std::make_unique<completion_impl<D>>(std::move(done), state->executor());
     c->site = site;
-    c->fresh = retried;
+    c->fresh = attempt > 0;
     if constexpr (std::is_same_v<Key, host>) {
       const auto* b = state->backend_for(key, true);
       state->async_acquire(typename state_type::key_type(static_cast<const void*>(b)), std::move(c));
@@ -663,25 +677,33 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
   }
 
   void acquired(error_code ec, lease l) {
-    if (ec) return finish(ec);
+    if (ended) return;  // (l is discarded)
+    if (ec) return finish(attempt > 0 ? first_error : ec);  // no connection for the retry: the first error stands
     held = std::move(l);
-    watch = detail::run_watch(held, r, retried);
+    watch = detail::run_watch(held, r, attempt > 0);
+    exchanging = true;
     auto self = this->shared_from_this();
+    const int n = attempt;
     try {
-      fn(held, run_done([self](error_code e) { self->exchanged(e); }));
+      fn(held, run_done([self, n](error_code e) { self->exchanged(n, e); }));
     } catch (...) {
-      held.discard();
-      finish(error::exchange_threw);  // on the pool's executor: not rethrown there
+      if (exchanging && n == attempt) {  // (else done was called first: the exception is dropped)
+        exchanging = false;
+        held.discard();
+        finish(error::exchange_threw);  // on the pool's executor: not rethrown there
+      }
     }
   }
 
-  void exchanged(error_code ec) {
-    if (ended) return;  // done called twice
+  void exchanged(int n, error_code ec) {
+    if (!exchanging || n != attempt || ended) return;  // a second call, or a late one
+    exchanging = false;
+    auto self = this->shared_from_this();  // (the caller's copy of done may be its last holder)
     if (!ec) {
       held.release();
       return finish({});
     }
-    const bool again = !retried && watch.retryable(ec, static_cast<bool>(held));
+    const bool again = attempt == 0 && watch.retryable(ec, held);
     held.discard();
     if (!again) return finish(ec);
     bool ok;
@@ -692,7 +714,8 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
       ok = state->retry_allowed(key, ec);
     }
     if (!ok) return finish(ec);
-    retried = true;
+    first_error = ec;
+    ++attempt;
     acquire();
   }
 
@@ -713,7 +736,9 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
   acquire_site site;
   lease held;
   detail::run_watch watch;
-  bool retried = false;
+  error_code first_error;
+  int attempt = 0;          // 0, then 1 for the retry
+  bool exchanging = false;  // fn's exchange runs: its done is awaited
   bool ended = false;
 };
 
