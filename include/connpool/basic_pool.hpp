@@ -453,6 +453,7 @@ class basic_pool {
   lease acquire_for_run(const host& h, bool fresh, error_code& ec, const acquire_site& site);
   template <class Handler, class Fn, class Key>
   struct run_op;
+  static bool shut(const lease& l) noexcept;
   template <class Fn, class Key>
   struct initiate_run;
   struct initiate_drain;

@@ -511,6 +511,11 @@ void basic_pool<Protocol, Executor>::lease::discard(close_mode mode) noexcept {
 // ------------------------------------------------------------------------------- run()
 
 template <class Protocol, class Executor>
+bool basic_pool<Protocol, Executor>::shut(const lease& l) noexcept {
+  return l.shut_;
+}
+
+template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire_for_run(
     const endpoint_type& ep, bool fresh, error_code& ec, const acquire_site& site) {
   if (!fresh) return acquire(ep, ec, site);
@@ -571,11 +576,13 @@ struct run_watch {
     before = t.data_segs_in;
   }
   /// After the exchange failed with `ec`: whether it may run again. The lease must still hold the
-  /// same connection, open; the peer (not we: a shutdown, a drain) ended it, with end of stream, a
-  /// reset or a broken pipe; no segment with data arrived since.
+  /// same connection, open, not shut down by its holder (`shut`: then a FIN of ours and theirs
+  /// leave the same state as a reset); the peer ended it (not a drain: the pool is closed then),
+  /// with end of stream, a reset or a broken pipe; no segment with data arrived since.
   template <class Lease>
-  bool retryable(const error_code& ec, Lease& l) const noexcept {
-    if (!on || !l || &l.socket() != socket || !l.socket().is_open() || l.socket().native_handle() != fd) return false;
+  bool retryable(const error_code& ec, Lease& l, bool shut) const noexcept {
+    if (!on || shut || !l || &l.socket() != socket || !l.socket().is_open() || l.socket().native_handle() != fd)
+      return false;
     tcp_look t;
     return stale_error(ec) && look_tcp(fd, t) && t.peer_ended() && t.data_segs_in == before;
   }
@@ -597,7 +604,7 @@ void basic_pool<Protocol, Executor>::run_sync(const Key& key, retry r, Fn& fn, e
     l.release();
     return;
   }
-  const bool again = watch.retryable(ec, l);
+  const bool again = watch.retryable(ec, l, shut(l));
   l.discard();
   if (!again) return;
   if constexpr (std::is_same_v<Key, host>) {
@@ -703,7 +710,7 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
       held.release();
       return finish({});
     }
-    const bool again = attempt == 0 && watch.retryable(ec, held);
+    const bool again = attempt == 0 && watch.retryable(ec, held, shut(held));
     held.discard();
     if (!again) return finish(ec);
     bool ok;
