@@ -1386,7 +1386,7 @@ TEST_CASE("books: learn_idle_timeout: down at once, up only past the margin; a c
   CHECK(f.b.take_idle(e) == c);
   f.b.check_invariants();
 
-  // Down at once: three closes at ~2 s teach 2 s below a learned 4 s; up needs more than the margin.
+  // Down at once: a close at 2 s (half of 4 s) lowers a learned 4 s; up needs more than the margin.
   fixture h(learn_opts());
   auto& e2 = h.b.get(2, t0);
   h.b.set_learned(e2, 4s);
@@ -1405,11 +1405,15 @@ TEST_CASE("books: learn_idle_timeout: down at once, up only past the margin; a c
   };
   for (int i = 0; i < 3; ++i) canary_closed_at(t0 + std::chrono::minutes(1 + i), 2900ms);
   CHECK(h.b.stats(2).peer_idle_timeout == 2s);
+  // The samples so far: (2.1, 2.2, 2.9) and (2.9, 2.9, then 3.1) are clusters within the margin:
+  // no change, the ring starts again after each. Three more at 3.1 lift it.
   for (int i = 0; i < 3; ++i) canary_closed_at(t0 + std::chrono::minutes(10 + i), 3100ms);
+  CHECK(h.b.stats(2).peer_idle_timeout == 2s);
+  canary_closed_at(t0 + std::chrono::minutes(20), 3100ms);
   CHECK(h.b.stats(2).peer_idle_timeout == 3100ms);
 }
 
-TEST_CASE("books: learn_idle_timeout with min_idle_per_endpoint: a canary is not counted, a refill is asked, a prewarm leaves it; a single close does not move T") {
+TEST_CASE("books: learn_idle_timeout with min_idle_per_endpoint: a canary is not counted, a refill is asked, a prewarm leaves it; a single close lowers T, to half at most") {
   connpool::pool_options o = learn_opts();
   o.min_idle_per_endpoint = 1;
   o.max_per_endpoint = 2;
@@ -1433,15 +1437,17 @@ TEST_CASE("books: learn_idle_timeout with min_idle_per_endpoint: a canary is not
   CHECK(v[0]->check == d::check_mark::canary);
   CHECK(f.b.stats(1).learned_idle_timeout == 0);
   f.b.check_invariants();
-  // After three samples taught T, one more close, however young, does not move it.
+  // After three samples taught T, one close younger than T lowers it, but not below half of it.
   fixture h(learn_opts());
   auto a = idle_conns(h, 2, 4, t0);
   for (int i = 0; i < 3; ++i) h.b.peer_event(*a[i], d::probe_result::peer_closed, t0 + 10s, h.dead);
   CHECK(h.b.stats(2).peer_idle_timeout == 10s);
   h.b.peer_event(*a[3], d::probe_result::peer_closed, t0 + 10s, h.dead);  // (older: the ring starts again)
-  auto b = idle_conns(h, 2, 1, t0 + 1min);
-  h.b.peer_event(*b[0], d::probe_result::peer_closed, t0 + 1min + 6s, h.dead);
+  auto b = idle_conns(h, 2, 2, t0 + 1min);
+  h.b.peer_event(*b[0], d::probe_result::peer_closed, t0 + 1min + 4s, h.dead);  // under half: a restart's
   CHECK(h.b.stats(2).peer_idle_timeout == 10s);
+  h.b.peer_event(*b[1], d::probe_result::peer_closed, t0 + 1min + 6s, h.dead);
+  CHECK(h.b.stats(2).peer_idle_timeout == 6s);
   // A connection put back unchecked past its retire age is retired, not made the canary.
   auto u = idle_conns(h, 2, 1, t0 + 2min);
   d::conn_node* taken = h.b.take_idle(*h.b.find(2));

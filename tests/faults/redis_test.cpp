@@ -1,7 +1,8 @@
 // Against a real server no one here wrote: redis-server on a loopback port with `timeout 1`, so
 // Redis closes every client connection idle for more than a second. Pooled PING/SET/GET across idle
 // gaps longer than that never fail because of a server-closed connection; the pool closes those
-// connections itself, without an acquire; no CLOSE_WAIT stays.
+// connections itself, without an acquire; no CLOSE_WAIT stays. With learn_idle_timeout (on by
+// default) the pool learns that timeout from the first closes and closes idle connections first.
 #include <doctest/doctest.h>
 
 #include <string>

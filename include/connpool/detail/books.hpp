@@ -705,13 +705,10 @@ class books {
   // ------------------------------------------------------------------------------- time
 
   /// When the idle connection `c` reaches idle_timeout or its background check (never if neither
-  /// applies). A connection that released() kept idle can make next_due() earlier by this alone.
+  /// applies). A connection that released() kept idle can make next_due() earlier by this alone,
+  /// unless rearm_on_release().
   CONNPOOL_HOT time_point idle_due(const conn_node& c) const noexcept {
     time_point t = idle_timeout_.count() > 0 ? later(c.idle_since, idle_timeout_) : never;
-    if (c.ep->retire_after.count()) {
-      const time_point a = later(c.idle_since, c.ep->retire_after);
-      if (a < t) t = a;
-    }
     if (pinging_) {
       const time_point p = later(c.idle_since, ping_interval_);
       if (p < t) t = p;
@@ -803,6 +800,11 @@ class books {
 
   /// Whether min_idle_per_endpoint is set: a constant.
   bool keeps_minimums() const noexcept { return min_idle_ != 0; }
+
+  /// Whether a release must rearm the retire timer by next_due() rather than by idle_due() of the
+  /// connection: min_idle_per_endpoint is set (a refill may be due), or an endpoint has learned an
+  /// idle timeout (its retire time is in the heap of retire times, not in idle_due()).
+  bool rearm_on_release() const noexcept { return min_idle_ != 0 || learned_any_; }
 
   /// Whether `e` is in use at `now`: a lease of it is out or ended within endpoint_grace, or an
   /// acquire of it waits, or it was made then (always, with endpoint_grace 0).
@@ -924,6 +926,12 @@ class books {
     ep_node& e = *c.ep;
     const clock::duration age = now - ping_key(c);
     if (age < span(learn_min_age)) return;
+    // Lean on the low end: with T learned, one close younger than T lowers it, down to half of it
+    // at most (a restart's young closes cannot pull it far; lower is safe, and canaries lift it).
+    if (e.learned.count() && age < e.learned && 2 * age >= e.learned) {
+      learn(e, age);
+      return;
+    }
     e.samples[e.next_sample] = age;
     e.next_sample = static_cast<std::uint8_t>((e.next_sample + 1) % learn_samples);
     if (e.sampled < learn_samples) ++e.sampled;
@@ -948,6 +956,7 @@ class books {
     e.sampled = e.next_sample = 0;  // three new samples to move it again
     if (t == e.learned) return;
     e.learned = t;
+    learned_any_ = true;
     e.retire_after = t - learn_margin(t);
     note_learned(e);
     if (e.retire_pos != not_in_heap) retires_.erase(&e);  // its first due may be earlier now
@@ -1090,6 +1099,7 @@ class books {
     if (it == remembered_.end()) return;
     e.learned = it->second;
     e.retire_after = e.learned - learn_margin(e.learned);
+    learned_any_ = true;
     note_learned(e);
   }
 
@@ -1659,6 +1669,7 @@ class books {
   const clock::duration warn_after_;  // lease_warn_after; 0: off
   const std::size_t min_idle_;        // min_idle_per_endpoint; 0: off
   const bool learn_;                  // learn_idle_timeout
+  bool learned_any_ = false;          // an endpoint has learned one (since the books were made)
   bool tests_taught_ = false;         // set_learned() was called
   const clock::duration learn_margin_;  // learned_idle_margin
   bool pinging_ = false;

@@ -359,8 +359,7 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
   /// On success returns a leased connection and sets `reused`.
   template <class K>
-  connection* acquire(const K& ep, bool& reused, error_code& ec, bool fresh = false) {
-    if (fresh) return acquire_wait(ep, reused, ec, true);
+  connection* acquire(const K& ep, bool& reused, error_code& ec) {
     // The common case first: an idle connection, taken under the lock and probed outside it. No
     // clock read, no allocation.
     connection* c = nullptr;
@@ -583,8 +582,8 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
       stamp = books_.released(*n, r, now, s.dead);
       s.lease_ended();
       // Kept idle, nothing else changed that could bring the next due time forward (but a refill
-      // the release asked for, with min_idle_per_endpoint).
-      if (stamp && !books_.keeps_minimums())
+      // the release asked for, with min_idle_per_endpoint, or a learned retire time).
+      if (stamp && !books_.rearm_on_release())
         arm_by(books_.idle_due(*n));
       else
         rearm();
@@ -1365,6 +1364,13 @@ class pool_state : public std::enable_shared_from_this<pool_state<Protocol, Exec
 
  public:
   // ---------------------------------------------------------------- run()'s retries
+
+  /// run()'s retry, synchronously: a new connection if one can be had (books::try_grant()'s
+  /// `fresh`), off acquire()'s path.
+  template <class K>
+  connection* acquire_fresh(const K& ep, bool& reused, error_code& ec) {
+    return acquire_wait(ep, reused, ec, /*fresh=*/true);
+  }
 
   /// A run() begins: the retry budget's deposit. Its own small lock, not the pool's.
   void run_began() noexcept {

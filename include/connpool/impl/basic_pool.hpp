@@ -525,11 +525,11 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
   if (state_->events_on()) {  // as acquire_observed()
     const auto started = detail::clock::now();
     const bool outer = std::exchange(state_type::sync_waited(), false);
-    c = state_->acquire(ep, reused, ec, /*fresh=*/true);
+    c = state_->acquire_fresh(ep, reused, ec);
     const bool waited = std::exchange(state_type::sync_waited(), outer);
     state_->acquire_event(c, reused, ec, started, waited, &ep, nullptr);
   } else {
-    c = state_->acquire(ep, reused, ec, /*fresh=*/true);
+    c = state_->acquire_fresh(ep, reused, ec);
   }
   if (!c) return lease();
   if (state_->watching_leases()) state_->lease_began(c, site);
