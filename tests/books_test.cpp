@@ -1009,7 +1009,7 @@ class fuzz_run {
           if (n.state != d::conn_state::idle || !n.ep->retire_after.count() || b_.closed()) continue;
           if (n.check == d::check_mark::canary) {
             ++seen.canaries;
-            CHECK_MESSAGE(n.idle_since + 2 * n.ep->learned > now_, "a canary past twice its timeout, step " << step_);
+            CHECK_MESSAGE(n.idle_since + 2 * n.ep->taught > now_, "a canary past twice its timeout, step " << step_);
           } else {
             CHECK_MESSAGE(n.idle_since + n.ep->retire_after > now_, "idle past its learned time, step " << step_);
           }
@@ -1525,4 +1525,45 @@ TEST_CASE("books: a fresh grant (run()'s retry) connects, making room from the e
   REQUIRE(g.conn);
   CHECK(g.conn == v[1]);
   f.b.check_invariants();
+}
+
+TEST_CASE("books: learn_idle_timeout: a restart's closes cannot ratchet T down past half of what three taught; a T disproved is not recalled") {
+  fixture f(learn_opts());
+  auto& e = f.b.get(1, t0);
+  f.b.set_learned(e, 60s);
+  std::vector<d::conn_node*> v;
+  for (int i = 0; i < 3; ++i) v.push_back(f.connect(1, t0));
+  f.b.released(*v[0], d::probe_result::healthy, t0, f.dead);
+  f.b.released(*v[1], d::probe_result::healthy, t0, f.dead);
+  f.b.released(*v[2], d::probe_result::healthy, t0 + 22s, f.dead);
+  // A restart closes them all at once, oldest first: 50 s lowers T (above 30 s), 28 s does not.
+  f.b.peer_event(*v[0], d::probe_result::peer_closed, t0 + 50s, f.dead);
+  CHECK(f.b.stats(1).peer_idle_timeout == 50s);
+  f.b.peer_event(*v[1], d::probe_result::peer_closed, t0 + 50s, f.dead);  // (50 s again: no change)
+  f.b.peer_event(*v[2], d::probe_result::peer_closed, t0 + 50s, f.dead);  // 28 s: under half of 60 s
+  CHECK(f.b.stats(1).peer_idle_timeout == 50s);
+  f.b.check_invariants();
+
+  // Forgotten with a T, back, the T disproved by a canary, forgotten again: not recalled.
+  connpool::pool_options o = learn_opts();
+  o.endpoint_grace = 1000ms;
+  fixture g(o);
+  g.b.set_learned(g.b.get(2, t0), 4s);
+  g.b.expire(t0 + 2s, g.dead);
+  REQUIRE(g.b.find(2) == nullptr);
+  auto& back = g.b.get(2, t0 + 3s);
+  REQUIRE(g.b.stats(2).peer_idle_timeout == 4s);
+  auto c = idle_conns(g, 2, 1, t0 + 3s);
+  g.b.expire(t0 + 6s, g.dead);  // retire at 3 s: the canary
+  REQUIRE(c[0]->check == d::check_mark::canary);
+  g.b.expire(t0 + 11s, g.dead);  // open at 8 s: forgotten, back to work
+  CHECK(g.b.stats(2).peer_idle_timeout == 0ms);
+  d::conn_node* taken = g.b.take_idle(back);
+  REQUIRE(taken == c[0]);
+  g.b.discarded(*taken, connpool::close_mode::graceful, t0 + 11s, g.dead);
+  g.b.expire(t0 + 13s, g.dead);
+  REQUIRE(g.b.find(2) == nullptr);
+  g.b.get(2, t0 + 14s);
+  CHECK(g.b.stats(2).peer_idle_timeout == 0ms);
+  g.b.check_invariants();
 }

@@ -1825,6 +1825,19 @@ TEST_CASE("run: not retried when not idempotent, after a byte of the response, o
     CHECK(s.retries == 0);
     CHECK(s.retries_refused == 1);
   }
+  SUBCASE("the pool closed meanwhile") {
+    scripted_server server(second_request(act::fin));
+    tcp_pool pool(quick());
+    pool.run(server.endpoint(), connpool::retry::idempotent, exchange, ec);
+    REQUIRE_FALSE(ec);
+    pool.run(server.endpoint(), connpool::retry::idempotent, [&](tcp_pool::lease& l) {
+      pool.close();
+      return exchange(l);
+    }, ec);
+    CHECK(ec == net::error::eof);
+    CHECK(pool.stats().retries == 0);
+    CHECK(pool.stats().retries_refused == 0);
+  }
   SUBCASE("an error of the exchange's own") {
     scripted_server server([](int, int) { return act::answer; });
     tcp_pool pool(quick());
@@ -1840,7 +1853,7 @@ TEST_CASE("run: not retried when not idempotent, after a byte of the response, o
   }
 }
 
-TEST_CASE("async_run: the retry on a new connection, a non-idempotent failure, and an exchange that throws") {
+TEST_CASE("async_run: the retry on a new connection, a done called twice, and an exchange that throws") {
   test::fd_guard fds;
   scripted_server server(second_request(act::rst));
   net::io_context io;  // the exchange's async operations run on the pool's executor: a thread runs it
@@ -1867,6 +1880,14 @@ TEST_CASE("async_run: the retry on a new connection, a non-idempotent failure, a
   CHECK_FALSE(run(connpool::retry::idempotent, async_exchange));  // reset on connection 0: retried
   CHECK(pool.stats().retries == 1);
   CHECK(server.accepted() == 2);
+  // A done called twice: the second call is ignored, the operation completes once.
+  CHECK_FALSE(run(connpool::retry::idempotent, [&](tcp_pool::lease& l, tcp_pool::run_done done) {
+    async_exchange(l, [done](connpool::error_code ec) {
+      done(ec);
+      done(net::error::eof);
+    });
+  }));
+  CHECK(pool.stats().released == 3);
   // The second connection keeps answering; a throwing exchange discards its lease.
   CHECK(run(connpool::retry::idempotent, [](tcp_pool::lease&, tcp_pool::run_done) { throw std::runtime_error("x"); }) ==
         connpool::error::exchange_threw);

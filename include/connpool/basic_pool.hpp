@@ -300,9 +300,10 @@ class basic_pool {
   ///
   /// One retry, only when it is safe: `r` is retry::idempotent; the exchange failed on a reused
   /// connection with end of stream, a reset or a broken pipe; the peer had closed or reset the
-  /// connection (its TCP state says so: not a shutdown of ours, not a drain), and no segment with
-  /// data arrived during the lease (the kernel's count: Linux 4.6 on, TCP; a local_pool, and TLS
-  /// over a lease, whose close_notify is data, are never retried). The server had closed the
+  /// connection (its TCP state says so; not after lease::shutdown(), nor a drain: a shutdown made
+  /// through socket() directly is not seen, as for release()), and no segment with data arrived
+  /// during the lease (the kernel's count: Linux 4.6 on, TCP; a local_pool is never retried, nor
+  /// TLS over a lease when the server's close_notify, which is data, arrived). The server had closed the
   /// connection as the request went out: the stale keep-alive race, the part no probe can see.
   /// Then `fn` runs once more, on a new connection, if the retry budget allows
   /// (pool_options::retry_budget_ratio; not once the pool is closed): counted retries, else

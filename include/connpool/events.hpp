@@ -98,10 +98,12 @@ enum class event_kind {
   /// none), on the thread that ended it, before its released or discarded event
   long_lease_ended,
   /// the endpoint's learned idle timeout changed (pool_options::learn_idle_timeout): `duration`
-  /// the new value, or 0 when it was forgotten; on the thread that saw the change
+  /// the new value, or 0 when it was forgotten; on the thread that saw the change (a value an
+  /// endpoint forgotten and back again recalls: at the pool's next timer or watch event)
   idle_timeout_learned,
-  /// run() runs an exchange again, on a new connection: `error` the first attempt's (EOF, a reset
-  /// or a broken pipe on a reused connection, before any byte of the response)
+  /// run() runs an exchange again, on a new connection (or an idle one where no connect can start
+  /// now): `error` the first attempt's (EOF, a reset or a broken pipe on a reused connection,
+  /// before any byte of the response)
   retried,
   /// as retried, but the retry budget refused it: `error` is the error run() returns
   retry_refused

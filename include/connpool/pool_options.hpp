@@ -87,10 +87,11 @@ struct pool_options {
   /// but one: held back (never handed out) until the peer closes it, its close a sample too, so
   /// that T follows the peer. It gives way to traffic (a connect that max_per_endpoint would
   /// refuse closes it) and to the limits (max_idle_per_endpoint, max_total, idle_timeout). One
-  /// sample younger than T lowers T to it (to T / 2 at most: a restart's young closes cannot pull it
-  /// far); three in a row within a factor of two, the youngest more than the margin above T, lift
-  /// it; a held-back connection still open at 2 T forgets T (and is handed out again). An endpoint forgotten
-  /// (endpoint_grace) keeps its T for when it comes back (the last 1,024 such). The retire timer
+  /// sample younger than T lowers T to it, to half of what the last three taught at most (a
+  /// restart's young closes cannot pull it further); three in a row within a factor of two, the
+  /// youngest more than the margin above T, lift it; a held-back connection still open at twice
+  /// what the last three taught forgets T (and is handed out again). An endpoint forgotten
+  /// (endpoint_grace) keeps its T for when it comes back (the 1,024 forgotten last). The retire timer
   /// fires at most 20 ms late while this is on. Shown in stats(ep).peer_idle_timeout, the
   /// listener's idle_timeout_learned event and metrics.
   bool learn_idle_timeout = true;

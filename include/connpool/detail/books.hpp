@@ -34,7 +34,7 @@
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
+#include <list>
 #include <memory>
 #include <random>
 #include <stdexcept>
@@ -177,6 +177,7 @@ struct alignas(64) ep_node {
   // closes of idle connections (a ring), whether a canary is kept, and the place in the heap of
   // endpoints whose idle connections retire by age (by retire_at: never later than the first due).
   clock::duration learned{0};
+  clock::duration taught{0};  // what the last cluster (or a recall) taught: learned may be lower
   clock::duration samples[3] = {};
   std::uint8_t sampled = 0;  // samples held (at most 3)
   std::uint8_t next_sample = 0;
@@ -911,6 +912,7 @@ class books {
     tests_taught_ = true;
     if (t.count() > 0) {
       learn(e, t);
+      e.taught = t;
     } else if (e.learned.count()) {
       unlearn(e);
     }
@@ -928,7 +930,7 @@ class books {
     if (age < span(learn_min_age)) return;
     // Lean on the low end: with T learned, one close younger than T lowers it, down to half of it
     // at most (a restart's young closes cannot pull it far; lower is safe, and canaries lift it).
-    if (e.learned.count() && age < e.learned && 2 * age >= e.learned) {
+    if (e.learned.count() && age < e.learned && 2 * age >= e.taught) {
       learn(e, age);
       return;
     }
@@ -949,7 +951,12 @@ class books {
     // Down at once; up only past the margin (so that the spread of the peer's closes, as Redis's
     // timeout counted in whole seconds, does not lift it), or when a canary outlives twice it.
     e.sampled = e.next_sample = 0;  // a cluster counts once: three new samples to move it again
-    if (!e.learned.count() || lo < e.learned || lo > e.learned + learn_margin(e.learned)) learn(e, lo);
+    if (!e.learned.count() || lo < e.learned || lo > e.learned + learn_margin(e.learned)) {
+      learn(e, lo);
+      e.taught = lo;
+    } else if (lo < e.taught) {
+      e.taught = lo;  // (at or above learned: the bound of later single lowerings)
+    }
   }
 
   void learn(ep_node& e, clock::duration t) noexcept {
@@ -965,7 +972,7 @@ class books {
 
   /// Forget what `e` learned: a canary goes back to work (to the oldest waiter, or available idle).
   void unlearn(ep_node& e) {
-    e.learned = e.retire_after = clock::duration::zero();
+    e.learned = e.retire_after = e.taught = clock::duration::zero();
     e.sampled = e.next_sample = 0;
     if (e.retire_pos != not_in_heap) retires_.erase(&e);
     note_learned(e);
@@ -996,7 +1003,7 @@ class books {
     time_point t = never;
     for (const conn_node* c = e.idle.front(); c; c = e.idle.next(c)) {
       if (c->check == check_mark::canary) {
-        t = later(c->idle_since, 2 * e.learned);
+        t = later(c->idle_since, 2 * e.taught);
       } else if (c->check != check_mark::pinging) {
         const time_point a = later(c->idle_since, e.retire_after);
         return a < t ? a : t;
@@ -1031,8 +1038,8 @@ class books {
     for (conn_node* c = e.idle.front(); c;) {
       conn_node* next = e.idle.next(c);
       if (c->check == check_mark::canary) {
-        if (later(c->idle_since, 2 * e.learned) <= now) {
-          unlearn(e);  // the peer kept it open at twice the timeout learned
+        if (later(c->idle_since, 2 * e.taught) <= now) {
+          unlearn(e);  // the peer kept it open at twice the timeout taught
           break;
         }
       } else if (later(c->idle_since, e.retire_after) > now) {
@@ -1070,34 +1077,41 @@ class books {
   /// forgotten between a quiet client's bursts (endpoint_grace) keeps what it learned.
   static constexpr std::size_t learn_memory = 1024;
 
-  /// Each key has one place in the order, from its first forget: a key forgotten again (a quiet
-  /// client's endpoint, each burst) keeps its place and gets its new value.
+  /// Least recently forgotten first out: a key forgotten again (a quiet client's endpoint, each
+  /// burst) moves to the back with its new value.
   void remember(const Key& k, clock::duration t) noexcept {
     try {
-      auto [it, added] = remembered_.try_emplace(k, t);
-      if (!added) {
-        it->second = t;
+      auto it = remembered_.find(k);
+      if (it != remembered_.end()) {
+        it->second.first = t;
+        remembered_order_.splice(remembered_order_.end(), remembered_order_, it->second.second);
         return;
       }
+      remembered_order_.push_back(k);
       try {
-        remembered_order_.push_back(k);
+        remembered_.emplace(k, std::make_pair(t, std::prev(remembered_order_.end())));
       } catch (...) {
-        remembered_.erase(it);
+        remembered_order_.pop_back();
         throw;
       }
-      if (remembered_order_.size() > learn_memory) {
-        remembered_.erase(remembered_order_.front());
-        remembered_order_.pop_front();
-      }
+      if (remembered_order_.size() > learn_memory) unremember(remembered_order_.front());
     } catch (...) {  // out of memory: forgotten, to be learned again
     }
   }
 
-  /// A new entry for a key forgotten with a learned idle timeout starts from it (reported as learned).
+  void unremember(const Key& k) noexcept {
+    auto it = remembered_.find(k);
+    if (it == remembered_.end()) return;
+    remembered_order_.erase(it->second.second);
+    remembered_.erase(it);
+  }
+
+  /// A new entry for a key forgotten with a learned idle timeout starts from it (reported as
+  /// learned, at the pool's next drain of the changes).
   void recall(entry& e) noexcept {
     auto it = remembered_.find(e.key);
     if (it == remembered_.end()) return;
-    e.learned = it->second;
+    e.learned = e.taught = it->second.first;
     e.retire_after = e.learned - learn_margin(e.learned);
     learned_any_ = true;
     note_learned(e);
@@ -1260,6 +1274,8 @@ class books {
       if (e.canary && !e.learned.count()) fail("a canary without a learned idle timeout");
       if ((e.learned.count() == 0) != (e.retire_after.count() == 0) || e.retire_after > e.learned)
         fail("a learned idle timeout without its retire age, or the reverse");
+      if ((e.learned.count() == 0) != (e.taught.count() == 0) || e.taught < e.learned)
+        fail("a learned idle timeout above what its cluster taught, or without one");
       if (!learn_ && e.learned.count() && !tests_taught_) fail("an idle timeout learned while learning is off");
       if (e.retire_after.count() && first_retire(e) != never) {
         if (e.retire_pos == not_in_heap) fail("an endpoint with a learned idle timeout and idle connections is not in the heap");
@@ -1628,6 +1644,7 @@ class books {
     for (auto& l : learned_changes_)
       if (l.first == &e) l.first = nullptr;
     if (e.learned.count()) remember(e.key, e.learned);
+    else if (!remembered_.empty()) unremember(e.key);  // (what it recalled was disproved since)
     pool_stats s = e.snapshot();
     forgotten_ += s;
     if (last_ == &e) last_ = nullptr;
@@ -1689,8 +1706,9 @@ class books {
   iheap<ep_node, &ep_node::refill_pos, by_refill_at> refills_;  // endpoints below min_idle, by refill_at
   iheap<ep_node, &ep_node::retire_pos, by_retire_at> retires_;  // endpoints with a learned idle timeout, by retire_at
   std::vector<std::pair<ep_node*, clock::duration>> learned_changes_;  // for take_learned()
-  std::unordered_map<Key, clock::duration, Hash, KeyEqual> remembered_;  // forgotten endpoints' T
-  std::deque<Key> remembered_order_;  // the keys of remembered_, first forgotten first
+  std::list<Key> remembered_order_;  // the keys of remembered_, least recently forgotten first
+  std::unordered_map<Key, std::pair<clock::duration, typename std::list<Key>::iterator>, Hash, KeyEqual>
+      remembered_;  // forgotten endpoints' T, and their place in the order
 
   const pool_options opts_;
   std::minstd_rand rng_;

@@ -54,7 +54,13 @@ struct tcp_look {
   std::uint8_t state = 0;
   std::uint32_t data_segs_in = 0;
   /// The peer closed or reset the connection (CLOSE_WAIT, LAST_ACK, or CLOSE after a reset), not we.
-  bool peer_ended() const noexcept { return state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK || state == TCP_CLOSE; }
+  bool peer_ended() const noexcept {
+#if defined(__linux__)
+    return state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK || state == TCP_CLOSE;
+#else
+    return false;  // (look_tcp() tells nothing there)
+#endif
+  }
 };
 
 /// TCP_INFO of `fd` in `out`; false where the kernel does not tell (not TCP, another system, an
