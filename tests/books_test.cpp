@@ -841,6 +841,10 @@ class fuzz_run {
   /// A connection the test made: the payload of its node.
   struct rec {
     d::conn_node* node;
+    std::uint64_t serial;  // the order of the model's sets: by creation, not by address, so a seed replays
+  };
+  struct by_serial {
+    bool operator()(const rec* a, const rec* b) const { return a->serial < b->serial; }
   };
   static rec* of(d::conn_node* n) { return static_cast<rec*>(n->payload); }
 
@@ -957,7 +961,7 @@ class fuzz_run {
           } else if (b_.closed()) {
             b_.connected_after_close(*e, now_);
           } else {
-            auto* c = new rec{nullptr};
+            auto* c = new rec{nullptr, ++serials_};
             c->node = b_.connected(*e, c, now_, dead_);
             live_.insert(c);
             leased_.insert(c);
@@ -1147,7 +1151,8 @@ class fuzz_run {
   books b_;
   time_point now_ = t0;
   d::graveyard dead_;
-  std::set<rec*> live_, leased_;
+  std::uint64_t serials_ = 0;
+  std::set<rec*, by_serial> live_, leased_;
   std::pair<const d::conn_node*, std::uint32_t> last_{nullptr, 0};  // the last released: a hint, maybe stale
   std::vector<d::ep_node*> slots_;
   std::map<int, std::deque<waiter*>> queue_;
@@ -1566,4 +1571,49 @@ TEST_CASE("books: learn_idle_timeout: a restart's closes cannot ratchet T down p
   g.b.get(2, t0 + 14s);
   CHECK(g.b.stats(2).peer_idle_timeout == 0ms);
   g.b.check_invariants();
+}
+
+TEST_CASE("books: learn_idle_timeout: a lower T brings its canary's deadline forward (twice what was taught)") {
+  // The canary's deadline is twice `taught`: when a cluster (or a test) teaches less, the heap of
+  // retire times must move it forward, or the canary outlives its deadline (found by the fuzzer).
+  connpool::pool_options o = learn_opts();
+  o.ping_interval = 8s;
+  fixture f(o);
+  f.b.pinging(true);
+  auto& e = f.b.get(1, t0);
+  f.b.set_learned(e, 10s);  // retire at 9 s
+  d::conn_node* c = f.connect(1, t0);
+  std::vector<d::conn_node*> x;
+  for (int i = 0; i < 3; ++i) x.push_back(f.connect(1, t0));
+  f.b.released(*c, d::probe_result::healthy, t0, f.dead);
+  for (d::conn_node* n : x) f.b.released(*n, d::probe_result::healthy, t0 + 6s, f.dead);
+  std::vector<d::conn_node*> due;
+  f.b.expire(t0 + 8s, f.dead, &due);
+  REQUIRE(due.size() == 1);
+  f.b.ping_done(*c, true, d::probe_result::healthy, t0 + 8s, f.dead);  // its check passed: young by that
+  f.b.expire(t0 + 9s, f.dead);  // c is the canary (x's retire at 15 s)
+  REQUIRE(c->check == d::check_mark::canary);
+  // Three closes at 3.5, 3.6 and 4 s: a cluster under half of what was taught; the canary, checked
+  // 2 s ago, is not older. T = 3.5 s, and the canary's deadline is 7 s (past).
+  f.b.peer_event(*x[0], d::probe_result::peer_closed, t0 + 9500ms, f.dead);
+  f.b.peer_event(*x[1], d::probe_result::peer_closed, t0 + 9600ms, f.dead);
+  f.b.peer_event(*x[2], d::probe_result::peer_closed, t0 + 10s, f.dead);
+  CHECK(f.b.stats(1).peer_idle_timeout == 3500ms);
+  f.b.check_invariants();  // (the heap's key of e is not later than the canary's deadline)
+  f.b.expire(t0 + 10s, f.dead);
+  CHECK(f.b.stats(1).peer_idle_timeout == 0ms);  // open at twice 3.5 s: forgotten
+  CHECK(c->check == d::check_mark::none);
+  f.b.check_invariants();
+
+  // set_learned() lowers it the same way.
+  fixture g(learn_opts());
+  auto& e2 = g.b.get(2, t0);
+  g.b.set_learned(e2, 10s);
+  d::conn_node* k = idle_conns(g, 2, 1, t0)[0];
+  CHECK(g.b.expire(t0 + 9s, g.dead) == t0 + 20s);
+  REQUIRE(k->check == d::check_mark::canary);
+  g.b.set_learned(e2, 4s);
+  g.b.check_invariants();
+  CHECK(g.b.expire(t0 + 9s, g.dead) == d::never);  // 8 s: past
+  CHECK(k->check == d::check_mark::none);
 }

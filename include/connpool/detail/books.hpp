@@ -911,8 +911,9 @@ class books {
   void set_learned(ep_node& e, clock::duration t) {
     tests_taught_ = true;
     if (t.count() > 0) {
-      learn(e, t);
       e.taught = t;
+      learn(e, t);
+      watch_ages(e);  // (a canary's deadline is twice `taught`)
     } else if (e.learned.count()) {
       unlearn(e);
     }
@@ -952,11 +953,14 @@ class books {
     // timeout counted in whole seconds, does not lift it), or when a canary outlives twice it.
     e.sampled = e.next_sample = 0;  // a cluster counts once: three new samples to move it again
     if (!e.learned.count() || lo < e.learned || lo > e.learned + learn_margin(e.learned)) {
-      learn(e, lo);
       e.taught = lo;
+      learn(e, lo);
     } else if (lo < e.taught) {
       e.taught = lo;  // (at or above learned: the bound of later single lowerings)
+    } else {
+      return;
     }
+    watch_ages(e);  // a canary's deadline is twice `taught`: it may be earlier now
   }
 
   void learn(ep_node& e, clock::duration t) noexcept {
