@@ -62,17 +62,10 @@ struct server {
           "--daemonize", "no", "--logfile", "", "--protected-mode", "no", "--dir", dir, "--maxclients", "4096"});
     } else if (k.name == "nginx") {
       const std::string d = dir + "/nginx-" + p;
-      ::mkdir(d.c_str(), 0700);
-      std::ofstream conf(d + "/nginx.conf");
-      conf << "daemon off;\nmaster_process off;\npid " << d << "/nginx.pid;\nerror_log " << d << "/error.log;\n"
-           << "worker_rlimit_nofile 8192;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n"
-           << "  client_body_temp_path " << d << "/body;\n  proxy_temp_path " << d << "/proxy;\n"
-           << "  fastcgi_temp_path " << d << "/fastcgi;\n  uwsgi_temp_path " << d << "/uwsgi;\n"
-           << "  scgi_temp_path " << d << "/scgi;\n  keepalive_timeout 1s;\n  keepalive_requests 1000000;\n"
-           << "  server {\n    listen 127.0.0.1:" << p << ";\n"
-           << "    location / { default_type text/plain; return 200 \"ok\\n\"; }\n  }\n}\n";
-      conf.close();
-      proc = std::make_unique<test::spawned_process>(std::vector<std::string>{k.exe, "-p", d, "-c", d + "/nginx.conf"});
+      const std::string conf = test::write_nginx_conf(
+          d, "1s", "    listen 127.0.0.1:" + p + ";\n    location / { default_type text/plain; return 200 \"ok\\n\"; }\n",
+          4096);
+      proc = std::make_unique<test::spawned_process>(std::vector<std::string>{k.exe, "-p", d, "-c", conf});
     } else {
       std::vector<std::string> args{k.exe, "-p", p, "-l", "127.0.0.1", "-U", "0", "-c", "4096", "-t", "1", "-o", "idle_timeout=1"};
       if (::geteuid() == 0) {
@@ -438,7 +431,7 @@ int main(int argc, char** argv) {
 
   const std::vector<server_kind> kinds = {
       {"redis", test::find_exe({"/usr/bin/redis-server", "/usr/local/bin/redis-server"}), 0.5, 3.2, "PING\r\n", "\r\n"},
-      {"nginx", test::find_exe({"/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"}), 0.5, 1.1,
+      {"nginx", test::nginx_exe(), 0.5, 1.1,
        "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", "ok\n"},
       {"memcached", test::find_exe({"/usr/bin/memcached", "/usr/local/bin/memcached"}), 0.5, 4.0, "version\r\n", "\r\n"},
   };

@@ -438,7 +438,7 @@ class basic_pool {
   const pool_options& options() const noexcept;
 
  private:
-  lease acquire_observed(const endpoint_type& ep, error_code& ec, const acquire_site& site);
+  lease acquire_observed(const endpoint_type& ep, error_code& ec, const acquire_site& site, bool fresh = false);
   using state_type = detail::pool_state<Protocol, Executor>;
   template <class Lease = lease>
   struct initiate_acquire;
@@ -452,6 +452,10 @@ class basic_pool {
   void run_sync(const Key& key, retry r, Fn& fn, error_code& ec, const acquire_site& site);
   lease acquire_for_run(const endpoint_type& ep, bool fresh, error_code& ec, const acquire_site& site);
   lease acquire_for_run(const host& h, bool fresh, error_code& ec, const acquire_site& site);
+  lease acquire_named(const host& h, bool fresh, error_code& ec, const acquire_site& site);
+  /// run()'s retry budget, by the key of `key` (`sync`: a synchronous run()).
+  template <class Key>
+  static bool retry_allowed(state_type& s, const Key& key, error_code ec, bool sync);
   template <class Handler, class Fn, class Key>
   struct run_op;
   static bool shut(const lease& l) noexcept;

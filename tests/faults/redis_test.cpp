@@ -76,6 +76,23 @@ std::string command(tcp_pool::lease& l, const std::vector<std::string>& args, co
   return reply;
 }
 
+/// A burst on four connections at once (PING, SET and GET on each), then all four released:
+/// the number of commands that failed.
+std::size_t burst(tcp_pool& pool, const tcp_pool::endpoint_type& ep, int round) {
+  std::size_t failures = 0;
+  std::vector<tcp_pool::lease> ls;
+  for (int i = 0; i < 4; ++i) ls.push_back(pool.acquire(ep));
+  for (int i = 0; i < 4; ++i) {
+    connpool::error_code ec;
+    const std::string key = "k" + std::to_string(i), value = "v" + std::to_string(round * 10 + i);
+    if (command(ls[i], {"PING"}, ec) != "+PONG" || ec) ++failures;
+    if (command(ls[i], {"SET", key, value}, ec) != "+OK" || ec) ++failures;
+    if (command(ls[i], {"GET", key}, ec) != value || ec) ++failures;
+  }
+  for (auto& l : ls) l.release();
+  return failures;
+}
+
 }  // namespace
 
 TEST_CASE("redis: pooled commands across idle gaps longer than the server's 1 s client timeout") {
@@ -103,17 +120,7 @@ TEST_CASE("redis: pooled commands across idle gaps longer than the server's 1 s 
   std::size_t failures = 0;
   for (int gap = 0; gap < 3; ++gap) {
     CAPTURE(gap);
-    // A burst on four connections at once.
-    std::vector<tcp_pool::lease> ls;
-    for (int i = 0; i < 4; ++i) ls.push_back(pool.acquire(ep));
-    for (int i = 0; i < 4; ++i) {
-      connpool::error_code ec;
-      const std::string key = "k" + std::to_string(i), value = "v" + std::to_string(gap * 10 + i);
-      if (command(ls[i], {"PING"}, ec) != "+PONG" || ec) ++failures;
-      if (command(ls[i], {"SET", key, value}, ec) != "+OK" || ec) ++failures;
-      if (command(ls[i], {"GET", key}, ec) != value || ec) ++failures;
-    }
-    for (auto& l : ls) l.release();
+    failures += burst(pool, ep, gap);
     REQUIRE(pool.stats().idle == 4);
     const auto before = pool.stats();
     // Idle gap: Redis closes the connections; the pool closes its end with no acquire.
@@ -310,19 +317,8 @@ TEST_CASE("redis: the pool learns the server's 1 s idle timeout from its closes,
   REQUIRE(first);
   first.release();
   std::size_t failures = 0;
-  auto burst = [&](int round) {
-    std::vector<tcp_pool::lease> ls;
-    for (int i = 0; i < 4; ++i) ls.push_back(pool.acquire(ep));
-    for (int i = 0; i < 4; ++i) {
-      connpool::error_code ec;
-      const std::string key = "k" + std::to_string(i), value = "v" + std::to_string(round * 10 + i);
-      if (command(ls[i], {"SET", key, value}, ec) != "+OK" || ec) ++failures;
-      if (command(ls[i], {"GET", key}, ec) != value || ec) ++failures;
-    }
-    for (auto& l : ls) l.release();
-  };
   // Round 0: Redis closes the four idle connections, at the same idle age: three closes teach it.
-  burst(0);
+  failures += burst(pool, ep, 0);
   REQUIRE(learned.wait_for(1, 5000ms));
   const auto t = pool.stats(ep).peer_idle_timeout;
   CHECK(t >= 1000ms);
@@ -335,7 +331,7 @@ TEST_CASE("redis: the pool learns the server's 1 s idle timeout from its closes,
   for (int round = 1; round <= 2; ++round) {
     CAPTURE(round);
     const auto b = pool.stats(ep);
-    burst(round);
+    failures += burst(pool, ep, round);
     CHECK(eventually([&] { return pool.stats(ep).learned_idle_timeout - b.learned_idle_timeout == 3; }, 5000ms));
     CHECK(eventually([&] { return pool.stats().idle == 0; }, 5000ms));
     CHECK(pool.stats(ep).peer_closed - b.peer_closed == 1);  // the canary

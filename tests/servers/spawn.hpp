@@ -10,6 +10,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
+#include <fstream>
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -32,6 +35,30 @@ inline unsigned short free_port() {
   net::io_context io;
   net::ip::tcp::acceptor a(io, net::ip::tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
   return a.local_endpoint().port();
+}
+
+/// nginx's executable, or empty if it is not installed.
+inline std::string nginx_exe() { return find_exe({"/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"}); }
+
+/// Write an nginx configuration for a server of its own in the new directory `dir` (its pid file,
+/// error log and temporary files there; no daemon, no master, no access log), with keep-alive for
+/// `keepalive_timeout` and 1,000,000 requests, room for `connections`, and `server` the body of its
+/// one server block (listen and locations). Returns the configuration's path, or empty if `dir`
+/// could not be made. Run it with {nginx_exe(), "-p", dir, "-c", path}.
+inline std::string write_nginx_conf(const std::string& dir, const std::string& keepalive_timeout,
+                                    const std::string& server, int connections = 512) {
+  if (::mkdir(dir.c_str(), 0700) != 0) return {};
+  const std::string path = dir + "/nginx.conf";
+  std::ofstream conf(path);
+  conf << "daemon off;\nmaster_process off;\npid " << dir << "/nginx.pid;\nerror_log " << dir << "/error.log;\n";
+  if (connections > 512) conf << "worker_rlimit_nofile " << 2 * connections << ";\n";
+  conf << "events { worker_connections " << connections << "; }\nhttp {\n  access_log off;\n"
+       << "  client_body_temp_path " << dir << "/body;\n  proxy_temp_path " << dir << "/proxy;\n"
+       << "  fastcgi_temp_path " << dir << "/fastcgi;\n  uwsgi_temp_path " << dir << "/uwsgi;\n"
+       << "  scgi_temp_path " << dir << "/scgi;\n"
+       << "  keepalive_timeout " << keepalive_timeout << ";\n  keepalive_requests 1000000;\n"
+       << "  server {\n" << server << "  }\n}\n";
+  return conf.good() ? path : std::string();
 }
 
 /// A child process running `args` (args[0]: the executable's path), its stdout and stderr to

@@ -21,20 +21,17 @@
 #include "../support.hpp"
 #include "connpool/tls.hpp"
 #include "servers/echo_server.hpp"
+#include "servers/spawn.hpp"
 
 extern char** environ;
 
 using namespace std::chrono_literals;
 using connpool::tls_pool;
 using test::eventually;
+using test::find_exe;
+using test::free_port;
 
 namespace {
-
-std::string find_exe(std::initializer_list<const char*> paths) {
-  for (const char* p : paths)
-    if (::access(p, X_OK) == 0) return p;
-  return {};
-}
 
 /// A child process (argv), with its stdin and stdout on pipes if asked; SIGKILLed and reaped on
 /// destruction.
@@ -111,12 +108,6 @@ class child {
   std::string seen_;
 };
 
-unsigned short free_port() {
-  net::io_context io;
-  net::ip::tcp::acceptor a(io, test::loopback());
-  return a.local_endpoint().port();
-}
-
 /// A directory of its own, removed on destruction, with a self-signed certificate for localhost,
 /// 127.0.0.1 and ::1 (cert.pem, key.pem), made by the openssl CLI.
 struct tls_files {
@@ -150,24 +141,16 @@ struct nginx_tls {
   nginx_tls(const tls_files& f, const std::string& keepalive_timeout = "60s")
       : port(free_port()), ep(net::ip::make_address("127.0.0.1"), port) {
     const std::string d = f.dir + "/nginx-" + std::to_string(port);
-    if (::mkdir(d.c_str(), 0700) != 0) return;
-    std::ofstream conf(d + "/nginx.conf");
-    conf << "daemon off;\nmaster_process off;\npid " << d << "/nginx.pid;\nerror_log " << d << "/error.log;\n"
-         << "events { worker_connections 512; }\nhttp {\n  access_log off;\n"
-         << "  client_body_temp_path " << d << "/body;\n  proxy_temp_path " << d << "/proxy;\n"
-         << "  fastcgi_temp_path " << d << "/fastcgi;\n  uwsgi_temp_path " << d << "/uwsgi;\n"
-         << "  scgi_temp_path " << d << "/scgi;\n"
-         << "  keepalive_timeout " << keepalive_timeout << ";\n  keepalive_requests 100000;\n"
-         << "  server {\n    listen 127.0.0.1:" << port << " ssl;\n"
-         << "    ssl_certificate " << f.cert() << ";\n    ssl_certificate_key " << f.key() << ";\n"
-         << "    ssl_protocols TLSv1.2 TLSv1.3;\n"
-         << "    location / { default_type text/plain; return 200 \"hello\\n\"; }\n"
-         << "    location /sni { default_type text/plain; return 200 \"[$ssl_server_name]\\n\"; }\n"
-         << "  }\n}\n";
-    conf.close();
-    process = std::make_unique<child>(std::vector<std::string>{exe, "-p", d, "-c", d + "/nginx.conf"});
+    const std::string conf = test::write_nginx_conf(
+        d, keepalive_timeout,
+        "    listen 127.0.0.1:" + std::to_string(port) + " ssl;\n    ssl_certificate " + f.cert() +
+            ";\n    ssl_certificate_key " + f.key() + ";\n    ssl_protocols TLSv1.2 TLSv1.3;\n" +
+            "    location / { default_type text/plain; return 200 \"hello\\n\"; }\n" +
+            "    location /sni { default_type text/plain; return 200 \"[$ssl_server_name]\\n\"; }\n");
+    if (conf.empty()) return;
+    process = std::make_unique<child>(std::vector<std::string>{exe, "-p", d, "-c", conf});
   }
-  std::string exe = find_exe({"/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"});
+  std::string exe = test::nginx_exe();
   unsigned short port;
   net::ip::tcp::endpoint ep;
   std::unique_ptr<child> process;

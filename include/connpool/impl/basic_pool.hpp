@@ -88,18 +88,19 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
 template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire_observed(const endpoint_type& ep,
                                                                                             error_code& ec,
-                                                                                            const acquire_site& site) {
-  if (!state_->events_on()) {  // watching leases only
-    bool reused = false;
-    auto* c = state_->acquire(ep, reused, ec);
+                                                                                            const acquire_site& site,
+                                                                                            bool fresh) {
+  bool reused = false;
+  auto take = [&] { return fresh ? state_->acquire_fresh(ep, reused, ec) : state_->acquire(ep, reused, ec); };
+  if (!state_->events_on()) {  // watching leases only (or run()'s fresh acquire, unobserved)
+    auto* c = take();
     if (!c) return lease();
     if (state_->watching_leases()) state_->lease_began(c, site);
     return lease(state_.get(), c, reused);
   }
   const auto started = detail::clock::now();
   const bool outer = std::exchange(state_type::sync_waited(), false);  // a listener's own acquire, say
-  bool reused = false;
-  auto* c = state_->acquire(ep, reused, ec);
+  auto* c = take();
   const bool waited = std::exchange(state_type::sync_waited(), outer);
   state_->acquire_event(c, reused, ec, started, waited, &ep, nullptr);
   if (!c) return lease();
@@ -182,6 +183,13 @@ template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire(const host& h,
                                                                                    error_code& ec,
                                                                                    const acquire_site& site) {
+  return acquire_named(h, false, ec, site);
+}
+
+template <class Protocol, class Executor>
+typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire_named(const host& h, bool fresh,
+                                                                                         error_code& ec,
+                                                                                         const acquire_site& site) {
   static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
   ec.clear();
   const typename state_type::backend* b = nullptr;
@@ -192,7 +200,7 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
     return lease();
   }
   bool reused = false;
-  auto* c = state_->acquire_by_name(typename state_type::key_type(static_cast<const void*>(b)), reused, ec);
+  auto* c = state_->acquire_by_name(typename state_type::key_type(static_cast<const void*>(b)), reused, ec, fresh);
   if (!c) return lease();
   if (state_->watching_leases()) state_->lease_began(c, site);
   return lease(state_.get(), c, reused);
@@ -520,40 +528,24 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
     const endpoint_type& ep, bool fresh, error_code& ec, const acquire_site& site) {
   if (!fresh) return acquire(ep, ec, site);
   ec.clear();
-  bool reused = false;
-  typename state_type::connection* c;
-  if (state_->events_on()) {  // as acquire_observed()
-    const auto started = detail::clock::now();
-    const bool outer = std::exchange(state_type::sync_waited(), false);
-    c = state_->acquire_fresh(ep, reused, ec);
-    const bool waited = std::exchange(state_type::sync_waited(), outer);
-    state_->acquire_event(c, reused, ec, started, waited, &ep, nullptr);
-  } else {
-    c = state_->acquire_fresh(ep, reused, ec);
-  }
-  if (!c) return lease();
-  if (state_->watching_leases()) state_->lease_began(c, site);
-  return lease(state_.get(), c, reused);
+  return acquire_observed(ep, ec, site, true);
 }
 
 template <class Protocol, class Executor>
 typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::acquire_for_run(
     const host& h, bool fresh, error_code& ec, const acquire_site& site) {
-  static_assert(std::is_same_v<Protocol, net::ip::tcp>, "backends by name are TCP");
-  if (!fresh) return acquire(h, ec, site);
-  ec.clear();
-  const typename state_type::backend* b = nullptr;
-  try {
-    b = state_->backend_for(h, true);
-  } catch (const std::bad_alloc&) {
-    ec = net::error::no_memory;
-    return lease();
+  return acquire_named(h, fresh, ec, site);
+}
+
+template <class Protocol, class Executor>
+template <class Key>
+bool basic_pool<Protocol, Executor>::retry_allowed(state_type& s, const Key& key, error_code ec, bool sync) {
+  if constexpr (std::is_same_v<Key, host>) {
+    const auto* b = s.backend_for(key, false);
+    return b && s.retry_allowed(typename state_type::key_type(static_cast<const void*>(b)), ec, sync);
+  } else {
+    return s.retry_allowed(key, ec);
   }
-  bool reused = false;
-  auto* c = state_->acquire_by_name(typename state_type::key_type(static_cast<const void*>(b)), reused, ec, true);
-  if (!c) return lease();
-  if (state_->watching_leases()) state_->lease_began(c, site);
-  return lease(state_.get(), c, reused);
 }
 
 namespace detail {
@@ -606,13 +598,7 @@ void basic_pool<Protocol, Executor>::run_sync(const Key& key, retry r, Fn& fn, e
   }
   const bool again = watch.retryable(ec, l, shut(l));
   l.discard();
-  if (!again) return;
-  if constexpr (std::is_same_v<Key, host>) {
-    const auto* b = state_->backend_for(key, false);
-    if (!b || !state_->retry_allowed(typename state_type::key_type(static_cast<const void*>(b)), ec, true)) return;
-  } else {
-    if (!state_->retry_allowed(key, ec)) return;
-  }
+  if (!again || !retry_allowed(*state_, key, ec, true)) return;
   error_code aec;
   l = acquire_for_run(key, true, aec, site);
   if (aec) return;  // no connection for the retry: the first attempt's error stands
@@ -712,15 +698,7 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
     }
     const bool again = attempt == 0 && watch.retryable(ec, held, shut(held));
     held.discard();
-    if (!again) return finish(ec);
-    bool ok;
-    if constexpr (std::is_same_v<Key, host>) {
-      const auto* b = state->backend_for(key, false);
-      ok = b && state->retry_allowed(typename state_type::key_type(static_cast<const void*>(b)), ec);
-    } else {
-      ok = state->retry_allowed(key, ec);
-    }
-    if (!ok) return finish(ec);
+    if (!again || !retry_allowed(*state, key, ec, false)) return finish(ec);
     first_error = ec;
     ++attempt;
     acquire();
