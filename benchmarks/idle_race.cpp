@@ -22,11 +22,9 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
-#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
-#include <sys/stat.h>
 #include <thread>
 #include <vector>
 

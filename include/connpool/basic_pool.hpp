@@ -453,9 +453,10 @@ class basic_pool {
   lease acquire_for_run(const endpoint_type& ep, bool fresh, error_code& ec, const acquire_site& site);
   lease acquire_for_run(const host& h, bool fresh, error_code& ec, const acquire_site& site);
   lease acquire_named(const host& h, bool fresh, error_code& ec, const acquire_site& site);
-  /// run()'s retry budget, by the key of `key` (`sync`: a synchronous run()).
+  /// run()'s retry budget, by the key of `key` (`sync_by_name`: a synchronous run() by name; see
+  /// pool_state::retry_allowed()).
   template <class Key>
-  static bool retry_allowed(state_type& s, const Key& key, error_code ec, bool sync);
+  static bool retry_allowed(state_type& s, const Key& key, error_code ec, bool sync_by_name);
   template <class Handler, class Fn, class Key>
   struct run_op;
   static bool shut(const lease& l) noexcept;

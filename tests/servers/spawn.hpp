@@ -4,6 +4,7 @@
 #ifndef CONNPOOL_TESTS_SERVERS_SPAWN_HPP
 #define CONNPOOL_TESTS_SERVERS_SPAWN_HPP
 
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -44,10 +45,11 @@ inline std::string nginx_exe() { return find_exe({"/usr/sbin/nginx", "/usr/bin/n
 /// error log and temporary files there; no daemon, no master, no access log), with keep-alive for
 /// `keepalive_timeout` and 1,000,000 requests, room for `connections`, and `server` the body of its
 /// one server block (listen and locations). Returns the configuration's path, or empty if `dir`
-/// could not be made. Run it with {nginx_exe(), "-p", dir, "-c", path}.
+/// could not be made (one left by an earlier run is reused) or the file not written. Run it with
+/// {nginx_exe(), "-p", dir, "-c", path}.
 inline std::string write_nginx_conf(const std::string& dir, const std::string& keepalive_timeout,
                                     const std::string& server, int connections = 512) {
-  if (::mkdir(dir.c_str(), 0700) != 0) return {};
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return {};
   const std::string path = dir + "/nginx.conf";
   std::ofstream conf(path);
   conf << "daemon off;\nmaster_process off;\npid " << dir << "/nginx.pid;\nerror_log " << dir << "/error.log;\n";
@@ -58,7 +60,8 @@ inline std::string write_nginx_conf(const std::string& dir, const std::string& k
        << "  scgi_temp_path " << dir << "/scgi;\n"
        << "  keepalive_timeout " << keepalive_timeout << ";\n  keepalive_requests 1000000;\n"
        << "  server {\n" << server << "  }\n}\n";
-  return conf.good() ? path : std::string();
+  conf.close();
+  return conf.fail() ? std::string() : path;
 }
 
 /// A child process running `args` (args[0]: the executable's path), its stdout and stderr to

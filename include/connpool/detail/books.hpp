@@ -991,7 +991,11 @@ class books {
       hand(*w, grant{c, false, false, {}});
       return;
     }
-    if (pinging_) pingq_.push_front(c);  // the oldest idle: first in ping_key order
+    if (pinging_) {  // in its place by ping_key (O(connections before it): unlearning is rare)
+      conn_node* at = pingq_.front();
+      while (at && ping_key(*at) <= ping_key(*c)) at = pingq_.next(at);
+      pingq_.insert_before(at, c);
+    }
   }
 
   void note_learned(ep_node& e) noexcept {
@@ -1002,12 +1006,12 @@ class books {
   }
 
   /// When the first idle connection of `e` (with a learned timeout) retires by age, or its canary
-  /// is due (twice the learned timeout); never if none. O(1 + connections in their check).
+  /// is due (twice the timeout taught); never if none. O(1 + connections in their check).
   time_point first_retire(const ep_node& e) const noexcept {
     time_point t = never;
     for (const conn_node* c = e.idle.front(); c; c = e.idle.next(c)) {
       if (c->check == check_mark::canary) {
-        t = later(c->idle_since, 2 * e.taught);
+        t = canary_due(*c);
       } else if (c->check != check_mark::pinging) {
         const time_point a = later(c->idle_since, e.retire_after);
         return a < t ? a : t;
@@ -1042,7 +1046,7 @@ class books {
     for (conn_node* c = e.idle.front(); c;) {
       conn_node* next = e.idle.next(c);
       if (c->check == check_mark::canary) {
-        if (later(c->idle_since, 2 * e.taught) <= now) {
+        if (canary_due(*c) <= now) {
           unlearn(e);  // the peer kept it open at twice the timeout taught
           break;
         }
@@ -1069,6 +1073,11 @@ class books {
     }
     if (retired) serve(now, dead);
   }
+
+  /// When the canary `c` has outlived twice the timeout taught, counted as its samples are: from its
+  /// last exchange (a lease or a passed check), the peer's idle age. (Not earlier than a retire of
+  /// a connection before it: retire_after <= learned <= taught, and ping_key >= idle_since.)
+  static time_point canary_due(const conn_node& c) noexcept { return later(ping_key(c), 2 * c.ep->taught); }
 
   /// The canary of `e` (e.canary). O(1 + connections in their check).
   static conn_node* canary_of(const ep_node& e) noexcept {

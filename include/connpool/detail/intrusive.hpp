@@ -48,12 +48,14 @@ class ilist {
     ++size_;
   }
 
-  void push_front(T* x) noexcept {
+  /// Link `x` before `pos` (at the back if `pos` is null).
+  void insert_before(T* pos, T* x) noexcept {
+    if (!pos) return push_back(x);
     list_hook<T>& h = x->*H;
-    h.prev = nullptr;
-    h.next = head_;
-    (head_ ? (head_->*H).prev : tail_) = x;
-    head_ = x;
+    h.next = pos;
+    h.prev = (pos->*H).prev;
+    (h.prev ? (h.prev->*H).next : head_) = x;
+    (pos->*H).prev = x;
     ++size_;
   }
 

@@ -539,10 +539,10 @@ typename basic_pool<Protocol, Executor>::lease basic_pool<Protocol, Executor>::a
 
 template <class Protocol, class Executor>
 template <class Key>
-bool basic_pool<Protocol, Executor>::retry_allowed(state_type& s, const Key& key, error_code ec, bool sync) {
+bool basic_pool<Protocol, Executor>::retry_allowed(state_type& s, const Key& key, error_code ec, bool sync_by_name) {
   if constexpr (std::is_same_v<Key, host>) {
     const auto* b = s.backend_for(key, false);
-    return b && s.retry_allowed(typename state_type::key_type(static_cast<const void*>(b)), ec, sync);
+    return b && s.retry_allowed(typename state_type::key_type(static_cast<const void*>(b)), ec, sync_by_name);
   } else {
     return s.retry_allowed(key, ec);
   }
