@@ -428,6 +428,90 @@ TEST_CASE("async: cancellation stops a waiting acquire and a connect in flight, 
   CHECK(pool.stats().idle == 1);
 }
 
+TEST_CASE("async_run: a cancellation stops its acquire, or its exchange's pending reads; no retry, nothing leaked") {
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  net::io_context io;
+  connpool::pool_options o;
+  o.max_per_endpoint = 1;
+  o.acquire_timeout = 5000ms;
+  tcp_pool pool(io, o);
+  bool started = false;
+  // An exchange that waits for a byte the echo server never sends (nothing was written).
+  auto wait_for_byte = [&started](tcp_pool::lease& l, tcp_pool::run_done done) {
+    started = true;
+    auto buf = std::make_shared<char>();
+    net::async_read(l.socket(), net::buffer(buf.get(), 1), [buf, done](connpool::error_code ec, std::size_t) { done(ec); });
+  };
+  auto into_ec = [](result& r) {
+    return [&r](connpool::error_code ec) {
+      r.ec = ec;
+      r.done = true;
+    };
+  };
+
+  // Waiting for a connection (max_per_endpoint is held): the acquire stops, fn never runs.
+  auto held = pool.acquire(server.endpoint());
+  for (auto type : {net::cancellation_type::terminal, net::cancellation_type::partial, net::cancellation_type::total}) {
+    net::cancellation_signal sig;
+    result r;
+    pool.async_run(server.endpoint(), connpool::retry::idempotent, wait_for_byte,
+                   net::bind_cancellation_slot(sig.slot(), into_ec(r)));
+    CHECK(pool.stats().waiting == 1);
+    const auto t0 = std::chrono::steady_clock::now();
+    sig.emit(type);
+    REQUIRE(run_until(io, r));
+    CHECK(std::chrono::steady_clock::now() - t0 < 1s);  // not the 5 s acquire_timeout
+    CHECK(r.ec == net::error::operation_aborted);
+    CHECK_FALSE(started);
+    CHECK(pool.stats().waiting == 0);
+  }
+  held.release();
+  REQUIRE(pool.stats().idle == 1);
+
+  // During the exchange: its read ends with operation_aborted, the lease is discarded, no retry.
+  {
+    net::cancellation_signal sig;
+    result r;
+    pool.async_run(server.endpoint(), connpool::retry::idempotent, wait_for_byte,
+                   net::bind_cancellation_slot(sig.slot(), into_ec(r)));
+    io.restart();
+    const auto until = std::chrono::steady_clock::now() + 3s;
+    while (!started && std::chrono::steady_clock::now() < until) io.run_one_for(10ms);
+    REQUIRE(started);
+    CHECK_FALSE(r.done);
+    sig.emit(net::cancellation_type::terminal);
+    REQUIRE(run_until(io, r));
+    CHECK(r.ec == net::error::operation_aborted);
+    const auto s = pool.stats();
+    CHECK(s.discarded == 1);
+    CHECK(s.retries == 0);
+    CHECK(s.retries_refused == 0);
+    CHECK(s.open() == 0);
+  }
+
+  // A cancellation after the operation completed does nothing.
+  net::cancellation_signal late;
+  result ok;
+  pool.async_run(server.endpoint(), connpool::retry::never,
+                 [](tcp_pool::lease& l, tcp_pool::run_done done) {
+                   auto buf = std::make_shared<std::string>("x");
+                   net::async_write(l.socket(), net::buffer(*buf), [&l, buf, done](connpool::error_code ec, std::size_t) {
+                     if (ec) return done(ec);
+                     net::async_read(l.socket(), net::buffer(&(*buf)[0], 1),
+                                     [buf, done](connpool::error_code rec, std::size_t) { done(rec); });
+                   });
+                 },
+                 net::bind_cancellation_slot(late.slot(), into_ec(ok)));
+  REQUIRE(run_until(io, ok));
+  CHECK_FALSE(ok.ec);
+  late.emit(net::cancellation_type::terminal);
+  io.restart();
+  io.poll();
+  CHECK(pool.stats().idle == 1);
+  CHECK(pool.stats().released == 2);  // the lease held at first, and this one
+}
+
 #else
 TEST_CASE("async: cancellation (skipped: this Asio has no cancellation slots)") {
   MESSAGE("SKIPPED: Asio " << CONNPOOL_ASIO_VERSION / 100000 << "." << CONNPOOL_ASIO_VERSION / 100 % 1000
@@ -467,6 +551,40 @@ TEST_CASE("async: awaitable operators: an acquire raced against a timer is cance
   CHECK(waiting_after == 0);
   held.release();
   CHECK(pool.stats().idle == 1);
+}
+
+TEST_CASE("async: awaitable operators: async_run raced against a timer is cancelled when the timer wins, mid-exchange") {
+  using namespace net::experimental::awaitable_operators;
+  test::fd_guard fds;
+  test::echo_server server(test::loopback());
+  net::io_context io;
+  tcp_pool pool(io, connpool::pool_options{});
+  bool timer_won = false;
+  result done;
+  net::co_spawn(
+      io,
+      [&]() -> net::awaitable<void> {
+        net::steady_timer t(io, 100ms);
+        // The echo server sends nothing unasked: the exchange's read waits until it is cancelled.
+        auto which = co_await (pool.async_run(server.endpoint(), connpool::retry::idempotent,
+                                              [](tcp_pool::lease& l, tcp_pool::run_done d) {
+                                                auto buf = std::make_shared<char>();
+                                                net::async_read(l.socket(), net::buffer(buf.get(), 1),
+                                                                [buf, d](connpool::error_code ec, std::size_t) { d(ec); });
+                                              },
+                                              net::use_awaitable) ||
+                               t.async_wait(net::use_awaitable));
+        timer_won = which.index() == 1;
+        done.done = true;
+      },
+      net::detached);
+  const auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(run_until(io, done));
+  CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+  CHECK(timer_won);
+  const auto s = pool.stats();
+  CHECK(s.discarded == 1);
+  CHECK(s.open() == 0);
 }
 #endif
 

@@ -335,10 +335,19 @@ class basic_pool {
   /// the pool's executor) and calls `done` once when it has ended; the lease lives until then.
   /// Completion signature: void(error_code), on the handler's associated executor, else the
   /// pool's; never inside this call. If `fn` throws, the lease is discarded and the error is
-  /// error::exchange_threw. Not cancellable (each acquire is bounded by acquire_timeout; bound the
-  /// exchange yourself). For a pool built on your executor: a default-constructed pool's sockets
-  /// live on a context no thread runs (see basic_pool()), where an asynchronous exchange never
-  /// ends.
+  /// error::exchange_threw.
+  ///
+  /// Cancellable (Asio 1.19 / Boost 1.77 on; any cancellation type) through the handler's
+  /// cancellation slot (`bind_cancellation_slot`, an awaitable operator): an acquire in flight
+  /// stops as async_acquire()'s does; during the exchange, the operations pending on the lease's
+  /// socket are cancelled (they end with operation_aborted, and `fn` calls `done`; an exchange
+  /// that waits on something else ends when it ends). No retry follows a cancellation; the error
+  /// is operation_aborted, or the exchange's own, and a lease whose exchange failed is discarded.
+  /// Emit it where the exchange's operations run (one thread, or their strand), as for any Asio
+  /// operation.
+  ///
+  /// For a pool built on your executor: a default-constructed pool's sockets live on a context
+  /// no thread runs (see basic_pool()), where an asynchronous exchange never ends.
   template <class Fn, class Token>
   auto async_run(const endpoint_type& ep, retry r, Fn&& fn, Token&& token,
                  const acquire_site& site = acquire_site::current());

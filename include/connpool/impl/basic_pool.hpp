@@ -637,7 +637,10 @@ void basic_pool<Protocol, Executor>::run(const host& h, retry r, Fn&& fn, const 
 }
 
 /// One async_run(): acquire, the exchange, maybe once more; then the handler, on its executor.
-/// Each attempt's `done` carries its number: a late or second call is ignored.
+/// Each attempt's `done` carries its number: a late or second call is ignored. A cancellation of
+/// the handler's slot stops the acquire in flight, or cancels the exchange's operations on its
+/// socket; no retry follows it. Its steps (the acquire's completion, `done`, a cancellation) may
+/// come on different threads: `mu` orders what they share.
 template <class Protocol, class Executor>
 template <class Handler, class Fn, class Key>
 struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run_op<Handler, Fn, Key>> {
@@ -654,50 +657,140 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
     if (!own) work.emplace(ex);
   }
 
+  /// The acquire's completion: back to acquired(), on the pool's executor. Its cancellation slot
+  /// is the operation's own signal, emitted only under `mu` (and never cleared by the pool, so
+  /// that no emit races a clear on another thread).
+  struct acquire_completion final : state_type::completion {
+    acquire_completion(std::shared_ptr<run_op> o, const Executor& ex) : op(std::move(o)), work(net::make_work_guard(ex)) {}
+    void complete(state_type* s, error_code ec, typename state_type::connection* c, bool reused) override {
+      lease l = c ? lease(s, c, reused) : lease();
+      net::post(work.get_executor(), [o = op, ec, l = std::move(l)]() mutable { o->acquired(ec, std::move(l)); });
+      work.reset();
+    }
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
+    net::cancellation_slot cancellation_slot() const noexcept override {
+      return op->cancellable ? op->acquire_cancel.slot() : net::cancellation_slot();
+    }
+#endif
+    std::shared_ptr<run_op> op;
+    net::executor_work_guard<Executor> work;
+  };
+
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
+  /// Installed in the handler's cancellation slot.
+  struct cancel_hook {
+    explicit cancel_hook(std::weak_ptr<run_op> o) : op(std::move(o)) {}
+    void operator()(net::cancellation_type_t type) {
+      if (type == net::cancellation_type::none) return;
+      if (auto o = op.lock()) o->cancel(type);
+    }
+    std::weak_ptr<run_op> op;
+  };
+
+  void cancel(net::cancellation_type_t type) {
+    std::lock_guard<detail::spin_mutex> lk(mu);
+    if (ended || cancelled) return;
+    cancelled = true;
+    if (exchanging) {
+      error_code ig;
+      if (held) held.socket().cancel(ig);  // its reads and writes end with operation_aborted
+    } else if (acquiring) {
+      acquire_cancel.emit(type);  // the pool's own acquire cancellation
+    }
+  }
+#endif
+
+  /// The first step, once the operation is shared: hook the handler's cancellation slot, acquire.
+  void start() {
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
+    auto slot = net::get_associated_cancellation_slot(handler);
+    if (slot.is_connected()) {
+      cancellable = true;
+      slot.template emplace<cancel_hook>(this->weak_from_this());
+    }
+#endif
+    acquire();
+  }
+
   void acquire() {
-    auto self = this->shared_from_this();
-    auto done = [self](error_code ec, lease l) { self->acquired(ec, std::move(l)); };
-    using D = decltype(done);
-    auto c = std::make_unique<completion_impl<D>>(std::move(done), state->executor());
+    auto c = std::make_unique<acquire_completion>(this->shared_from_this(), state->executor());
     c->site = site;
     c->fresh = attempt > 0;
-    if constexpr (std::is_same_v<Key, host>) {
-      const auto* b = state->backend_for(key, true);
-      state->async_acquire(typename state_type::key_type(static_cast<const void*>(b)), std::move(c));
-    } else {
-      state->async_acquire(key, std::move(c));
+    {
+      // Under mu: the pool installs its hook in acquire_cancel's slot while a cancellation may
+      // come from another thread.
+      std::lock_guard<detail::spin_mutex> lk(mu);
+      if (!cancelled) {
+        acquiring = true;
+        if constexpr (std::is_same_v<Key, host>) {
+          const auto* b = state->backend_for(key, true);
+          state->async_acquire(typename state_type::key_type(static_cast<const void*>(b)), std::move(c));
+        } else {
+          state->async_acquire(key, std::move(c));
+        }
+        return;
+      }
     }
+    finish(net::error::operation_aborted);  // cancelled before the retry's acquire
   }
 
   void acquired(error_code ec, lease l) {
-    if (ended) return;  // (l is discarded)
+    const detail::run_watch w(l, r, attempt > 0);  // (off for an empty lease)
+    bool stop, was_cancelled;
+    {
+      std::lock_guard<detail::spin_mutex> lk(mu);
+      acquiring = false;
+      stop = ended;
+      was_cancelled = cancelled;
+      if (!stop && !was_cancelled && !ec) {
+        held = std::move(l);
+        watch = w;
+        exchanging = true;
+      }
+    }
+    if (stop) return;  // (l is released)
+    if (was_cancelled) {
+      if (l) l.release();  // granted as the cancellation came: unused, back to idle
+      return finish(net::error::operation_aborted);
+    }
     if (ec) return finish(attempt > 0 ? first_error : ec);  // no connection for the retry: the first error stands
-    held = std::move(l);
-    watch = detail::run_watch(held, r, attempt > 0);
-    exchanging = true;
     auto self = this->shared_from_this();
     const int n = attempt;
     try {
       fn(held, run_done([self, n](error_code e) { self->exchanged(n, e); }));
     } catch (...) {
-      if (exchanging && n == attempt) {  // (else done was called first: the exception is dropped)
-        exchanging = false;
-        held.discard();
-        finish(error::exchange_threw);  // on the pool's executor: not rethrown there
+      lease h;
+      {
+        std::lock_guard<detail::spin_mutex> lk(mu);
+        if (exchanging && n == attempt) {  // (else done was called first: the exception is dropped)
+          exchanging = false;
+          h = std::move(held);
+        } else {
+          return;
+        }
       }
+      h.discard();
+      finish(error::exchange_threw);  // on the pool's executor: not rethrown there
     }
   }
 
   void exchanged(int n, error_code ec) {
-    if (!exchanging || n != attempt || ended) return;  // a second call, or a late one
-    exchanging = false;
+    lease h;
+    bool was_cancelled;
+    {
+      std::lock_guard<detail::spin_mutex> lk(mu);
+      if (!exchanging || n != attempt || ended) return;  // a second call, or a late one
+      exchanging = false;
+      h = std::move(held);  // (fn's reference to held sees an empty lease, as after a release)
+      was_cancelled = cancelled;
+    }
     auto self = this->shared_from_this();  // (the caller's copy of done may be its last holder)
     if (!ec) {
-      held.release();
+      h.release();
       return finish({});
     }
-    const bool again = attempt == 0 && watch.retryable(ec, held, shut(held));
-    held.discard();
+    const bool again = attempt == 0 && !was_cancelled && watch.retryable(ec, h, shut(h));
+    h.discard();
     if (!again || !retry_allowed(*state, key, ec, false)) return finish(ec);
     first_error = ec;
     ++attempt;
@@ -705,10 +798,19 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
   }
 
   void finish(error_code ec) {
-    if (ended) return;
-    ended = true;
+    {
+      std::lock_guard<detail::spin_mutex> lk(mu);
+      if (ended) return;
+      ended = true;
+    }
     auto ex = net::get_associated_executor(handler, state->executor());
-    net::post(ex, [h = std::move(handler), ec]() mutable { h(ec); });
+    net::post(ex, [h = std::move(handler), ec]() mutable {
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
+      // On the handler's executor, where its cancellation is emitted: the operation is over.
+      net::get_associated_cancellation_slot(h).clear();
+#endif
+      h(ec);
+    });
     work.reset();
   }
 
@@ -723,8 +825,15 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
   detail::run_watch watch;
   error_code first_error;
   int attempt = 0;          // 0, then 1 for the retry
+  detail::spin_mutex mu;    // the flags below and `held`, between the steps and a cancellation
+  bool acquiring = false;   // an acquire is in flight
   bool exchanging = false;  // fn's exchange runs: its done is awaited
+  bool cancelled = false;
   bool ended = false;
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
+  bool cancellable = false;              // the handler has a cancellation slot (set before the first acquire)
+  net::cancellation_signal acquire_cancel;  // the acquire in flight's cancellation, emitted under mu
+#endif
 };
 
 template <class Protocol, class Executor>
@@ -736,7 +845,7 @@ struct basic_pool<Protocol, Executor>::initiate_run {
     using H = std::decay_t<Handler>;
     state->run_began();
     auto op = std::make_shared<run_op<H, Fn, Key>>(state, key, r, std::move(fn), H(std::forward<Handler>(h)), site);
-    op->acquire();
+    op->start();
   }
 };
 
