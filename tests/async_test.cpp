@@ -20,8 +20,10 @@
 #if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
 #if defined(CONNPOOL_USE_BOOST_ASIO)
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/redirect_error.hpp>
 #else
 #include <asio/experimental/awaitable_operators.hpp>
+#include <asio/redirect_error.hpp>
 #endif
 #define CONNPOOL_TEST_AWAITABLE_OPERATORS 1
 #endif
@@ -469,17 +471,26 @@ TEST_CASE("async_run: a cancellation stops its acquire, or its exchange's pendin
   held.release();
   REQUIRE(pool.stats().idle == 1);
 
-  // During the exchange: its read ends with operation_aborted, the lease is discarded, no retry.
+  auto run_until_started = [&] {
+    io.restart();
+    const auto until = std::chrono::steady_clock::now() + 3s;
+    while (!started && std::chrono::steady_clock::now() < until) io.run_one_for(10ms);
+    return started;
+  };
+  // During the exchange (its request may have gone out): partial and total are ignored; terminal
+  // ends its pending read with operation_aborted, the lease is discarded, no retry.
   {
     net::cancellation_signal sig;
     result r;
     pool.async_run(server.endpoint(), connpool::retry::idempotent, wait_for_byte,
                    net::bind_cancellation_slot(sig.slot(), into_ec(r)));
+    REQUIRE(run_until_started());
+    sig.emit(net::cancellation_type::partial);
+    sig.emit(net::cancellation_type::total);
     io.restart();
-    const auto until = std::chrono::steady_clock::now() + 3s;
-    while (!started && std::chrono::steady_clock::now() < until) io.run_one_for(10ms);
-    REQUIRE(started);
+    io.poll();
     CHECK_FALSE(r.done);
+    CHECK(pool.stats().leased == 1);
     sig.emit(net::cancellation_type::terminal);
     REQUIRE(run_until(io, r));
     CHECK(r.ec == net::error::operation_aborted);
@@ -488,6 +499,31 @@ TEST_CASE("async_run: a cancellation stops its acquire, or its exchange's pendin
     CHECK(s.retries == 0);
     CHECK(s.retries_refused == 0);
     CHECK(s.open() == 0);
+  }
+  // A read the exchange starts after the cancellation (nothing was pending then) fails at once:
+  // the socket was shut down, not only its pending operations cancelled.
+  {
+    net::cancellation_signal sig;
+    result r;
+    tcp_pool::lease* lease = nullptr;
+    tcp_pool::run_done later;
+    started = false;
+    pool.async_run(server.endpoint(), connpool::retry::idempotent,
+                   [&](tcp_pool::lease& l, tcp_pool::run_done done) {
+                     started = true;
+                     lease = &l;
+                     later = std::move(done);
+                   },
+                   net::bind_cancellation_slot(sig.slot(), into_ec(r)));
+    REQUIRE(run_until_started());
+    sig.emit(net::cancellation_type::terminal);
+    auto buf = std::make_shared<char>();
+    net::async_read(lease->socket(), net::buffer(buf.get(), 1),
+                    [buf, d = later](connpool::error_code ec, std::size_t) { d(ec); });
+    REQUIRE(run_until(io, r));  // within 3 s: the echo server never sends a byte
+    CHECK(r.ec == net::error::operation_aborted);
+    CHECK(pool.stats().discarded == 2);
+    CHECK(pool.stats().open() == 0);
   }
 
   // A cancellation after the operation completed does nothing.
@@ -553,7 +589,7 @@ TEST_CASE("async: awaitable operators: an acquire raced against a timer is cance
   CHECK(pool.stats().idle == 1);
 }
 
-TEST_CASE("async: awaitable operators: async_run raced against a timer is cancelled when the timer wins, mid-exchange") {
+TEST_CASE("async: awaitable operators: async_run raced against a timer that fn cancels is cancelled mid-exchange") {
   using namespace net::experimental::awaitable_operators;
   test::fd_guard fds;
   test::echo_server server(test::loopback());
@@ -561,27 +597,30 @@ TEST_CASE("async: awaitable operators: async_run raced against a timer is cancel
   tcp_pool pool(io, connpool::pool_options{});
   bool timer_won = false;
   result done;
+  // The other branch: a timer that never expires, which the exchange cancels once its read is
+  // pending (so the winner is decided mid-exchange, whatever the machine's speed).
+  net::steady_timer gate(io, std::chrono::steady_clock::time_point::max());
+  connpool::error_code gate_ec;
   net::co_spawn(
       io,
       [&]() -> net::awaitable<void> {
-        net::steady_timer t(io, 100ms);
         // The echo server sends nothing unasked: the exchange's read waits until it is cancelled.
         auto which = co_await (pool.async_run(server.endpoint(), connpool::retry::idempotent,
-                                              [](tcp_pool::lease& l, tcp_pool::run_done d) {
+                                              [&gate](tcp_pool::lease& l, tcp_pool::run_done d) {
                                                 auto buf = std::make_shared<char>();
                                                 net::async_read(l.socket(), net::buffer(buf.get(), 1),
                                                                 [buf, d](connpool::error_code ec, std::size_t) { d(ec); });
+                                                gate.cancel();
                                               },
                                               net::use_awaitable) ||
-                               t.async_wait(net::use_awaitable));
+                               gate.async_wait(net::redirect_error(net::use_awaitable, gate_ec)));
         timer_won = which.index() == 1;
         done.done = true;
       },
       net::detached);
-  const auto t0 = std::chrono::steady_clock::now();
-  REQUIRE(run_until(io, done));
-  CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+  REQUIRE(run_until(io, done));  // (within 3 s: without the cancellation, the read waits for ever)
   CHECK(timer_won);
+  CHECK(gate_ec == net::error::operation_aborted);
   const auto s = pool.stats();
   CHECK(s.discarded == 1);
   CHECK(s.open() == 0);

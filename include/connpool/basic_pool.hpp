@@ -337,14 +337,15 @@ class basic_pool {
   /// pool's; never inside this call. If `fn` throws, the lease is discarded and the error is
   /// error::exchange_threw.
   ///
-  /// Cancellable (Asio 1.19 / Boost 1.77 on; any cancellation type) through the handler's
-  /// cancellation slot (`bind_cancellation_slot`, an awaitable operator): an acquire in flight
-  /// stops as async_acquire()'s does; during the exchange, the operations pending on the lease's
-  /// socket are cancelled (they end with operation_aborted, and `fn` calls `done`; an exchange
-  /// that waits on something else ends when it ends). No retry follows a cancellation; the error
-  /// is operation_aborted, or the exchange's own, and a lease whose exchange failed is discarded.
-  /// Emit it where the exchange's operations run (one thread, or their strand), as for any Asio
-  /// operation.
+  /// Cancellable (Asio 1.19 / Boost 1.77 on) through the handler's cancellation slot
+  /// (`bind_cancellation_slot`, an awaitable operator): an acquire in flight stops as
+  /// async_acquire()'s does, on any cancellation type. During the exchange, whose request may
+  /// have gone out, only a terminal cancellation acts: the operations pending on the lease's
+  /// socket are cancelled and the socket is shut down, so that they and any `fn` starts later
+  /// fail at once, and `fn` calls `done` (an exchange that waits on something else ends when it
+  /// ends); partial and total cancellations are ignored there. No retry follows a cancellation,
+  /// the lease is discarded, and the error is operation_aborted (none if the exchange had
+  /// succeeded). Emit it on the handler's executor, as async_acquire()'s.
   ///
   /// For a pool built on your executor: a default-constructed pool's sockets live on a context
   /// no thread runs (see basic_pool()), where an asynchronous exchange never ends.

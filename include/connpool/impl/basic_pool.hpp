@@ -638,9 +638,10 @@ void basic_pool<Protocol, Executor>::run(const host& h, retry r, Fn&& fn, const 
 
 /// One async_run(): acquire, the exchange, maybe once more; then the handler, on its executor.
 /// Each attempt's `done` carries its number: a late or second call is ignored. A cancellation of
-/// the handler's slot stops the acquire in flight, or cancels the exchange's operations on its
-/// socket; no retry follows it. Its steps (the acquire's completion, `done`, a cancellation) may
-/// come on different threads: `mu` orders what they share.
+/// the handler's slot stops the acquire in flight (any type), or ends the exchange (terminal
+/// only: its request may have gone out); no retry follows it. Its steps (the acquire's
+/// completion, `done`, a cancellation) may come on different threads: `mu` orders what they
+/// share, and is never held while the pool or the user's code runs.
 template <class Protocol, class Executor>
 template <class Handler, class Fn, class Key>
 struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run_op<Handler, Fn, Key>> {
@@ -688,15 +689,28 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
   };
 
   void cancel(net::cancellation_type_t type) {
-    std::lock_guard<detail::spin_mutex> lk(mu);
-    if (ended || cancelled) return;
-    cancelled = true;
-    if (exchanging) {
-      error_code ig;
-      if (held) held.socket().cancel(ig);  // its reads and writes end with operation_aborted
-    } else if (acquiring) {
-      acquire_cancel.emit(type);  // the pool's own acquire cancellation
+    {
+      std::lock_guard<detail::spin_mutex> lk(mu);
+      if (ended || cancelled) return;
+      if (exchanging) {
+        // Its request may have gone out: only a terminal cancellation ends it (partial and total
+        // promise no side effects, or known ones). Pending reads and writes end with
+        // operation_aborted; a shutdown fails the ones fn starts after this at once.
+        if ((type & net::cancellation_type::terminal) == net::cancellation_type::none) return;
+        cancelled = true;
+        error_code ig;
+        if (held) {
+          held.socket().cancel(ig);
+          held.socket().shutdown(net::socket_base::shutdown_both, ig);
+        }
+        return;
+      }
+      cancelled = true;
+      cancel_type = type;
+      if (!acquiring || hooking) return;  // none in flight, or acquire() emits when its call returns
+      emitted = true;
     }
+    acquire_cancel.emit(type);  // the pool's own acquire cancellation (outside mu: it may call a listener)
   }
 #endif
 
@@ -716,22 +730,37 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
     auto c = std::make_unique<acquire_completion>(this->shared_from_this(), state->executor());
     c->site = site;
     c->fresh = attempt > 0;
+    bool go;
     {
-      // Under mu: the pool installs its hook in acquire_cancel's slot while a cancellation may
-      // come from another thread.
       std::lock_guard<detail::spin_mutex> lk(mu);
-      if (!cancelled) {
+      go = !cancelled;
+      if (go) {
         acquiring = true;
-        if constexpr (std::is_same_v<Key, host>) {
-          const auto* b = state->backend_for(key, true);
-          state->async_acquire(typename state_type::key_type(static_cast<const void*>(b)), std::move(c));
-        } else {
-          state->async_acquire(key, std::move(c));
-        }
-        return;
+        hooking = true;  // the pool hooks acquire_cancel's slot in this call: a cancellation waits for it
       }
     }
-    finish(net::error::operation_aborted);  // cancelled before the retry's acquire
+    if (!go) return finish(net::error::operation_aborted);  // cancelled before the retry's acquire
+    if constexpr (std::is_same_v<Key, host>) {
+      const auto* b = state->backend_for(key, true);
+      state->async_acquire(typename state_type::key_type(static_cast<const void*>(b)), std::move(c));
+    } else {
+      state->async_acquire(key, std::move(c));
+    }
+#if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
+    net::cancellation_type_t type = net::cancellation_type::none;
+    {
+      std::lock_guard<detail::spin_mutex> lk(mu);
+      hooking = false;
+      if (cancelled && acquiring && !emitted) {  // a cancellation came during the call
+        emitted = true;
+        type = cancel_type;
+      }
+    }
+    if (type != net::cancellation_type::none) acquire_cancel.emit(type);
+#else
+    std::lock_guard<detail::spin_mutex> lk(mu);
+    hooking = false;
+#endif
   }
 
   void acquired(error_code ec, lease l) {
@@ -748,7 +777,7 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
         exchanging = true;
       }
     }
-    if (stop) return;  // (l is released)
+    if (stop) return;  // (l is discarded by its destructor)
     if (was_cancelled) {
       if (l) l.release();  // granted as the cancellation came: unused, back to idle
       return finish(net::error::operation_aborted);
@@ -786,11 +815,13 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
     }
     auto self = this->shared_from_this();  // (the caller's copy of done may be its last holder)
     if (!ec) {
-      h.release();
+      if (was_cancelled) h.discard();  // (done, but cancel() shut its socket down)
+      else h.release();
       return finish({});
     }
     const bool again = attempt == 0 && !was_cancelled && watch.retryable(ec, h, shut(h));
-    h.discard();
+    h.discard();  // (after retryable() looked at its socket)
+    if (was_cancelled) return finish(net::error::operation_aborted);  // whatever its reads saw after it
     if (!again || !retry_allowed(*state, key, ec, false)) return finish(ec);
     first_error = ec;
     ++attempt;
@@ -826,13 +857,16 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
   error_code first_error;
   int attempt = 0;          // 0, then 1 for the retry
   detail::spin_mutex mu;    // the flags below and `held`, between the steps and a cancellation
-  bool acquiring = false;   // an acquire is in flight
+  bool acquiring = false;   // an acquire is in flight (its completion has not run)
+  bool hooking = false;     // acquire() is in the pool's async_acquire(), which hooks acquire_cancel
   bool exchanging = false;  // fn's exchange runs: its done is awaited
   bool cancelled = false;
   bool ended = false;
 #if defined(CONNPOOL_HAS_CANCELLATION_SLOTS)
-  bool cancellable = false;              // the handler has a cancellation slot (set before the first acquire)
-  net::cancellation_signal acquire_cancel;  // the acquire in flight's cancellation, emitted under mu
+  bool cancellable = false;  // the handler has a cancellation slot (set before the first acquire)
+  bool emitted = false;      // acquire_cancel was emitted (once: by cancel(), or by acquire() after its call)
+  net::cancellation_type_t cancel_type = net::cancellation_type::none;
+  net::cancellation_signal acquire_cancel;  // the acquire in flight's cancellation
 #endif
 };
 
