@@ -766,6 +766,7 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
   void acquired(error_code ec, lease l) {
     const detail::run_watch w(l, r, attempt > 0);  // (off for an empty lease)
     bool stop, was_cancelled;
+    lease spare;  // not to be exchanged on
     {
       std::lock_guard<detail::spin_mutex> lk(mu);
       acquiring = false;
@@ -775,11 +776,13 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
         held = std::move(l);
         watch = w;
         exchanging = true;
+      } else {
+        spare = std::move(l);
       }
     }
-    if (stop) return;  // (l is discarded by its destructor)
+    if (stop) return;  // (spare is discarded by its destructor)
     if (was_cancelled) {
-      if (l) l.release();  // granted as the cancellation came: unused, back to idle
+      if (spare) spare.release();  // granted as the cancellation came: unused, back to idle
       return finish(net::error::operation_aborted);
     }
     if (ec) return finish(attempt > 0 ? first_error : ec);  // no connection for the retry: the first error stands
