@@ -344,8 +344,9 @@ class basic_pool {
   /// socket are cancelled and the socket is shut down, so that they and any `fn` starts later
   /// fail at once, and `fn` calls `done` (an exchange that waits on something else ends when it
   /// ends); partial and total cancellations are ignored there. No retry follows a cancellation,
-  /// the lease is discarded, and the error is operation_aborted (none if the exchange had
-  /// succeeded). Emit it on the handler's executor, as async_acquire()'s.
+  /// the lease of a cancelled exchange is discarded (a connection granted as the cancellation came
+  /// goes back idle), and the error is operation_aborted (none if the exchange had succeeded).
+  /// Emit it on the handler's executor, as async_acquire()'s.
   ///
   /// For a pool built on your executor: a default-constructed pool's sockets live on a context
   /// no thread runs (see basic_pool()), where an asynchronous exchange never ends.

@@ -707,7 +707,7 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
       }
       cancelled = true;
       cancel_type = type;
-      if (!acquiring || hooking) return;  // none in flight, or acquire() emits when its call returns
+      if (!acquiring || hooking >= 0) return;  // none in flight, or acquire() emits when its call returns
       emitted = true;
     }
     acquire_cancel.emit(type);  // the pool's own acquire cancellation (outside mu: it may call a listener)
@@ -731,12 +731,14 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
     c->site = site;
     c->fresh = attempt > 0;
     bool go;
+    int n;
     {
       std::lock_guard<detail::spin_mutex> lk(mu);
       go = !cancelled;
+      n = attempt;
       if (go) {
         acquiring = true;
-        hooking = true;  // the pool hooks acquire_cancel's slot in this call: a cancellation waits for it
+        hooking = n;  // the pool hooks acquire_cancel's slot in this call: a cancellation waits for it
       }
     }
     if (!go) return finish(net::error::operation_aborted);  // cancelled before the retry's acquire
@@ -750,16 +752,19 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
     net::cancellation_type_t type = net::cancellation_type::none;
     {
       std::lock_guard<detail::spin_mutex> lk(mu);
-      hooking = false;
-      if (cancelled && acquiring && !emitted) {  // a cancellation came during the call
-        emitted = true;
-        type = cancel_type;
+      // (Not if the retry's acquire, begun on another thread once this one was served, hooks now.)
+      if (hooking == n) {
+        hooking = -1;
+        if (cancelled && acquiring && !emitted) {  // a cancellation came during the call
+          emitted = true;
+          type = cancel_type;
+        }
       }
     }
     if (type != net::cancellation_type::none) acquire_cancel.emit(type);
 #else
     std::lock_guard<detail::spin_mutex> lk(mu);
-    hooking = false;
+    if (hooking == n) hooking = -1;
 #endif
   }
 
@@ -827,7 +832,10 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
     if (was_cancelled) return finish(net::error::operation_aborted);  // whatever its reads saw after it
     if (!again || !retry_allowed(*state, key, ec, false)) return finish(ec);
     first_error = ec;
-    ++attempt;
+    {
+      std::lock_guard<detail::spin_mutex> lk(mu);
+      ++attempt;
+    }
     acquire();
   }
 
@@ -861,7 +869,7 @@ struct basic_pool<Protocol, Executor>::run_op : std::enable_shared_from_this<run
   int attempt = 0;          // 0, then 1 for the retry
   detail::spin_mutex mu;    // the flags below and `held`, between the steps and a cancellation
   bool acquiring = false;   // an acquire is in flight (its completion has not run)
-  bool hooking = false;     // acquire() is in the pool's async_acquire(), which hooks acquire_cancel
+  int hooking = -1;         // the attempt whose acquire() is in the pool's async_acquire(), which hooks acquire_cancel
   bool exchanging = false;  // fn's exchange runs: its done is awaited
   bool cancelled = false;
   bool ended = false;
